@@ -1,0 +1,41 @@
+"""Class activation maps (Zhou et al. 2016) for GAP + linear heads, computed without gradients.
+
+``CAM_c = ReLU(sum_k w_{c,k} F_k)`` over the last feature map ``F``, bilinearly upsampled to the
+input size. For a GAP + linear head, Grad-CAM's channel weights are ``w_{c,k} / (h*w)``, so
+Grad-CAM equals CAM up to a positive constant: after max-normalisation they coincide. That is
+why the ECE refresh can use this no-grad path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InterpError
+
+
+def supports_cam(model: nn.Module) -> bool:
+    """True when the model exposes ``forward_features`` and a linear ``head`` after GAP."""
+    return hasattr(model, "forward_features") and isinstance(getattr(model, "head", None), nn.Linear)
+
+
+@torch.no_grad()
+def class_activation_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+                         upsample: bool = True, relu: bool = True) -> torch.Tensor:
+    """CAM ``[B, H, W]`` (or ``[B, h, w]`` with ``upsample=False``) for ``target`` (default: predicted).
+
+    Does not change the model's mode; run it on a model in eval mode for BatchNorm statistics.
+    """
+    if not supports_cam(model):
+        raise InterpError("CAM needs a model whose head is global-average-pool + linear "
+                          "(forward_features + head); use 'gradcam' instead")
+    feats = model.forward_features(x)
+    if target is None:
+        target = model.forward_head(feats).argmax(1)
+    w = model.head.weight[target]  # [B, C]
+    cam = torch.einsum("bc,bchw->bhw", w.to(feats.dtype), feats)
+    if relu:
+        cam = cam.clamp_min(0)
+    if upsample and cam.shape[-2:] != x.shape[-2:]:
+        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cam.float()

@@ -1,0 +1,38 @@
+"""Name-to-constructor registry (timm style): maps onto the ``--arch`` flag and a select box."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import InterpError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(name: str, description: str = "") -> Callable:
+    """Decorator registering ``fn(num_classes, **kw) -> TileClassifier`` under ``name``."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return wrap
+
+
+def list_models() -> dict[str, str]:
+    """Registered architecture names with a one-line description each."""
+    return dict(_DESCRIPTIONS)
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered architecture with freshly initialised weights."""
+    if name not in _REGISTRY:
+        raise InterpError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    if int(num_classes) < 2:
+        raise InterpError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return _REGISTRY[name](num_classes=int(num_classes), **kwargs)

@@ -1,0 +1,126 @@
+"""The objective interface: how one batch becomes a loss, plus optional per-epoch work.
+
+The training loop (``interp_core.training.loop``) owns data, optimiser, schedule, validation,
+checkpoints and resume; an objective owns only its loss and its own state. Options are a
+dataclass whose fields become ``train`` flags (``--field-name``) and are stored in config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ...errors import InterpError
+
+
+@dataclass
+class StepContext:
+    """Where training is when a batch is processed.
+
+    ``progress`` is fractional epochs done so far (``epoch + i / steps_per_epoch``), used by
+    ramps such as SCAAT's adaptive ``eps`` budget.
+    """
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    device: torch.device
+    generator: torch.Generator  # seeded; use it for every random draw on the CPU path
+
+    @property
+    def progress(self) -> float:
+        return self.epoch + self.step / max(1, self.steps_per_epoch)
+
+
+@dataclass
+class EpochContext:
+    """What ``begin_epoch`` may use: the model, an un-augmented, unshuffled loader over the
+    training set (batches are dicts with ``image``, ``label``, ``index``), the device, the run
+    directory (for side files such as ``consistency.npz``) and a seeded generator."""
+
+    epoch: int
+    total_epochs: int
+    model: nn.Module
+    train_eval_loader: Any
+    device: torch.device
+    run_dir: Any
+    generator: torch.Generator
+    progress: bool = True
+
+
+class Objective:
+    """Base class. Subclasses set ``name``, ``Options`` and implement ``batch_loss``."""
+
+    name: ClassVar[str] = "?"
+    description: ClassVar[str] = ""
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: "Objective.Options", num_train: int):
+        self.options = options
+        self.num_train = num_train
+
+    # -- per epoch -------------------------------------------------------------------------
+    def begin_epoch(self, ctx: EpochContext) -> dict[str, float]:
+        """Work before an epoch's batches (e.g. ECE's refresh); returns history extras."""
+        return {}
+
+    # -- per batch -------------------------------------------------------------------------
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return ``(loss, extras)`` for one batch; the model is in train mode on entry and
+        must be in train mode on exit. ``extras`` are averaged over the epoch into history."""
+        raise NotImplementedError
+
+    # -- resumable state (tensors go to safetensors, the rest must be JSON-able) -----------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+_OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator adding an objective to the registry under ``cls.name``."""
+    _OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def objective_names() -> list[str]:
+    return sorted(_OBJECTIVES)
+
+
+def get_objective(name: str) -> type[Objective]:
+    if name not in _OBJECTIVES:
+        raise InterpError(f"unknown objective {name!r}; choose one of {', '.join(objective_names())}")
+    return _OBJECTIVES[name]
+
+
+def options_from_dict(cls: type[Objective], values: dict[str, Any]) -> Objective.Options:
+    """Build ``cls.Options`` from a dict, rejecting unknown keys and coercing types."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise InterpError(f"objective {cls.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                          f"valid: {', '.join(sorted(fields)) or 'none'}")
+    kwargs = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        ftype = fields[k].type if isinstance(fields[k].type, type) else type(fields[k].default)
+        try:
+            kwargs[k] = ftype(v) if ftype in (int, float, str, bool) else v
+        except (TypeError, ValueError) as e:
+            raise InterpError(f"option {k}={v!r} for objective {cls.name!r}: {e}") from None
+    opts = cls.Options(**kwargs)
+    validate = getattr(opts, "validate", None)
+    if callable(validate):
+        validate()
+    return opts
