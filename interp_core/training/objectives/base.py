@@ -39,7 +39,8 @@ class StepContext:
 class EpochContext:
     """What ``begin_epoch`` may use: the model, an un-augmented, unshuffled loader over the
     training set (batches are dicts with ``image``, ``label``, ``index``), the device, the run
-    directory (for side files such as ``consistency.npz``) and a seeded generator."""
+    directory (for side files such as ``consistency.npz``), the training samples' ids (paths
+    relative to the dataset root, aligned with ``index``) and a seeded generator."""
 
     epoch: int
     total_epochs: int
@@ -48,6 +49,7 @@ class EpochContext:
     device: torch.device
     run_dir: Any
     generator: torch.Generator
+    sample_ids: list[str] = dataclasses.field(default_factory=list)
     progress: bool = True
 
 

@@ -1,0 +1,48 @@
+# `make app` and `make test` each do all of their own set-up (idempotent, quick when done).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+PORT ?= 8501
+SEED ?= 0
+
+.PHONY: setup app test test-fast chromium sample-data sample-runs bench clean-venv
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+app: setup
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+# Debian's chromium for the browser tests (never `playwright install`: no downloads here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup chromium
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+# Regenerate the shipped datasets deterministically.
+sample-data: setup
+	$(PY) -m interp_core make-data synthetic-he --out sample_data/data/synthetic-he --seed $(SEED) --quiet
+	$(PY) -m interp_core make-data synthetic-he-biased --out sample_data/data/synthetic-he-biased --seed $(SEED) --quiet
+	$(PY) -m interp_core make-data ihc --out sample_data/data/ihc --seed $(SEED) --quiet
+
+# Retrain the shipped runs with the project's own commands (see bench/ship_runs.sh).
+sample-runs: setup
+	bash bench/ship_runs.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,235 @@
+"""``python -m interp_core``: make-data, train, evaluate, explain, compare.
+
+Thin: parse flags, call the library, print JSON. Every user mistake becomes a one-line
+``error: ...`` on stderr and exit code 2; set ``INTERP_DEBUG=1`` to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .device import DEVICE_CHOICES
+from .errors import InterpError
+
+EXIT_USER_ERROR = 2
+
+
+def _emit(obj: Any, out: str | None) -> None:
+    from .runs import write_json
+    if out:
+        write_json(out, obj)
+        print(json.dumps({"written": str(out)}))
+    else:
+        print(json.dumps(obj, indent=2, default=str))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default: auto = cuda, mps, cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# -- make-data -------------------------------------------------------------------------------
+def cmd_make_data(a: argparse.Namespace) -> int:
+    from .data.generate import make_dataset
+    info = make_dataset(a.kind, a.out, size=a.size, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test,
+                        seed=a.seed, progress=not a.quiet)
+    _emit(info, None)
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------
+def _objective_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Union of every objective's options: field name -> (a field, objectives using it)."""
+    from .training.objectives import get_objective, objective_names
+    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name in objective_names():
+        for f in dataclasses.fields(get_objective(name).Options):
+            if f.name in fields:
+                fields[f.name][1].append(name)
+            else:
+                fields[f.name] = (f, [name])
+    return fields
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _add_objective_flags(p: argparse.ArgumentParser) -> None:
+    from .training.objectives import get_objective
+    g = p.add_argument_group("objective options (apply to the objectives named in brackets)")
+    for name, (f, users) in sorted(_objective_fields().items()):
+        defaults = []
+        for u in users:
+            uf = {x.name: x for x in dataclasses.fields(get_objective(u).Options)}[name]
+            defaults.append(f"{u}: {_field_default(uf)}")
+        help_text = f.metadata.get("help", "") if f.metadata else ""
+        ftype = f.type if isinstance(f.type, type) else type(_field_default(f))
+        if ftype is bool:
+            g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", default=None,
+                           type=lambda s: s.lower() in ("1", "true", "yes", "on"), metavar="BOOL",
+                           help=f"{help_text} [{', '.join(users)}] (default {'; '.join(defaults)})")
+        else:
+            conv = ftype if ftype in (int, float) else str
+            g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", default=None, type=conv,
+                           help=f"{help_text} [{', '.join(users)}] (default {'; '.join(defaults)})".replace("%", "%%"))
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+    from .training.objectives import get_objective
+    valid = {f.name for f in dataclasses.fields(get_objective(a.objective).Options)}
+    opts, wrong = {}, []
+    for k, v in vars(a).items():
+        if k.startswith("opt_") and v is not None:
+            (opts.__setitem__(k[4:], v) if k[4:] in valid else wrong.append("--" + k[4:].replace("_", "-")))
+    if wrong:
+        raise InterpError(f"option(s) {', '.join(wrong)} do not apply to objective {a.objective!r}")
+    cfg = TrainConfig(data=a.data, out=a.out, objective=a.objective, objective_options=opts, arch=a.arch,
+                      epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+                      weight_decay=a.weight_decay, schedule=a.schedule, seed=a.seed, init=a.init,
+                      weights=a.weights, image_size=a.image_size, val_fraction=a.val_fraction,
+                      workers=a.workers, device=a.device, max_grad_norm=a.max_grad_norm)
+    res = train(cfg, progress=not a.quiet)
+    _emit({"run": str(res.run_dir.resolve()), "already_finished": res.already_finished,
+           "epochs": len(res.history), "best_epoch": res.best_epoch,
+           "best_val_accuracy": res.best_val_accuracy,
+           "last": res.history[-1] if res.history else None}, None)
+    return 0
+
+
+# -- evaluate / explain / compare ----------------------------------------------------------
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .device import pick_device
+    from .evaluate import EvalSettings, evaluate_run
+    settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
+                            expensive=a.expensive, seed=a.seed)
+    result = evaluate_run(a.run, a.data, settings, device=pick_device(a.device), progress=not a.quiet,
+                          predictions_csv=a.predictions)
+    _emit(result, a.out)
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from .explain import explain_image
+    info = explain_image(a.run, a.image, a.out, method=a.attribution, target=a.target, device=a.device,
+                         alpha=a.alpha, seed=a.seed)
+    _emit(info, None)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .report import build_report
+    info = build_report(a.runs, a.data, a.out, split=a.split, attribution=a.attribution, limit=a.limit,
+                        device=a.device, progress=not a.quiet, seed=a.seed)
+    _emit(info, None)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .training.objectives import objective_names
+    from .models import list_models
+    p = argparse.ArgumentParser(prog="python -m interp_core", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("make-data", help="generate a sample dataset (synthetic-he, synthetic-he-biased, ihc)")
+    m.add_argument("kind", help="synthetic-he | synthetic-he-biased | ihc")
+    m.add_argument("--out", required=True, help="output dataset folder")
+    m.add_argument("--size", type=int, default=64, help="tile side in pixels (default 64)")
+    m.add_argument("--n-train", type=int, default=None, help="training tiles (default: the shipped size)")
+    m.add_argument("--n-val", type=int, default=None, help="validation tiles")
+    m.add_argument("--n-test", type=int, default=None, help="test tiles")
+    _common(m)
+    m.set_defaults(func=cmd_make_data)
+
+    t = sub.add_parser("train", help="train or fine-tune a model (resumes an unfinished --out)")
+    t.add_argument("--data", required=True, help="dataset folder (DESIGN.md layout) or MedMNIST .npz")
+    t.add_argument("--objective", choices=objective_names(), default="erm", help="training objective (default erm)")
+    t.add_argument("--arch", choices=sorted(list_models()), default=None,
+                   help="architecture (default smallcnn, or the --init run's)")
+    t.add_argument("--epochs", type=int, required=True, help="number of epochs")
+    t.add_argument("--out", required=True, help="run directory to create or resume")
+    t.add_argument("--init", default=None, help="start from this run's weights (fine-tuning; lr default 1e-4)")
+    t.add_argument("--weights", default=None, help="initial weights from your own .safetensors file")
+    t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 from scratch, 1e-4 with --init)")
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default adamw)")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
+    t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="lr schedule (default cosine)")
+    t.add_argument("--image-size", type=int, default=None, help="resize tiles to this side (default: as stored)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of train carved for val when no val split")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    t.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm (default off)")
+    _common(t)
+    _add_objective_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy and explanation-quality metrics of a run on a dataset")
+    e.add_argument("--run", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--attribution", default="saliency", help="attribution method for the explanation metrics")
+    e.add_argument("--limit", type=int, default=None, help="only the first N tiles (quick look)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--expensive", action="store_true",
+                   help="also compute the slow metrics (max-sensitivity, model randomisation)")
+    e.add_argument("--out", default=None, help="write metrics.json here instead of stdout")
+    e.add_argument("--predictions", default=None, help="also write per-tile predictions to this CSV")
+    _common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("explain", help="attribution map of one image as a PNG overlay or a .npy array")
+    x.add_argument("--run", required=True)
+    x.add_argument("--image", required=True)
+    x.add_argument("--attribution", default="saliency")
+    x.add_argument("--target", default=None, help="class name or index (default: predicted)")
+    x.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (PNG)")
+    x.add_argument("--out", required=True, help="OUT.png (overlay) or OUT.npy (raw map)")
+    _common(x)
+    x.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("compare", help="self-contained HTML report comparing runs on a dataset")
+    c.add_argument("--runs", nargs="+", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument("--attribution", default="saliency")
+    c.add_argument("--limit", type=int, default=200)
+    c.add_argument("--out", required=True, help="report.html")
+    _common(c)
+    c.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("INTERP_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --limit", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the one place a bug is reported instead of a traceback
+        if debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (set INTERP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

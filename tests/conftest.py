@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny datasets and runs, built once per session in a temp folder."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from interp_core.testing import make_tiny_dataset
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "ds", n_per_class=16, size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    from interp_core.training import TrainConfig, train
+    out = tmp_path_factory.mktemp("runs") / "erm"
+    train(TrainConfig(data=str(tiny_data), out=str(out), epochs=2, batch_size=8), progress=False, log=lambda m: None)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
+    """Run ``python -m interp_core ARGS`` in a subprocess; return the CompletedProcess."""
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "interp_core", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
