@@ -7,12 +7,14 @@ when it has ``groups.csv``, artifact mass only when it has artifact masks.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from .data import open_split
 from .device import pick_device
 from .errors import DataError
+from .metrics import summarise
 from .predict import predict_loader
 from .runs import LoadedRun, load_run
 
@@ -37,16 +40,6 @@ class EvalSettings:
     explanations: bool = True
     n_steps: int = 32
     seed: int = 0
-
-
-def summarise(values: torch.Tensor) -> dict[str, float | int | None]:
-    """Mean, standard deviation and count of the non-NaN values."""
-    v = values.detach().double().flatten()
-    v = v[~torch.isnan(v)]
-    n = int(v.numel())
-    if n == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(unbiased=False)) if n > 1 else 0.0, "n": n}
 
 
 def _open(run: LoadedRun, data: str | Path, s: EvalSettings):
@@ -89,7 +82,7 @@ def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, 
 
 
 def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSettings | None = None, *,
-                 device: torch.device | None = None, progress: bool = False,
+                 device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
                  predictions_csv: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``run`` on ``data``; see the module docstring for what is included."""
     s = settings or EvalSettings()
@@ -115,4 +108,47 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     result.update(metrics)
     details["seconds"] = time.time() - t0
     result["details"] = details
+    return result
+
+
+CACHE_DIR = "eval_cache"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> str:
+    """Key of a cached evaluation: the weights' content, the data location and every setting."""
+    run_dir = Path(run_dir)
+    payload = json.dumps({"weights": _file_digest(run_dir / "model.safetensors"),
+                          "data": str(Path(data).resolve()), "settings": asdict(settings),
+                          "version": 1}, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
+                    device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
+                    refresh: bool = False) -> dict[str, Any]:
+    """``evaluate_run`` with its result cached in ``RUN/eval_cache/<key>.json`` (see ``cache_key``).
+
+    A read-only run directory still works: the result is returned, just not cached.
+    """
+    from .runs import read_json, write_json
+    s = settings or EvalSettings()
+    path = Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, s)}.json"
+    if path.is_file() and not refresh:
+        try:
+            return read_json(path)
+        except Exception:  # a damaged cache entry is recomputed
+            pass
+    result = evaluate_run(run_dir, data, s, device=device, progress=progress)
+    try:
+        write_json(path, result)
+    except OSError:
+        pass
     return result

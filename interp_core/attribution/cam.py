@@ -3,7 +3,7 @@
 ``CAM_c = ReLU(sum_k w_{c,k} F_k)`` over the last feature map ``F``, bilinearly upsampled to the
 input size. For a GAP + linear head, Grad-CAM's channel weights are ``w_{c,k} / (h*w)``, so
 Grad-CAM equals CAM up to a positive constant: after max-normalisation they coincide. That is
-why the ECE refresh can use this no-grad path.
+why the ECE refresh can use this no-grad path. Registered as the ``cam`` attribution method.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InterpError
+from .registry import register_method
 
 
 def supports_cam(model: nn.Module) -> bool:
@@ -39,3 +40,15 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     if upsample and cam.shape[-2:] != x.shape[-2:]:
         cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return cam.float()
+
+
+def _check_model(model: nn.Module, opts: dict) -> None:
+    if not supports_cam(model):
+        raise InterpError("CAM needs a model whose head is global-average-pool + linear "
+                          "(forward_features + head); use 'gradcam' instead")
+
+
+@register_method("cam", description="Class activation map: head weights times the last feature map (Zhou et al. 2016)",
+                 signed=False, cost="fast", needs_gradients=False, check_model=_check_model)
+def _cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return class_activation_map(model, x, target=target, upsample=True)

@@ -11,8 +11,8 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=False)]
 
 
-@register_model("smallcnn", "4 conv blocks (32-64-128-128) with BatchNorm, GAP + linear; CAM at 1/4 resolution")
-def smallcnn(num_classes: int, width: int = 32) -> TileClassifier:
+@register_model("smallcnn", "4 conv blocks (16-32-64-64) with BatchNorm, GAP + linear; CAM at 1/4 resolution")
+def smallcnn(num_classes: int, width: int = 16) -> TileClassifier:
     """4 conv blocks with BatchNorm, two 2x2 max-pools, global-average-pool + linear head."""
     w = width
     features = nn.Sequential(

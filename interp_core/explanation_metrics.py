@@ -1,0 +1,86 @@
+"""The explanation-quality half of ``evaluate``: attribution maps for a dataset, streamed in
+batches, scored with every metric of METHODS.md section 4 that the data allows.
+
+Which attribution form each metric reads is the metric's own (see ``interp_core.metrics.METRICS``);
+the maps are computed for the model's predicted class, the consistency for the true class (as in
+METHODS.md section 3).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from . import metrics as M
+from .attribution import attribute, seed_option
+from .consistency import ConsistencyOptions, explanation_consistency
+
+ProgressFn = Callable[[int, int], None]
+
+
+def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor, s, *, device: torch.device,
+                        progress: bool | ProgressFn = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-metric ``{"mean","std","n"}`` and details (mean deletion/insertion curves, randomisation table)."""
+    loader = DataLoader(Subset(ds, idx), batch_size=s.batch_size, shuffle=False)
+    values: dict[str, list[torch.Tensor]] = {}
+    del_curves, ins_curves, fractions = [], [], None
+    rand_layers, rand_tables = None, []
+    gen = torch.Generator().manual_seed(s.seed)
+    cons_opts = ConsistencyOptions()
+    done, total = 0, len(idx)
+    bar = tqdm(total=total, desc=f"explanation metrics ({s.attribution})", file=sys.stderr, leave=False,
+               disable=not (progress is True), dynamic_ncols=True)
+
+    def add(name: str, v: torch.Tensor) -> None:
+        values.setdefault(name, []).append(v.detach().float().cpu())
+
+    for batch in loader:
+        x = batch["image"].to(device)
+        y = batch["label"].to(device)
+        target = pred[done:done + len(x)].to(device)
+        a = attribute(model, x, s.attribution, target=target, **seed_option(s.attribution, s.seed))
+        add("sparseness", M.sparseness(a))
+        add("complexity", M.complexity(a))
+        d = M.deletion_auc(model, x, a, target, n_steps=s.n_steps)
+        i = M.insertion_auc(model, x, a, target, n_steps=s.n_steps)
+        add("deletion_auc", d.auc)
+        add("insertion_auc", i.auc)
+        del_curves.append(d.curve.cpu())
+        ins_curves.append(i.curve.cpu())
+        fractions = d.fractions.cpu()
+        if "mask" in batch:
+            mask = batch["mask"].to(device)[:, 0] > 0
+            add("pointing_game", M.pointing_game(a, mask))
+            add("relevance_mass_accuracy", M.relevance_mass_accuracy(a, mask))
+            add("relevance_rank_accuracy", M.relevance_rank_accuracy(a, mask))
+        if "artifact" in batch:
+            add("artifact_mass", M.artifact_mass(a, batch["artifact"].to(device)[:, 0] > 0))
+        c = explanation_consistency(model, x, y, **cons_opts.consistency_kwargs(), generator=gen)
+        add("explanation_consistency", c.score)
+        add("attack_flip_rate", c.pred_changed.float())
+        if s.expensive:
+            add("max_sensitivity", M.max_sensitivity(model, x, target, method=s.attribution, seed=s.seed))
+            r = M.model_randomisation(model, x, target, method=s.attribution, seed=s.seed)
+            add("model_randomisation", r.score)
+            rand_layers = r.layers
+            rand_tables.append(r.per_layer.cpu())
+        done += len(x)
+        bar.update(len(x))
+        if callable(progress):
+            progress(done, total)
+    bar.close()
+    out = {name: M.summarise(torch.cat(v)) for name, v in values.items()}
+    details: dict[str, Any] = {"attribution": s.attribution}
+    if del_curves:
+        details["curves"] = {"fractions": fractions.tolist(),
+                             "deletion": torch.cat(del_curves).mean(0).tolist(),
+                             "insertion": torch.cat(ins_curves).mean(0).tolist()}
+    if rand_tables:
+        table = torch.cat(rand_tables, dim=1)
+        details["model_randomisation_layers"] = {
+            "layers": rand_layers, "spearman_mean": torch.nanmean(table, dim=1).tolist()}
+    return out, details

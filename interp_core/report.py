@@ -1,0 +1,181 @@
+"""``compare``: a self-contained HTML report across runs on one dataset.
+
+The metric table (with each metric's better direction), plotly bar charts and deletion/insertion
+curves (plotly.js embedded once, inline: the file opens with no network), training curves, and a
+grid of example overlays per run (PNG data URIs). Every text is HTML-escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from PIL import Image
+
+from .attribution import attribute, overlay, seed_option, shared_range
+from .data import open_split
+from .device import pick_device
+from .errors import InterpError
+from .evaluate import EvalSettings, cached_evaluate
+from .metrics import METRICS
+from .runs import load_run
+
+N_EXAMPLES = 6
+
+
+def _png_data_uri(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _metric_rows(results: dict[str, dict]) -> list[str]:
+    names = []
+    for r in results.values():
+        names += [k for k, v in r.items() if isinstance(v, dict) and "mean" in v and k not in names]
+    return names
+
+
+def _direction(name: str) -> str:
+    info = METRICS.get(name)
+    if info is not None:
+        return "higher is better" if info.higher_is_better else "lower is better"
+    return {"accuracy": "higher is better", "worst_group_accuracy": "higher is better",
+            "explanation_consistency": "higher is better", "attack_flip_rate": "lower is better"}.get(name, "")
+
+
+def _fmt(v: dict | None) -> str:
+    if not v or v.get("mean") is None:
+        return "–"
+    std = v.get("std")
+    return f"{v['mean']:.4f}" + (f" ± {std:.4f}" if std is not None and v.get("n", 0) > 1 else "")
+
+
+def metric_table_html(results: dict[str, dict]) -> str:
+    """An HTML table: one row per metric, one column per run (mean ± std), plus the direction."""
+    runs = list(results)
+    head = "".join(f"<th>{html.escape(r)}</th>" for r in runs)
+    rows = []
+    for m in _metric_rows(results):
+        cells = "".join(f"<td>{_fmt(results[r].get(m))}</td>" for r in runs)
+        rows.append(f"<tr><th>{html.escape(m)}</th><td class='dir'>{html.escape(_direction(m))}</td>{cells}</tr>")
+    return f"<table><thead><tr><th>metric</th><th>direction</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def metric_bars_figure(results: dict[str, dict]) -> go.Figure:
+    """Grouped bars of every [0,1]-ranged metric's mean (error bars = std) per run."""
+    fig = go.Figure()
+    metrics = [m for m in _metric_rows(results) if m not in ("complexity", "max_sensitivity")]
+    for run, r in results.items():
+        fig.add_bar(name=run, x=metrics, y=[(r.get(m) or {}).get("mean") for m in metrics],
+                    error_y=dict(type="data", array=[(r.get(m) or {}).get("std") or 0 for m in metrics]))
+    fig.update_layout(barmode="group", title="Metrics across runs (mean ± std; see the table for directions)",
+                      yaxis_title="value", height=420, margin=dict(t=50, b=120))
+    return fig
+
+
+def curves_figure(results: dict[str, dict], kind: str) -> go.Figure:
+    """Mean deletion or insertion curve per run: target-class probability vs fraction of pixels changed."""
+    fig = go.Figure()
+    for run, r in results.items():
+        c = r.get("details", {}).get("curves")
+        if c:
+            fig.add_scatter(name=run, x=c["fractions"], y=c[kind], mode="lines")
+    better = "lower area is better" if kind == "deletion" else "higher area is better"
+    fig.update_layout(title=f"{kind.capitalize()} curves ({better})", xaxis_title="fraction of pixels "
+                      + ("removed" if kind == "deletion" else "inserted"), yaxis_title="probability of the class",
+                      height=380, yaxis_range=[0, 1])
+    return fig
+
+
+def history_figure(histories: dict[str, list[dict]]) -> go.Figure:
+    """Validation accuracy per epoch for each run's training history."""
+    fig = go.Figure()
+    for run, h in histories.items():
+        if h:
+            fig.add_scatter(name=run, x=[e["epoch"] for e in h], y=[e.get("val_accuracy") for e in h], mode="lines+markers")
+    fig.update_layout(title="Validation accuracy during training (higher is better)", xaxis_title="epoch",
+                      yaxis_title="accuracy", height=360)
+    return fig
+
+
+def example_indices(labels: list[int], n: int = N_EXAMPLES) -> list[int]:
+    """Up to ``n`` tiles spread over the classes (round-robin, first tiles of each class)."""
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    out: list[int] = []
+    k = 0
+    while len(out) < n and any(k < len(v) for v in by_class.values()):
+        for lab in sorted(by_class):
+            if k < len(by_class[lab]) and len(out) < n:
+                out.append(by_class[lab][k])
+        k += 1
+    return out
+
+
+def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, split: str = "test",
+                 attribution: str = "saliency", limit: int | None = 200, device: str = "auto",
+                 progress: bool | Callable[[int, int], None] = False, seed: int = 0) -> dict[str, Any]:
+    """Evaluate ``runs`` on ``data`` (cached beside each run) and write the HTML report to ``out``."""
+    if not runs:
+        raise InterpError("compare needs at least one --runs")
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InterpError(f"--out must be an .html file (got {out.name!r})")
+    dev = pick_device(device)
+    t0 = time.time()
+    loaded = [load_run(r, dev) for r in runs]
+    names = [lr.name if [x.name for x in loaded].count(lr.name) == 1 else str(lr.path) for lr in loaded]
+    settings = EvalSettings(split=split, attribution=attribution, limit=limit, seed=seed)
+    results = {n: cached_evaluate(lr.path, data, settings, device=dev, progress=progress) for n, lr in zip(names, loaded)}
+    ds = open_split(data, split, image_size=loaded[0].config["image_size"])
+    idx = example_indices(ds.labels)
+    x = torch.stack([ds[i]["image"] for i in idx]).to(dev)
+    maps = {n: attribute(lr.model, x, attribution, **seed_option(attribution, seed)).cpu().numpy()
+            for n, lr in zip(names, loaded)}
+    with torch.no_grad():
+        preds = {n: torch.softmax(lr.model(x), 1).cpu() for n, lr in zip(names, loaded)}
+    grid = ["<table class='grid'><tr><th>tile</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"]
+    for j, i in enumerate(idx):
+        img = ds.read_image(i)
+        if img.shape[0] != x.shape[-1]:
+            img = (x[j].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        mask = ds.read_mask(i)
+        if mask is not None and mask.shape != img.shape[:2]:
+            mask = None
+        vmin, vmax = shared_range([maps[n][j] for n in names])
+        cells = [f"<td><img src='{_png_data_uri(img)}'><br>{html.escape(ds.ids[i])}<br>"
+                 f"true: {html.escape(ds.classes[ds.labels[i]])}</td>"]
+        for n in names:
+            p = preds[n][j]
+            k = int(p.argmax())
+            ov = overlay(img, maps[n][j], vmin=vmin, vmax=vmax, mask=mask)
+            cells.append(f"<td><img src='{_png_data_uri(ov)}'><br>pred: {html.escape(ds.classes[k])} "
+                         f"({float(p[k]):.2f})</td>")
+        grid.append("<tr>" + "".join(cells) + "</tr>")
+    grid.append("</table>")
+    figs = [metric_bars_figure(results), curves_figure(results, "deletion"), curves_figure(results, "insertion"),
+            history_figure({n: lr.history for n, lr in zip(names, loaded)})]
+    fig_html = [pio.to_html(f, include_plotlyjs=(i == 0), full_html=False) for i, f in enumerate(figs)]
+    css = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse;margin:1em 0}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;font-size:13px} .dir{color:#666}"
+           ".grid td{text-align:center} .grid img{width:128px;height:128px;image-rendering:pixelated}")
+    body = (f"<h1>Explanation report</h1><p>Dataset <code>{html.escape(str(data))}</code>, split "
+            f"<b>{html.escape(split)}</b>, attribution <b>{html.escape(attribution)}</b>, "
+            f"{results[names[0]]['n_tiles']} tiles per run. Generated by interp_core.</p>"
+            f"<h2>Metrics</h2>{metric_table_html(results)}{fig_html[0]}<h2>Faithfulness curves</h2>{fig_html[1]}"
+            f"{fig_html[2]}<h2>Training</h2>{fig_html[3]}<h2>Examples</h2><p>Shared colour scale per row; "
+            "white outline: ground-truth evidence mask.</p>" + "".join(grid))
+    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp_core report</title><style>{css}</style></head><body>{body}</body></html>"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc, encoding="utf-8")
+    return {"out": str(out), "runs": names, "n_tiles": results[names[0]]["n_tiles"], "seconds": time.time() - t0,
+            "bytes": out.stat().st_size}
