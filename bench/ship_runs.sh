@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Retrain the runs shipped in sample_data/runs/ with the project's own CLI (deterministic on the CPU).
+# For each shipped dataset: an ERM baseline, then SCAAT, SGT and ECE fine-tuned from it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+N=${N:-8}   # baseline epochs
+M=${M:-3}   # fine-tuning epochs
+for ds in synthetic-he synthetic-he-biased ihc; do
+  data=sample_data/data/$ds
+  out=sample_data/runs/$ds
+  $PY -m interp_core train --data "$data" --objective erm --epochs "$N" --out "$out/baseline-erm" --seed 0 --device cpu --quiet
+  for obj in scaat sgt ece; do
+    $PY -m interp_core train --data "$data" --objective "$obj" --init "$out/baseline-erm" --epochs "$M" \
+      --out "$out/$obj" --seed 0 --device cpu --quiet
+  done
+done
+# the resumable checkpoints are not shipped (the runs are finished)
+find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +
