@@ -69,11 +69,14 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
     from .training.objectives import get_objective
     g = p.add_argument_group("objective options (apply to the objectives named in brackets)")
     for name, (f, users) in sorted(_objective_fields().items()):
-        defaults = []
+        defaults, helps = [], []
         for u in users:
             uf = {x.name: x for x in dataclasses.fields(get_objective(u).Options)}[name]
             defaults.append(f"{u}: {_field_default(uf)}")
-        help_text = f.metadata.get("help", "") if f.metadata else ""
+            h = uf.metadata.get("help", "") if uf.metadata else ""
+            if h and h not in [x.split(": ", 1)[-1] for x in helps]:
+                helps.append(f"{u}: {h}")
+        help_text = helps[0].split(": ", 1)[1] if len(helps) == 1 else "; ".join(helps)
         ftype = f.type if isinstance(f.type, type) else type(_field_default(f))
         if ftype is bool:
             g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", default=None,
@@ -82,6 +85,7 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
         else:
             conv = ftype if ftype in (int, float) else str
             g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", default=None, type=conv,
+                           metavar=name.upper(),
                            help=f"{help_text} [{', '.join(users)}] (default {'; '.join(defaults)})".replace("%", "%%"))
 
 
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --limit", file=sys.stderr)
         return 1

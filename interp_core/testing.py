@@ -43,3 +43,15 @@ def make_tiny_dataset(root: str | Path, *, n_per_class: int = 8, size: int = 16,
             w.writerow(["split", "class_name", "file", "group"])
             w.writerows(rows)
     return root
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
+    """Run ``python -m interp_core ARGS`` in a subprocess from the repo root; return the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("INTERP_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "interp_core", *args], capture_output=True, text=True,
+                          cwd=cwd or root, env=env, timeout=timeout)

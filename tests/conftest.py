@@ -27,11 +27,3 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "erm"
     train(TrainConfig(data=str(tiny_data), out=str(out), epochs=2, batch_size=8), progress=False, log=lambda m: None)
     return out
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
-    """Run ``python -m interp_core ARGS`` in a subprocess; return the CompletedProcess."""
-    import subprocess
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "interp_core", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=timeout)

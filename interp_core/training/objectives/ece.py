@@ -1,0 +1,253 @@
+"""ECE: explanation-consistency sample reweighting (METHODS.md section 3; Wu et al. 2024).
+
+At a refresh, every training sample gets its explanation consistency ``E_i`` (heatmap of the
+true class before and after a background-only adversarial attack, :mod:`interp_core.consistency`)
+and a weight ``v_i = 1 - E_i + beta`` normalised to mean 1 over the training set [paper: low
+consistency -> more weight; the form is ours]. Until the next refresh the loss is
+``mean_i v_i * CE(f(x_i), y_i)`` over the batch.
+
+Schedule [ours]: ``warmup_epochs`` of plain training (weights 1), then a refresh at the start of
+epoch ``e`` whenever ``e >= warmup_epochs`` and ``(e - warmup_epochs) % refresh_every == 0``
+(epochs count from 0 in each run, also with ``--init``).
+
+Side file ``RUN/consistency.npz`` (rewritten atomically after every refresh, readable with
+``np.load(..., allow_pickle=False)``): ``sample_ids`` [N] str, ``labels`` [N] int64,
+``refresh_epochs`` [R] int64, ``consistency`` [R,N] float32, ``weights`` [R,N] float32 (used from
+that epoch on), ``pred_changed`` [R,N] bool (the attack flipped the prediction). Column ``j`` is
+the sample with dataset index ``j``. ``refresh_epochs`` counts like the ``epoch`` field of
+``history.jsonl`` (1-based): a refresh at the start of loop epoch ``e`` (0-based, as in
+``EpochContext.epoch``) is recorded as ``e + 1``, the history line whose training it weighted.
+
+Resume: the objective's state tensors hold every refresh (epochs, ``E`` rows, flips, labels),
+and the npz is a pure function of that state. The first ``begin_epoch`` of a (resumed) objective
+rewrites the npz from the state, dropping any row a killed run wrote after its last checkpoint;
+an epoch already in the state is never refreshed again.
+
+History extras (every epoch): ``refreshed`` (0/1), ``weight_min``, ``weight_mean``,
+``weight_max``, ``weight_share_above_2x_mean``; on a refresh also ``consistency_mean``,
+``consistency_min``, ``pred_changed_share`` and ``refresh_seconds``.
+
+Cost: a refresh is ``K`` forward + input-only backward passes and one forward over the training
+set, run as in :func:`interp_core.consistency.dataset_consistency` (BatchNorm folded,
+channels-last, no-grad CAM, device-sized batches). Measured on the CPU (smallcnn width 32, 512
+tiles 64x64, one thread, CPU time): 1.6 ERM epochs, so a refresh epoch costs about 2.7 ERM epochs
+(``bench/objective_speed.py``); ``refresh_every`` amortises it (2: about 1.8x on average).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...consistency import ConsistencyOptions, dataset_consistency
+from ...errors import InterpError, TrainingDiverged
+from .base import EpochContext, Objective, StepContext, register_objective
+
+CONSISTENCY_FILE = "consistency.npz"
+
+
+def consistency_weights(consistency: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """``v_i = (1 - E_i + beta) / mean_j (1 - E_j + beta)`` [form ours]: mean 1, decreasing in ``E``.
+
+    Falls back to uniform weights when every raw weight is 0 (``beta = 0`` and all ``E = 1``).
+    Raises TrainingDiverged on non-finite consistency (a diverged model), so no NaN reaches the loss.
+    """
+    e = consistency.double()
+    if not bool(torch.isfinite(e).all()):
+        raise TrainingDiverged("explanation consistency is NaN/inf: the model has diverged")
+    v = 1.0 - e + float(beta)
+    mean = v.mean()
+    if not float(mean) > 0:
+        return torch.ones_like(consistency, dtype=torch.float32)
+    return (v / mean).float()
+
+
+def weight_stats(weights: torch.Tensor) -> dict[str, float]:
+    """``weight_min``, ``weight_mean``, ``weight_max`` and ``weight_share_above_2x_mean`` (share of
+    samples whose weight exceeds twice the mean), for history.jsonl."""
+    mean = float(weights.mean())
+    return {
+        "weight_min": float(weights.min()),
+        "weight_mean": mean,
+        "weight_max": float(weights.max()),
+        "weight_share_above_2x_mean": float((weights > 2 * mean).float().mean()),
+    }
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_i v_i * CE(logits_i, y_i)`` over the batch (not divided by ``sum v``: the weights
+    already have mean 1 over the dataset, so the loss scale matches plain CE on average)."""
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return (weights.to(ce.device, ce.dtype) * ce).mean()
+
+
+def refresh_due(epoch: int, warmup_epochs: int, refresh_every: int) -> bool:
+    """True when a refresh runs at the start of ``epoch`` (0-based) [schedule ours]."""
+    return epoch >= warmup_epochs and (epoch - warmup_epochs) % refresh_every == 0
+
+
+@register_objective
+class ECE(Objective):
+    """Explanation-consistency reweighting: weighted CE with weights refreshed from ``E``."""
+
+    name = "ece"
+    description = "explanation-consistency sample reweighting (weighted CE, periodic refresh)"
+
+    @dataclass
+    class Options(ConsistencyOptions):
+        beta: float = field(default=0.1, metadata={"help": "[ours] weight offset: v = 1 - E + beta, then normalised to mean 1"})
+        warmup_epochs: int = field(default=1, metadata={"help": "[ours] epochs of plain cross-entropy before the first refresh"})
+        refresh_every: int = field(default=1, metadata={"help": "[ours] epochs between consistency refreshes"})
+        refresh_batch_size: int = field(default=0, metadata={"help": (
+            "batch size of the refresh pass; 0 = auto: 256 on CUDA, 32 on the CPU (measured fastest "
+            "there: larger batches fall out of cache)")})
+
+        def validate(self) -> None:
+            """Raise InterpError for values outside their domain."""
+            super().validate()
+            if not float(self.beta) >= 0:
+                raise InterpError(f"beta must be >= 0, got {self.beta}")
+            if int(self.warmup_epochs) < 0:
+                raise InterpError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            if int(self.refresh_every) < 1:
+                raise InterpError(f"refresh_every must be >= 1, got {self.refresh_every}")
+            if int(self.refresh_batch_size) < 0:
+                raise InterpError(f"refresh_batch_size must be >= 1 (or 0 for auto), got {self.refresh_batch_size}")
+
+    def __init__(self, options: "ECE.Options", num_train: int):
+        super().__init__(options, num_train)
+        options.validate()
+        self.weights = torch.ones(num_train)  # current v, indexed by dataset index (CPU)
+        self.refresh_epochs = torch.zeros(0, dtype=torch.long)  # [R]
+        self.consistency = torch.zeros(0, num_train)  # [R, N]
+        self.pred_changed = torch.zeros(0, num_train, dtype=torch.bool)  # [R, N]
+        self.labels = torch.full((num_train,), -1, dtype=torch.long)
+        self._weights_on: dict[torch.device, torch.Tensor] = {}
+        self._npz_synced = False
+
+    # -- per epoch -------------------------------------------------------------------------
+    def begin_epoch(self, ctx: EpochContext) -> dict[str, float]:
+        """Refresh the weights when the schedule says so (and not already done for this epoch);
+        return the weight statistics (and, on a refresh, consistency statistics) for history."""
+        opts = self.options
+        extras: dict[str, float] = {}
+        if not self._npz_synced:
+            self._write_npz(ctx)  # resumed: make the file match the restored state
+            self._npz_synced = True
+        already = bool((self.refresh_epochs == ctx.epoch).any())
+        refresh = refresh_due(ctx.epoch, int(opts.warmup_epochs), int(opts.refresh_every)) and not already
+        if refresh:
+            extras.update(self._refresh(ctx))
+        extras["refreshed"] = float(refresh)
+        extras.update(weight_stats(self.weights))
+        return extras
+
+    def _refresh(self, ctx: EpochContext) -> dict[str, float]:
+        start = time.perf_counter()
+        result = dataset_consistency(
+            ctx.model, ctx.train_eval_loader, self.options, device=ctx.device,
+            batch_size=int(self.options.refresh_batch_size) or None, progress=ctx.progress,
+            generator=ctx.generator, desc=f"ece refresh (epoch {ctx.epoch})")
+        e = torch.zeros(self.num_train)
+        changed = torch.zeros(self.num_train, dtype=torch.bool)
+        covered = torch.zeros(self.num_train, dtype=torch.bool)
+        idx = result.indices
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_train):
+            raise InterpError(f"training loader yielded index {int(idx.max())} outside 0..{self.num_train - 1}")
+        e[idx] = result.scores
+        changed[idx] = result.pred_changed
+        covered[idx] = True
+        self.labels[idx] = result.labels
+        if not bool(covered.all()):
+            raise InterpError(f"the training loader covered {int(covered.sum())} of {self.num_train} samples; "
+                              "the ECE refresh needs every training sample")
+        self.weights = consistency_weights(e, float(self.options.beta))  # raises on NaN
+        self._weights_on.clear()
+        self.refresh_epochs = torch.cat([self.refresh_epochs, torch.tensor([ctx.epoch], dtype=torch.long)])
+        self.consistency = torch.cat([self.consistency, e[None].float()])
+        self.pred_changed = torch.cat([self.pred_changed, changed[None]])
+        self._write_npz(ctx)
+        return {
+            "consistency_mean": float(e.mean()),
+            "consistency_min": float(e.min()),
+            "pred_changed_share": float(changed.float().mean()),
+            "refresh_seconds": time.perf_counter() - start,
+        }
+
+    def _write_npz(self, ctx: EpochContext) -> None:
+        """Write ``consistency.npz`` from the state (temp file + os.replace); remove a stale file
+        when the state has no refresh yet."""
+        if ctx.run_dir is None:
+            return
+        path = Path(ctx.run_dir) / CONSISTENCY_FILE
+        if len(self.refresh_epochs) == 0:
+            if path.exists():
+                path.unlink()
+            return
+        ids = list(ctx.sample_ids) if ctx.sample_ids else [str(i) for i in range(self.num_train)]
+        if len(ids) != self.num_train:
+            raise InterpError(f"{len(ids)} sample ids for {self.num_train} training samples")
+        weights = torch.stack([consistency_weights(row, float(self.options.beta)) for row in self.consistency])
+        tmp = path.with_name(f".{CONSISTENCY_FILE}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh,
+                     sample_ids=np.asarray(ids, dtype=np.str_),
+                     labels=self.labels.numpy().astype(np.int64),
+                     refresh_epochs=self.refresh_epochs.numpy().astype(np.int64) + 1,  # as history.jsonl
+                     consistency=self.consistency.numpy().astype(np.float32),
+                     weights=weights.numpy().astype(np.float32),
+                     pred_changed=self.pred_changed.numpy().astype(np.bool_))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # -- per batch -------------------------------------------------------------------------
+    def sample_weights(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Current weights ``v`` of the samples with dataset indices ``index``, on ``device``."""
+        device = torch.device(device)
+        w = self._weights_on.get(device)
+        if w is None:
+            w = self._weights_on[device] = self.weights.to(device)
+        return w[index.to(device)]
+
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """``mean_i v_i * CE(f(x_i), y_i)`` with the weights of the last refresh (1 before it)."""
+        logits = model(batch["image"])
+        v = self.sample_weights(batch["index"], logits.device)
+        return weighted_cross_entropy(logits, batch["label"], v), {"batch_weight_mean": float(v.mean())}
+
+    # -- resumable state -------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every refresh so far (epochs, consistency, flips, labels) and the current weights."""
+        return {
+            "weights": self.weights.contiguous(),
+            "refresh_epochs": self.refresh_epochs.contiguous(),
+            "consistency": self.consistency.contiguous(),
+            "pred_changed": self.pred_changed.to(torch.uint8).contiguous(),
+            "labels": self.labels.contiguous(),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_tensors`; the npz is rewritten from it at the next ``begin_epoch``."""
+        if not tensors:
+            return
+        n = self.num_train
+        weights, epochs = tensors["weights"].float(), tensors["refresh_epochs"].long()
+        consistency, changed = tensors["consistency"].float(), tensors["pred_changed"].bool()
+        r = epochs.numel()
+        if weights.shape != (n,) or consistency.shape != (r, n) or changed.shape != (r, n) or tensors["labels"].shape != (n,):
+            raise InterpError(f"ECE state is for {weights.numel()} training samples and {r} refreshes "
+                              f"(consistency {list(consistency.shape)}); this run has {n} training samples")
+        self.weights = weights.clone()
+        self.refresh_epochs = epochs.clone()
+        self.consistency = consistency.clone()
+        self.pred_changed = changed.clone()
+        self.labels = tensors["labels"].long().clone()
+        self._weights_on.clear()
+        self._npz_synced = False
