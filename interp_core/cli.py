@@ -67,6 +67,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 def _add_objective_flags(p: argparse.ArgumentParser) -> None:
     from .training.objectives import get_objective
+    from .training.objectives.base import field_type
     g = p.add_argument_group("objective options (apply to the objectives named in brackets)")
     for name, (f, users) in sorted(_objective_fields().items()):
         defaults, helps = [], []
@@ -77,7 +78,11 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
             if h and h not in [x.split(": ", 1)[-1] for x in helps]:
                 helps.append(f"{u}: {h}")
         help_text = helps[0].split(": ", 1)[1] if len(helps) == 1 else "; ".join(helps)
-        ftype = f.type if isinstance(f.type, type) else type(_field_default(f))
+        types = set()
+        for u in users:
+            uf = {x.name: x for x in dataclasses.fields(get_objective(u).Options)}[name]
+            types.add(field_type(uf))
+        ftype = float if types <= {int, float} and float in types else types.pop() if len(types) == 1 else str
         if ftype is bool:
             g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", default=None,
                            type=lambda s: s.lower() in ("1", "true", "yes", "on"), metavar="BOOL",

@@ -46,8 +46,28 @@ def _open(run: LoadedRun, data: str | Path, s: EvalSettings):
     ds = open_split(data, s.split, image_size=run.config["image_size"])
     if ds.classes != run.classes:
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {run.classes}")
-    idx = list(range(len(ds) if s.limit is None else min(len(ds), max(1, s.limit))))
-    return ds, idx
+    if s.limit is None or s.limit >= len(ds):
+        return ds, list(range(len(ds)))
+    return ds, stratified_subset(ds.labels, max(1, s.limit))
+
+
+def stratified_subset(labels: list[int], n: int) -> list[int]:
+    """``n`` indices taken round-robin over the classes (each class in file order), sorted.
+
+    Deterministic, and unlike "the first n" it does not return a single class when the split is
+    stored class by class.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    out: list[int] = []
+    k = 0
+    while len(out) < n:
+        for lab in sorted(by_class):
+            if k < len(by_class[lab]) and len(out) < n:
+                out.append(by_class[lab][k])
+        k += 1
+    return sorted(out)
 
 
 def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
@@ -122,11 +142,21 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def data_fingerprint(data: str | Path) -> str:
+    """Identifies a dataset independently of where the repository is cloned: the content of its
+    ``dataset.json`` (written by our generators) when present, else the resolved path."""
+    p = Path(data)
+    meta = p / "dataset.json"
+    if meta.is_file():
+        return "dataset.json:" + hashlib.sha1(meta.read_bytes()).hexdigest()[:16]
+    return str(p.resolve())
+
+
 def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> str:
     """Key of a cached evaluation: the weights' content, the data location and every setting."""
     run_dir = Path(run_dir)
     payload = json.dumps({"weights": _file_digest(run_dir / "model.safetensors"),
-                          "data": str(Path(data).resolve()), "settings": asdict(settings),
+                          "data": data_fingerprint(data), "settings": asdict(settings),
                           "version": 1}, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 

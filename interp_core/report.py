@@ -23,7 +23,7 @@ from .attribution import attribute, overlay, seed_option, shared_range
 from .data import open_split
 from .device import pick_device
 from .errors import InterpError
-from .evaluate import EvalSettings, cached_evaluate
+from .evaluate import EvalSettings, cached_evaluate, stratified_subset
 from .metrics import METRICS
 from .runs import load_run
 
@@ -108,17 +108,7 @@ def history_figure(histories: dict[str, list[dict]]) -> go.Figure:
 
 def example_indices(labels: list[int], n: int = N_EXAMPLES) -> list[int]:
     """Up to ``n`` tiles spread over the classes (round-robin, first tiles of each class)."""
-    by_class: dict[int, list[int]] = {}
-    for i, lab in enumerate(labels):
-        by_class.setdefault(lab, []).append(i)
-    out: list[int] = []
-    k = 0
-    while len(out) < n and any(k < len(v) for v in by_class.values()):
-        for lab in sorted(by_class):
-            if k < len(by_class[lab]) and len(out) < n:
-                out.append(by_class[lab][k])
-        k += 1
-    return out
+    return stratified_subset(labels, min(n, len(labels)))
 
 
 def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, split: str = "test",

@@ -66,7 +66,7 @@ def test_make_data_train_evaluate_explain_compare(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["train", "--data", "/no/such/dir", "--epochs", "1", "--out", "/tmp/x"], "dataset not found"),
+    (["train", "--data", "/no/such/dir", "--epochs", "1", "--out", "/tmp/x"], "dataset folder not found"),
     (["make-data", "nonsense", "--out", "/tmp/x"], "unknown"),
     (["evaluate", "--run", "/no/run", "--data", "/tmp"], "run directory not found"),
     (["train", "--data", "/tmp", "--epochs", "0", "--out", "/tmp/x"], "--epochs must be at least 1"),

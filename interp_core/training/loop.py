@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -174,9 +175,10 @@ def evaluate_loss_accuracy(model: nn.Module, loader: DataLoader, device: torch.d
 class _ProgressFile:
     """Throttled writes of ``progress.json`` so a dashboard can poll a running job."""
 
-    def __init__(self, run_dir: Path, every_s: float = 1.0):
+    def __init__(self, run_dir: Path, every_s: float | None = None):
         self.path = run_dir / PROGRESS
-        self.every_s = every_s
+        # INTERP_PROGRESS_EVERY (seconds) lets tests and fast jobs see every step
+        self.every_s = float(os.environ.get("INTERP_PROGRESS_EVERY", "1.0")) if every_s is None else every_s
         self.last = 0.0
 
     def write(self, force: bool = False, **info: Any) -> None:
@@ -328,7 +330,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
 
 
 def _pid() -> int:
-    import os
     return os.getpid()
 
 

@@ -84,7 +84,7 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     data = make_tiny_dataset(tmp_path / "d", n_per_class=96, size=48)
     args = ["-m", "interp_core", "train", "--data", str(data), "--objective", "erm", "--epochs", "3",
             "--batch-size", "8", "--seed", "5", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "INTERP_PROGRESS_EVERY": "0"}
     full = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr
@@ -98,11 +98,11 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
             p = json.loads(prog.read_text())
         except (OSError, json.JSONDecodeError):
             p = {}
-        if p.get("epoch") == 1 and p.get("phase") == "train" and p.get("step", 0) >= 1:
+        if p.get("epoch") == 1 and p.get("phase") == "train" and 2 <= p.get("step", 0) < p.get("steps", 0) - 2:
             proc.send_signal(signal.SIGKILL)
             killed_at = p
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.wait(timeout=60)
     assert killed_at is not None, "the run finished before it could be killed mid-epoch"
     assert len(read_history(tmp_path / "killed")) == 1

@@ -105,6 +105,29 @@ def get_objective(name: str) -> type[Objective]:
     return _OBJECTIVES[name]
 
 
+def field_type(f: dataclasses.Field) -> type:
+    """The scalar type of an options field (annotations may be strings: ``"float | None"``)."""
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for name, t in (("bool", bool), ("float", float), ("int", int), ("str", str)):
+        if name in str(ann).replace("None", ""):
+            return t
+    default = f.default if f.default is not dataclasses.MISSING else None
+    return type(default) if default is not None else str
+
+
+def _coerce(value: Any, ftype: type) -> Any:
+    if ftype is bool and isinstance(value, str):
+        low = value.strip().lower()
+        if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"expected a boolean, got {value!r}")
+        return low in ("1", "true", "yes", "on")
+    if ftype is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    if ftype is float and isinstance(value, str) and value.strip().lower() in ("none", "auto", ""):
+        return None
+    return ftype(value)
+
+
 def options_from_dict(cls: type[Objective], values: dict[str, Any]) -> Objective.Options:
     """Build ``cls.Options`` from a dict, rejecting unknown keys and coercing types."""
     fields = {f.name: f for f in dataclasses.fields(cls.Options)}
@@ -116,9 +139,8 @@ def options_from_dict(cls: type[Objective], values: dict[str, Any]) -> Objective
     for k, v in values.items():
         if v is None:
             continue
-        ftype = fields[k].type if isinstance(fields[k].type, type) else type(fields[k].default)
         try:
-            kwargs[k] = ftype(v) if ftype in (int, float, str, bool) else v
+            kwargs[k] = _coerce(v, field_type(fields[k]))
         except (TypeError, ValueError) as e:
             raise InterpError(f"option {k}={v!r} for objective {cls.name!r}: {e}") from None
     opts = cls.Options(**kwargs)

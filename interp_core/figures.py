@@ -1,0 +1,406 @@
+"""Figures for the dashboard and reports: plotly charts and composed PNGs (no Streamlit here).
+
+Every chart states its units and which direction is better, so a reader does not have to guess.
+Plotly figures are returned unrendered (``plotly.graph_objects.Figure``); PNGs are composed with
+Pillow from uint8 arrays, so no browser or image-export engine is needed.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InterpError
+
+#: Colours of runs, in order (colour-blind friendly, Okabe-Ito).
+RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+
+#: Units and plain-language names of the metrics the dashboard shows (direction comes from METRICS).
+METRIC_TEXT: dict[str, tuple[str, str]] = {
+    "accuracy": ("Accuracy", "share of tiles classified correctly, 0-1"),
+    "worst_group_accuracy": ("Worst-group accuracy", "accuracy of the weakest group, 0-1"),
+    "sparseness": ("Sparseness (Gini)", "Gini index of the map, 0-1"),
+    "complexity": ("Complexity (entropy)", "entropy of the map, nats"),
+    "deletion_auc": ("Deletion AUC", "area under the probability curve, 0-1"),
+    "insertion_auc": ("Insertion AUC", "area under the probability curve, 0-1"),
+    "pointing_game": ("Pointing game", "share of tiles whose peak lies in the marked region, 0-1"),
+    "relevance_mass_accuracy": ("Relevance mass", "share of the map inside the marked region, 0-1"),
+    "relevance_rank_accuracy": ("Relevance rank", "share of the top pixels inside the marked region, 0-1"),
+    "artifact_mass": ("Artifact mass", "share of the map on the pen mark, 0-1"),
+    "explanation_consistency": ("Explanation consistency", "similarity of heatmaps before/after attack, 0-1"),
+    "attack_flip_rate": ("Attack flip rate", "share of tiles whose answer the background attack flipped, 0-1"),
+    "max_sensitivity": ("Max-sensitivity", "relative change of the map, ratio"),
+    "model_randomisation": ("Model randomisation", "Spearman correlation, -1 to 1"),
+}
+
+#: Direction of metrics that are not in ``interp_core.metrics.METRICS``.
+EXTRA_DIRECTION = {"worst_group_accuracy": True, "explanation_consistency": True, "attack_flip_rate": False}
+
+#: Display order of metrics in tables and charts.
+METRIC_ORDER = ("accuracy", "worst_group_accuracy", "sparseness", "complexity", "deletion_auc", "insertion_auc",
+                "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "artifact_mass",
+                "explanation_consistency", "attack_flip_rate", "max_sensitivity", "model_randomisation")
+
+
+def metric_summaries(result: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The ``{"mean", "std", "n"}`` entries of an ``evaluate`` result, in display order."""
+    found = {k: v for k, v in result.items() if isinstance(v, Mapping) and "mean" in v and "n" in v}
+    order = {k: i for i, k in enumerate(METRIC_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def metric_direction(name: str) -> bool | None:
+    """True if higher is better, False if lower is better, None if unknown."""
+    from .metrics import METRICS
+    if name in METRICS:
+        return METRICS[name].higher_is_better
+    return EXTRA_DIRECTION.get(name)
+
+
+def metric_title(name: str) -> str:
+    """``"Deletion AUC (lower is better)"``-style title of a metric."""
+    pretty = METRIC_TEXT.get(name, (name.replace("_", " ").capitalize(), ""))[0]
+    d = metric_direction(name)
+    return pretty if d is None else f"{pretty} ({'higher' if d else 'lower'} is better)"
+
+
+def metric_unit(name: str) -> str:
+    """The unit and range of a metric in plain words, e.g. ``area under the probability curve, 0-1``."""
+    return METRIC_TEXT.get(name, ("", ""))[1]
+
+
+def _layout(fig: Any, title: str | None, height: int, *, subtitle: str = "", **kw: Any) -> Any:
+    """Common look: title (and a smaller unit line) at the top, the legend under the plot."""
+    text = title if not subtitle else f"{title}<br><span style='font-size:11px;color:#666'>{subtitle}</span>"
+    legend = kw.get("showlegend", True)
+    fig.update_layout(title=dict(text=text, font=dict(size=14)) if title else None, height=height,
+                      margin=dict(l=10, r=10, t=(58 if subtitle else 40) if title else 10, b=10),
+                      template="plotly_white",
+                      legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0), **kw)
+    if legend:
+        fig.update_layout(height=height + 30)
+    return fig
+
+
+def short_labels(labels: Sequence[str]) -> list[str]:
+    """Drop a prefix all labels share up to a ``" / "`` (e.g. ``synthetic-he / ``), keeping them unique."""
+    labels = list(labels)
+    if len(labels) < 2:
+        return labels
+    parts = [s.split(" / ", 1) for s in labels]
+    same_prefix = all(len(p) == 2 for p in parts) and len({p[0] for p in parts}) == 1
+    if same_prefix and len({p[1] for p in parts}) == len(labels):
+        return [p[1] for p in parts]
+    return labels
+
+
+# -- per-tile ----------------------------------------------------------------------------------
+def probability_figure(classes: Sequence[str], probs: Sequence[float], *, height: int = 140,
+                       title: str | None = None) -> Any:
+    """Horizontal bars of class probabilities (0-1), the predicted class highlighted."""
+    import plotly.graph_objects as go
+    p = [float(v) for v in probs]
+    top = int(np.argmax(p)) if p else -1
+    colors = ["#7b3f8c" if i == top else "#c9b3d1" for i in range(len(p))]
+    fig = go.Figure(go.Bar(x=p, y=list(classes), orientation="h", marker_color=colors,
+                           text=[f"{v:.0%}" for v in p], textposition="auto",
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_xaxes(range=[0, 1], title_text="probability", tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height, showlegend=False)
+
+
+def colorbar_png_array(cmap: str, vmin: float, vmax: float, *, length: int = 256, thickness: int = 14,
+                       label: str = "attribution", vertical: bool = True, ticks: int = 5) -> np.ndarray:
+    """A colour bar with tick labels as uint8 RGB ``[H, W, 3]`` (high values at the top)."""
+    from PIL import Image, ImageDraw
+
+    from .attribution import colorbar_image
+    font = _font(11)
+    bar = colorbar_image(cmap, height=length, width=thickness, vertical=True)
+    if not vmax > vmin:  # a constant map: one value, drawn in the lowest colour
+        ticks, vmax = 2, vmin
+    values = np.linspace(vmax, vmin, ticks)
+    texts = [_fmt(v) for v in values]
+    tw = max(_text_size(font, t)[0] for t in texts) + 8
+    pad_top = 22
+    width = max(thickness + tw + 6, _text_size(font, label)[0] + 6)
+    canvas = Image.new("RGB", (width, length + pad_top + 8), "white")
+    canvas.paste(Image.fromarray(bar), (2, pad_top))
+    d = ImageDraw.Draw(canvas)
+    d.text((2, 2), label, fill="black", font=font)
+    for v, t in zip(np.linspace(0, length - 1, ticks), texts):
+        y = pad_top + int(v)
+        d.line([(2 + thickness, y), (6 + thickness, y)], fill="black")
+        d.text((8 + thickness, y - 6), t, fill="black", font=font)
+    out = np.asarray(canvas)
+    return out if vertical else np.ascontiguousarray(np.rot90(out))
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    a = abs(v)
+    return f"{v:.2e}" if a < 1e-2 or a >= 1e4 else f"{v:.3g}"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _text_size(font: Any, text: str) -> tuple[int, int]:
+    box = font.getbbox(text)
+    return int(box[2] - box[0]), int(box[3] - box[1])
+
+
+@dataclass
+class Panel:
+    """One image of a composed figure, with a title above and an optional caption below."""
+
+    image: np.ndarray
+    title: str = ""
+    caption: str = ""
+
+
+def compose_png(rows: Sequence[Sequence[Panel]], *, row_labels: Sequence[str] | None = None,
+                colorbars: Sequence[np.ndarray | None] | None = None, title: str = "", scale: int = 3,
+                max_side: int = 256) -> bytes:
+    """A grid of panels (one list per row), a label left of each row and a colour bar right of it,
+    as PNG bytes. Small tiles are enlarged ``scale`` times (nearest, pixels stay visible), up to
+    ``max_side`` pixels.
+    """
+    from PIL import Image, ImageDraw
+    if not rows or not any(rows):
+        raise InterpError("nothing to draw: the figure has no panels")
+    font, small = _font(14), _font(12)
+    side = 0
+    for row in rows:
+        for p in row:
+            side = max(side, max(p.image.shape[:2]))
+    cell = int(min(max_side, max(side, side * scale)))
+    title_h, gap = 20, 10
+    cap_lines = max((len(p.caption.split("\n")) for row in rows for p in row if p.caption), default=0)
+    cap_h = 4 + 15 * min(cap_lines, 3)
+    n_cols = max(len(r) for r in rows)
+    label_w = 0
+    if row_labels:
+        label_w = max(_text_size(font, s)[0] for s in row_labels) + 14
+    cb_w = max((cb.shape[1] for cb in (colorbars or []) if cb is not None), default=0)
+    top = 30 if title else 6
+    row_h = title_h + cell + cap_h + gap
+    width = label_w + n_cols * (cell + gap) + (cb_w + gap if cb_w else 0) + gap
+    height = top + len(rows) * row_h
+    canvas = Image.new("RGB", (int(width), int(height)), "white")
+    d = ImageDraw.Draw(canvas)
+    if title:
+        d.text((gap, 6), title, fill="black", font=font)
+    for i, row in enumerate(rows):
+        y0 = top + i * row_h
+        if row_labels and i < len(row_labels):
+            d.text((gap, y0 + title_h + cell // 2 - 7), row_labels[i], fill="black", font=font)
+        for j, p in enumerate(row):
+            x0 = label_w + gap + j * (cell + gap)
+            d.text((x0, y0 + 2), _clip_text(small, p.title, cell), fill="black", font=small)
+            img = Image.fromarray(_as_rgb_u8(p.image))
+            img = img.resize((cell, cell), Image.NEAREST if img.width * 2 <= cell else Image.BILINEAR)
+            canvas.paste(img, (x0, y0 + title_h))
+            for k, line in enumerate(p.caption.split("\n")[:3]):
+                d.text((x0, y0 + title_h + cell + 3 + 15 * k), _clip_text(small, line, cell), fill="#333333",
+                       font=small)
+        if colorbars and i < len(colorbars) and colorbars[i] is not None:
+            cb = colorbars[i]
+            cb_img = Image.fromarray(_as_rgb_u8(cb))
+            if cb_img.height > cell + title_h:
+                ratio = (cell + title_h) / cb_img.height
+                cb_img = cb_img.resize((max(1, int(cb_img.width * ratio)), cell + title_h), Image.BILINEAR)
+            canvas.paste(cb_img, (label_w + gap + n_cols * (cell + gap), y0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _clip_text(font: Any, text: str, width: int) -> str:
+    if _text_size(font, text)[0] <= width:
+        return text
+    while text and _text_size(font, text + "...")[0] > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _as_rgb_u8(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 (or [0,1] float) image as PNG bytes."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(_as_rgb_u8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def heat_rgb(a: np.ndarray, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """A map ``[H, W]`` coloured with ``cmap`` on ``[vmin, vmax]`` as uint8 RGB."""
+    from .attribution.overlay import colorize, scale_to_unit
+    return np.rint(colorize(scale_to_unit(np.asarray(a, np.float64), vmin, vmax), cmap) * 255).astype(np.uint8)
+
+
+# -- dataset-level charts ----------------------------------------------------------------------------
+def metric_bar_figure(metric: str, runs: Sequence[str], means: Sequence[float | None],
+                      stds: Sequence[float | None] | None = None, *, height: int = 260) -> Any:
+    """One bar per run (mean, with the standard deviation over tiles as an error bar)."""
+    import plotly.graph_objects as go
+    y = [None if m is None else float(m) for m in means]
+    err = None if stds is None else [0.0 if s is None else float(s) for s in stds]
+    colors = [RUN_COLORS[i % len(RUN_COLORS)] for i in range(len(runs))]
+    fig = go.Figure(go.Bar(x=short_labels(runs), y=y, marker_color=colors,
+                           error_y=dict(type="data", array=err, visible=err is not None, thickness=1,
+                                        color="#444444"),
+                           text=[("n/a" if v is None else f"{v:.3f}") for v in y], textposition="inside",
+                           insidetextanchor="start", textfont=dict(color="white"),
+                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    if metric_unit(metric).endswith("0-1"):
+        fig.update_yaxes(range=[0, 1.15])
+    return _layout(fig, metric_title(metric), height, subtitle=metric_unit(metric), showlegend=False)
+
+
+def curves_figure(kind: str, fractions: Sequence[float], curves: Mapping[str, Sequence[float]], *,
+                  height: int = 320) -> Any:
+    """Deletion or insertion curves (mean over tiles) of several runs."""
+    import plotly.graph_objects as go
+    if kind not in ("deletion", "insertion"):
+        raise InterpError(f"unknown curve kind {kind!r}")
+    fig = go.Figure()
+    x = [100.0 * float(f) for f in fractions]
+    for i, (name, c) in enumerate(zip(short_labels(list(curves)), curves.values())):
+        fig.add_trace(go.Scatter(x=x, y=[float(v) for v in c], mode="lines", name=name,
+                                 line=dict(color=RUN_COLORS[i % len(RUN_COLORS)], width=2)))
+    verb = "removed (most relevant first)" if kind == "deletion" else "put back (most relevant first)"
+    fig.update_xaxes(title_text=f"pixels {verb}, %", range=[0, 100])
+    fig.update_yaxes(title_text="probability of the explained class", range=[0, 1.02])
+    better = "a fast drop (lower area) is better" if kind == "deletion" else "a fast rise (higher area) is better"
+    return _layout(fig, f"{kind.capitalize()} curve: {better}", height)
+
+
+HISTORY_KEYS: dict[str, tuple[str, str, bool | None]] = {
+    "train_loss": ("Training loss", "loss, nats", False),
+    "val_loss": ("Validation loss", "cross-entropy, nats", False),
+    "val_accuracy": ("Validation accuracy", "share correct, 0-1", True),
+    "consistency_mean": ("Mean explanation consistency (ECE refreshes)", "cosine similarity, 0-1", True),
+}
+
+
+def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]], *, height: int = 280,
+                   live: bool = False, offsets: Mapping[str, int] | None = None) -> Any:
+    """One line per run of a ``history.jsonl`` field against the epoch.
+
+    ``offsets``: epochs to add to a run's own epoch numbers, e.g. a fine-tuned run drawn after the
+    epochs of the run it started from.
+    """
+    import plotly.graph_objects as go
+    title, unit, better = HISTORY_KEYS.get(key, (key.replace("_", " ").capitalize(), "", None))
+    fig = go.Figure()
+    last = 1
+    offsets = offsets or {}
+    for i, (full, name, hist) in enumerate(zip(histories, short_labels(list(histories)), histories.values())):
+        shift = int(offsets.get(full, 0))
+        pts = [(h["epoch"] + shift, h.get(key)) for h in hist
+               if h.get(key) is not None and isinstance(h.get("epoch"), (int, float))]
+        if not pts:
+            continue
+        last = max(last, max(int(p[0]) for p in pts))
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
+                                 line=dict(color=RUN_COLORS[i % len(RUN_COLORS)])))
+    fig.update_xaxes(title_text="epoch", dtick=max(1, math.ceil(last / 10)), rangemode="tozero" if live else None)
+    fig.update_yaxes(title_text=unit)
+    if unit.endswith("0-1"):
+        fig.update_yaxes(range=[0, 1.05])
+    if better is not None:
+        title = f"{title} ({'higher' if better else 'lower'} is better)"
+    return _layout(fig, title, height)
+
+
+def group_accuracy_figure(per_run: Mapping[str, Mapping[str, Mapping[str, Any]]], *, title: str = "",
+                          height: int = 300) -> Any:
+    """Grouped bars: accuracy of each group (x) for each run (colour), with the tile count in the hover."""
+    import plotly.graph_objects as go
+    groups = sorted({g for d in per_run.values() for g in d})
+    fig = go.Figure()
+    for i, (name, d) in enumerate(zip(short_labels(list(per_run)), per_run.values())):
+        fig.add_trace(go.Bar(x=groups, y=[(d.get(g) or {}).get("mean") for g in groups], name=name,
+                             marker_color=RUN_COLORS[i % len(RUN_COLORS)],
+                             customdata=[(d.get(g) or {}).get("n") for g in groups],
+                             hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + name + "</extra>"))
+    fig.update_yaxes(title_text="accuracy, share correct 0-1", range=[0, 1.05])
+    fig.update_layout(barmode="group")
+    return _layout(fig, title or "Accuracy per group (higher is better)", height)
+
+
+def consistency_distribution_figure(refresh_epochs: Sequence[int], consistency: np.ndarray, *,
+                                    height: int = 300) -> Any:
+    """Box plots of per-sample consistency at each ECE refresh."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for e, row in zip(refresh_epochs, np.asarray(consistency)):
+        fig.add_trace(go.Box(y=row.astype(float), name=f"epoch {int(e) + 1}", boxpoints="outliers",
+                             marker_color="#7b3f8c", line=dict(width=1)))
+    fig.update_yaxes(title_text="explanation consistency, 0-1", range=[-0.02, 1.02])
+    fig.update_xaxes(title_text="refresh (start of epoch)")
+    return _layout(fig, "Per-tile consistency over training (higher is better)", height, showlegend=False)
+
+
+# -- slide ---------------------------------------------------------------------------------------
+def slide_figure(image: np.ndarray, heat: np.ndarray, *, title: str, zmin: float, zmax: float,
+                 colorscale: str = "Inferno", opacity: float = 0.5, colorbar_title: str = "",
+                 height: int = 520, hover: str = "value") -> Any:
+    """A zoomable slide: the RGB image with a semi-transparent heatmap stretched over it.
+
+    ``heat`` may be coarser than ``image`` (e.g. one value per tile); it is drawn over the
+    same extent. NaN cells are transparent.
+    """
+    import plotly.graph_objects as go
+    img = _as_rgb_u8(image)
+    h, w = img.shape[:2]
+    hh, hw = heat.shape
+    fig = go.Figure()
+    import base64
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+    fig.add_trace(go.Image(source=uri, hoverinfo="skip"))
+    dx, dy = w / hw, h / hh
+    z = np.where(np.isfinite(heat), heat, None).tolist() if np.isnan(heat).any() else heat.tolist()
+    fig.add_trace(go.Heatmap(z=z, x0=dx / 2 - 0.5, dx=dx, y0=dy / 2 - 0.5, dy=dy, zmin=zmin, zmax=zmax,
+                             colorscale=colorscale, opacity=opacity, hoverongaps=False,
+                             colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12),
+                             hovertemplate=f"{hover}: %{{z:.3f}}<extra></extra>"))
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    return _layout(fig, title, height, dragmode="zoom")
+
+
+def finite_range(arrays: Sequence[np.ndarray], symmetric: bool = False) -> tuple[float, float]:
+    """``(min, max)`` over the finite values of several arrays (``(0, 1)`` when there are none)."""
+    vals = [a[np.isfinite(a)] for a in arrays]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return 0.0, 1.0
+    lo = float(min(v.min() for v in vals))
+    hi = float(max(v.max() for v in vals))
+    if symmetric:
+        m = max(abs(lo), abs(hi))
+        return -m, m
+    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
+        return lo, lo + 1.0
+    return lo, hi

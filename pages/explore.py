@@ -1,0 +1,152 @@
+"""Explore: one tile, several models side by side, one or more attribution methods."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from interp_core import figures
+from interp_core.attribution import COLORMAPS, METHODS, overlay, shared_range
+from ui import cache, compute, shell, sidebar, text, widgets
+from ui import state as S
+from ui.errors import guard, need
+
+shell.leave_legacy_pages_mode()
+
+st.title("Explore a tile")
+st.markdown(text.WHAT_IS_SALIENCY)
+sel = sidebar.selection()
+need(bool(sel.all_runs), text.NO_RUNS)
+need(bool(sel.runs), text.PICK_RUNS)
+refs = sidebar.loaded_refs(sel)
+need(len(refs) == len(sel.runs), "Remove the model that does not load from the sidebar to continue.")
+if len(refs) == 1:
+    st.info("Only one model is chosen. Add a second one in the sidebar to compare them side by side.")
+size0 = refs[0].image_size
+
+# -- the image -------------------------------------------------------------------------------
+S.init(S.Explore.SOURCE, "dataset" if sel.dataset else "upload")
+source = st.segmented_control("Image", ["dataset", "upload"], key=S.Explore.SOURCE, required=True,
+                              format_func={"dataset": "Tile from the dataset", "upload": "Upload an image"}.get,
+                              **S.KEEP)
+tile: widgets.ChosenTile | None = None
+if source == "dataset":
+    need(sel.dataset is not None, text.NO_DATASET)
+    path = sel.dataset.path
+    c1, c2, c3, c4 = st.columns([1, 2, 1, 2])
+    split = widgets.split_picker(S.Explore.SPLIT, path, container=c1)
+    with guard("opening the dataset"):
+        ds = cache.split(str(path), split)
+        if not set(S.get(S.Explore.CLASSES, ["?"])) <= set(ds.classes):
+            S.put(S.Explore.CLASSES, list(ds.classes))
+        classes = c2.multiselect("Classes", ds.classes, key=S.Explore.CLASSES, **S.KEEP)
+        S.init(S.Explore.CORRECTNESS, "all")
+        correctness = c3.selectbox("Prediction", ["all", "correct", "wrong"], key=S.Explore.CORRECTNESS,
+                                   help=f"Right or wrong according to {sel.runs[0].label}.", **S.KEEP)
+        S.init(S.Explore.CONFIDENCE, (0.0, 1.0))
+        conf = c4.slider("Confidence of the prediction", 0.0, 1.0, key=S.Explore.CONFIDENCE, step=0.05, **S.KEEP)
+        probs_split = cache.split_predictions(refs[0], str(path), split) if refs[0].classes == ds.classes else None
+        S.init(S.Explore.TILE, 0)
+        with st.expander("Tile gallery", expanded=True):
+            widgets.gallery(path, ds, widgets.filter_tiles(ds, classes, correctness, conf, probs_split),
+                            tile_key=S.Explore.TILE, page_key=S.Explore.PAGE, probs=probs_split,
+                            classes_of_probs=ds.classes, model_label=sel.runs[0].label)
+        index = widgets.tile_select(S.Explore.TILE, ds, label="Tile shown")
+        tile = widgets.dataset_tile(path, sel.dataset.name, split, index)
+        if not ds.has_masks:
+            st.caption("This dataset has no evidence masks, so the pointing game cannot be scored.")
+else:
+    with guard("reading the upload"):
+        up = widgets.upload_picker(S.Explore.UPLOAD)
+        if up is None:
+            st.info("Upload a PNG, JPEG or TIFF image of tissue. Large images are cut into tiles of the "
+                    f"model's input size ({size0}x{size0} pixels); small ones are resized.")
+        else:
+            tile = widgets.fitted_upload_tile(up[0], up[1], size0, mode_key=S.Explore.FIT_MODE,
+                                              tile_key=S.Explore.UPLOAD_TILE)
+if tile is None:
+    st.stop()
+S.put(S.Shared.TILE, tile)
+
+# -- methods and display -----------------------------------------------------------------------
+c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 1.5, 1.5])
+S.init(S.Explore.METHODS, ["saliency", "gradcam"])
+methods = c1.multiselect("Attribution methods", list(METHODS), key=S.Explore.METHODS,
+                         help="\n".join(f"- **{k}**: {v.description} ({v.cost})" for k, v in METHODS.items()), **S.KEEP)
+S.init(S.Explore.ALPHA, 0.5)
+alpha = c2.slider("Heatmap opacity", 0.0, 1.0, key=S.Explore.ALPHA, step=0.05, **S.KEEP)
+S.init(S.Explore.CLIP, 99.0)
+clip = c3.slider("Clip at percentile", 90.0, 100.0, key=S.Explore.CLIP, step=0.5,
+                 help="Values above this percentile get the top colour, so a few extreme pixels do not wash "
+                      "out the rest. The colour scale is shared by all models of a row.", **S.KEEP)
+S.init(S.Explore.CMAP, "jet")
+cmap = c4.selectbox("Colours", list(COLORMAPS), key=S.Explore.CMAP, **S.KEEP)
+classes0 = refs[0].classes
+S.init(S.Explore.TARGET, "predicted")
+target_choice = c5.selectbox("Explain class", ["predicted", *classes0], key=S.Explore.TARGET,
+                             help="Explain each model's own prediction, or the same class for every model.", **S.KEEP)
+need(bool(methods), "Choose at least one attribution method.")
+
+# -- predictions ---------------------------------------------------------------------------------
+st.subheader(tile.title)
+cols = st.columns(len(refs) + 1)
+has_evidence = tile.mask is not None and bool(tile.mask.any())
+cols[0].image(tile.image, caption="the tile" + (" (white outline on the maps: evidence)" if has_evidence else ""),
+              width="stretch")
+targets: list[int] = []
+for r, entry, col in zip(refs, sel.runs, cols[1:]):
+    with col, guard(f"predicting with {entry.label}"):
+        classes = r.classes
+        p = cache.probs(r, tile.image)
+        k = int(np.argmax(p))
+        mark = "" if tile.label is None else (" :green[correct]" if classes[k] == tile.label else " :red[wrong]")
+        st.markdown(f"**{entry.label}**  \nPrediction: **{classes[k]}** ({p[k]:.0%}){mark}")
+        for name, v in zip(classes, p):
+            st.progress(float(v), text=f"{name}: {v:.1%}")
+        t = k if target_choice == "predicted" or target_choice not in classes else classes.index(target_choice)
+        targets.append(t)
+need(len(targets) == len(refs), "A model could not predict this tile; see the message above.")
+
+# -- overlays, one row per method, shared colour scale per row; the metrics fill in afterwards -------
+S.init(S.Explore.METRICS, True)
+show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRICS,
+                         help="\n\n".join(text.METRIC_HELP[k] for k in ("sparseness", "deletion_auc", "pointing_game"))
+                         + f"\n\nDeletion is estimated with {compute.TILE_DELETION_STEPS} steps here.", **S.KEEP)
+rows, labels, bars, pending = [], [], [], []
+for method in methods:
+    with guard(f"computing {method}"):
+        maps = [cache.attribution(r, tile.image, method, t) for r, t in zip(refs, targets)]
+        vmin, vmax = shared_range(maps, clip)
+        st.markdown(f"#### {method}  \n:gray[{METHODS[method].description}]")
+        cols = st.columns([4] * len(refs) + [1])
+        row = []
+        for r, entry, t, a, col in zip(refs, sel.runs, targets, maps, cols):
+            size = a.shape[0]
+            img = compute.resize_image(tile.image, size)
+            mask = compute.resize_mask(tile.mask, size) if has_evidence else None
+            ov = overlay(img, a, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, mask=mask)
+            col.image(ov, caption=f"{entry.label} · explains {r.classes[t]}", width="stretch")
+            panel = figures.Panel(ov, entry.label, "")
+            pending.append((col.empty(), panel, r, method, t))
+            row.append(panel)
+        bar = figures.colorbar_png_array(cmap, vmin, vmax, label=method, length=200)
+        cols[-1].image(bar, caption="shared scale")
+        rows.append(row)
+        labels.append(method)
+        bars.append(bar)
+
+for slot, panel, r, method, t in pending if show_metrics else []:
+    with slot.container(), guard(f"scoring {method}"):
+        m = cache.tile_metrics(r, tile.image, method, t, tile.mask)
+        pg = m["pointing_game"]
+        pg_text = ("n/a (no evidence marked)" if tile.mask is not None else "n/a (no mask)") if pg is None \
+            else ("hit" if pg >= 0.5 else "miss")
+        st.caption(f"Sparseness **{m['sparseness']:.3f}** ↑ · Deletion AUC **{m['deletion_auc']:.3f}** ↓ · "
+                   f"Pointing game **{pg_text}**")
+        panel.caption = (f"sparseness {m['sparseness']:.3f}\ndeletion AUC {m['deletion_auc']:.3f}\n"
+                         f"pointing game {pg_text}")
+
+if rows:
+    with guard("building the PNG"):
+        png = figures.compose_png(rows, row_labels=labels, colorbars=bars, title=tile.title)
+        st.download_button("Download this figure (PNG)", png, file_name="explore.png", mime="image/png",
+                           icon=":material/download:", on_click="ignore")

@@ -1,0 +1,134 @@
+"""Metrics: dataset-level accuracy and explanation quality across runs (cached on disk beside each run)."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from interp_core import figures
+from interp_core.attribution import METHODS
+from interp_core.evaluate import EvalSettings, cached_evaluate
+from interp_core.runs import read_history
+from ui import cache, catalog, shell, sidebar, text, widgets
+from ui import state as S
+from ui.errors import guard, need
+
+shell.leave_legacy_pages_mode()
+
+st.title("Metrics across models")
+st.markdown("How accurate is each model on a whole dataset, and how good are its saliency maps? Every number "
+            "is computed once and stored beside the model (`eval_cache/`), so coming back is instant. Each "
+            "chart says its unit and whether **higher** or **lower** is better.")
+sel = sidebar.selection()
+need(sel.dataset is not None, text.NO_DATASET)
+need(bool(sel.all_runs), text.NO_RUNS)
+need(bool(sel.runs), text.PICK_RUNS)
+
+c1, c2, c3 = st.columns(3)
+split = widgets.split_picker(S.Metrics.SPLIT, sel.dataset.path, container=c1)
+S.init(S.Metrics.METHOD, "saliency")
+method = c2.selectbox("Attribution method", list(METHODS), key=S.Metrics.METHOD,
+                      help="The saliency maps the explanation metrics are computed on.", **S.KEEP)
+S.init(S.Metrics.LIMIT, widgets.split_size(sel.dataset.path, split))
+limit = int(c3.number_input("Tiles (first N of the split)", 1, 100_000, step=10, key=S.Metrics.LIMIT,
+                            help="All tiles of the split by default. Fewer is faster, but tiles are taken in file "
+                                 "order, class by class, so a small number may hold one class only.", **S.KEEP))
+limit = min(limit, widgets.split_size(sel.dataset.path, split))  # one cache entry for "all tiles"
+settings = EvalSettings(split=split, attribution=method, limit=limit)
+data = str(sel.dataset.path)
+
+results: dict[str, dict] = {}
+missing = []
+for entry in sel.runs:
+    found = cache.cached_eval_result(entry, data, settings)
+    if found is None:
+        missing.append(entry)
+    else:
+        results[entry.label] = found
+
+if missing:
+    slow = " This method is slow: expect minutes." if METHODS[method].cost == "slow" else ""
+    st.info(f"Not computed yet for {', '.join(e.label for e in missing)} with these settings.{slow}",
+            icon=":material/hourglass_empty:")
+go = bool(missing) and st.button(f"Compute for {len(missing)} model(s)", type="primary", key=S.Metrics.COMPUTE,
+                                 icon=":material/calculate:")
+if go:
+    bar = st.progress(0.0, text="Starting...")
+    for n, entry in enumerate(missing):
+        with guard(f"evaluating {entry.label}"):
+            def report(done: int, total: int, n: int = n, label: str = entry.label) -> None:
+                frac = (n + (done / total if total else 1.0)) / len(missing)
+                bar.progress(min(1.0, frac), text=f"{label}: {done}/{total} tiles")
+
+            results[entry.label] = cached_evaluate(entry.key, data, settings, device=cache.device(sel.device),
+                                                   progress=report)
+    bar.empty()
+    if len(results) == len(sel.runs):
+        st.rerun()  # redraw from the disk cache, without the "not computed" note
+if not results:  # the info box above says what to do
+    st.stop()
+
+# -- the table -----------------------------------------------------------------------------------
+summaries = {run: figures.metric_summaries(res) for run, res in results.items()}
+names = list(dict.fromkeys(k for s in summaries.values() for k in s))
+undefined = [k for k in names if all((s.get(k) or {}).get("mean") is None for s in summaries.values())]
+names = [k for k in names if k not in undefined]
+table = pd.DataFrame([{"model": run, "tiles": res.get("n_tiles"),
+                       **{k: (summaries[run].get(k) or {}).get("mean") for k in names}}
+                      for run, res in results.items()])
+arrow = {True: " ↑", False: " ↓", None: ""}
+config = {k: st.column_config.NumberColumn(figures.METRIC_TEXT.get(k, (k,))[0] + arrow[figures.metric_direction(k)],
+                                           help=text.METRIC_HELP.get(k, figures.metric_unit(k)), format="%.3f")
+          for k in names}
+st.dataframe(table, hide_index=True, column_config=config)
+st.caption("↑ higher is better, ↓ lower is better. Means over tiles; the charts show the spread (± one standard "
+           "deviation). Localisation metrics appear only when the dataset has evidence masks."
+           + (f" Not defined on these tiles (e.g. no marked evidence among them): "
+              f"{', '.join(figures.METRIC_TEXT.get(k, (k,))[0] for k in undefined)}." if undefined else ""))
+
+# -- bar charts ------------------------------------------------------------------------------------
+st.subheader("Side by side")
+cols = st.columns(3)
+for j, k in enumerate(names):
+    runs = list(summaries)
+    fig = figures.metric_bar_figure(k, runs, [(summaries[r].get(k) or {}).get("mean") for r in runs],
+                                    [(summaries[r].get(k) or {}).get("std") for r in runs])
+    cols[j % 3].plotly_chart(fig, key=f"metrics.bar.{k}")
+
+# -- curves ----------------------------------------------------------------------------------------
+curves = {run: res["details"]["curves"] for run, res in results.items() if res.get("details", {}).get("curves")}
+if curves:
+    st.subheader("Deletion and insertion curves")
+    fr = next(iter(curves.values()))["fractions"]
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(figures.curves_figure("deletion", fr, {r: c["deletion"] for r, c in curves.items()}),
+                    key="metrics.deletion")
+    c2.plotly_chart(figures.curves_figure("insertion", fr, {r: c["insertion"] for r, c in curves.items()}),
+                    key="metrics.insertion")
+
+# -- groups ------------------------------------------------------------------------------------------
+groups = {run: res["details"]["group_accuracy"] for run, res in results.items()
+          if res.get("details", {}).get("group_accuracy")}
+per_class = {run: res["details"]["per_class_accuracy"] for run, res in results.items()
+             if res.get("details", {}).get("per_class_accuracy")}
+c1, c2 = st.columns(2)
+if per_class:
+    c1.plotly_chart(figures.group_accuracy_figure(per_class, title="Accuracy per class (higher is better)"),
+                    key="metrics.classes")
+if groups:
+    c2.plotly_chart(figures.group_accuracy_figure(groups), key="metrics.groups")
+else:
+    c2.info("This dataset has no groups (`groups.csv`), so accuracy per group is not shown.")
+
+# -- training curves ---------------------------------------------------------------------------------
+st.subheader("Training curves")
+histories = {e.label: read_history(e.path) for e in sel.runs}
+histories = {k: v for k, v in histories.items() if v}
+if not histories:
+    st.info("No training history (`history.jsonl`) was found for these models.")
+else:
+    offsets = {e.label: catalog.parent_epochs(e, sel.all_runs) for e in sel.runs}
+    cols = st.columns(3)
+    for j, key in enumerate(("val_accuracy", "train_loss", "val_loss")):
+        cols[j].plotly_chart(figures.history_figure(key, histories, offsets=offsets), key=f"metrics.history.{key}")
+    if any(offsets.values()):
+        st.caption("A retrained model's curve continues after the epochs of the model it started from.")

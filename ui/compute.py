@@ -1,0 +1,223 @@
+"""The dashboard's per-tile computations, composed from ``interp_core`` calls (no Streamlit here).
+
+Every function takes plain arrays and a model and returns plain arrays/dicts, so the cached
+wrappers in ``ui.cache`` can key them on simple values and the tests can call them directly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interp_core import metrics as M
+from interp_core.attribution import attribute
+from interp_core.consistency import explanation_consistency
+from interp_core.errors import InterpError
+
+#: Uploads larger than this many times the model's input side are cut into tiles, not resized.
+TILE_INSTEAD_OF_RESIZE = 2.0
+#: Deletion steps of the per-tile metric on Explore (the Metrics page uses evaluate's 32): a quick
+#: estimate, half the forward passes, so a new tile is explained within the latency target.
+TILE_DELETION_STEPS = 16
+
+
+def to_tensor(image: np.ndarray, size: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float ``[1, 3, size, size]`` in [0, 1] (resized with antialiasing if needed)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)[None]
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    return x.to(device)
+
+
+def resize_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
+    """A bool mask resized (nearest) to ``size x size``; None stays None."""
+    if mask is None:
+        return None
+    if mask.shape == (size, size):
+        return mask.astype(bool)
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=(size, size), mode="nearest")[0, 0] > 0.5).numpy()
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` resized to ``size x size`` (antialiased), uint8."""
+    if image.shape[:2] == (size, size):
+        return image
+    x = to_tensor(image, size)[0]
+    return (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
+    """Softmax probabilities ``[C]`` of one tile (model in eval mode; it is never put in train mode)."""
+    x = to_tensor(image, size, model_device(model))
+    return torch.softmax(model(x).float(), 1)[0].cpu().numpy()
+
+
+def explain_tile(model: nn.Module, image: np.ndarray, size: int, method: str, target: int) -> np.ndarray:
+    """Attribution map ``[size, size]`` (float32) of ``method`` for class ``target``."""
+    x = to_tensor(image, size, model_device(model))
+    return attribute(model, x, method, target=int(target))[0].cpu().numpy().astype(np.float32)
+
+
+def tile_metrics(model: nn.Module, image: np.ndarray, size: int, a: np.ndarray, target: int,
+                 mask: np.ndarray | None, deletion_steps: int = TILE_DELETION_STEPS) -> dict[str, float | None]:
+    """Sparseness, pointing game (only with a non-empty mask) and deletion AUC of one map.
+
+    ``None`` marks a metric that does not apply (no mask, or an empty one). Deletion uses
+    ``deletion_steps`` chunks (see ``TILE_DELETION_STEPS``).
+    """
+    dev = model_device(model)
+    x = to_tensor(image, size, dev)
+    at = torch.from_numpy(a)[None].to(dev)
+    out: dict[str, float | None] = {"sparseness": float(M.sparseness(at)[0])}
+    m = resize_mask(mask, size)
+    if m is not None and m.any():
+        out["pointing_game"] = float(M.pointing_game(at, torch.from_numpy(m)[None].to(dev))[0])
+    else:
+        out["pointing_game"] = None
+    out["deletion_auc"] = float(M.deletion_auc(model, x, at, int(target), n_steps=deletion_steps).auc[0])
+    return {k: (None if v is None or not math.isfinite(v) else v) for k, v in out.items()}
+
+
+# -- uploads -----------------------------------------------------------------------------------
+@dataclass
+class FittedImage:
+    """An uploaded image fitted to a model's input: one or more candidate tiles and a note saying how."""
+
+    tiles: list[np.ndarray]
+    positions: list[tuple[int, int]]  # (row, col) of each tile in the grid; (0, 0) when resized
+    grid: tuple[int, int]
+    mode: str  # "as is" | "resized" | "tiled"
+    note: str
+    tissue: list[float] = field(default_factory=list)
+
+
+def _tissue_share(tile: np.ndarray) -> float:
+    """Share of non-white, coloured pixels: a cheap stand-in to put tissue tiles first."""
+    t = tile.astype(np.int16)
+    sat = t.max(axis=2) - t.min(axis=2)
+    return float(((sat > 20) & (t.mean(axis=2) < 235)).mean())
+
+
+def fit_to_input(image: np.ndarray, size: int, mode: str = "auto") -> FittedImage:
+    """Fit an uploaded ``[H, W, 3]`` image to a ``size x size`` model input.
+
+    ``auto``: an image at most ``TILE_INSTEAD_OF_RESIZE`` times the input side is resized
+    (aspect ratio not kept when it is not square), a larger one is cut into non-overlapping
+    tiles at full resolution (edge tiles padded with white). ``resize`` / ``tile`` force a mode.
+    """
+    h, w = image.shape[:2]
+    if mode not in ("auto", "resize", "tile"):
+        raise InterpError(f"unknown fitting mode {mode!r}")
+    if (h, w) == (size, size):
+        return FittedImage([image], [(0, 0)], (1, 1), "as is", f"The image is already {size}x{size} pixels, "
+                           "the model's input size; used as is.", [1.0])
+    big = max(h, w) > TILE_INSTEAD_OF_RESIZE * size
+    if mode == "resize" or (mode == "auto" and not big):
+        kept = "" if h == w else " (the image is not square, so it is stretched)"
+        return FittedImage([resize_image(image, size)], [(0, 0)], (1, 1), "resized",
+                           f"Resized from {w}x{h} to {size}x{size} pixels, the model's input size{kept}.", [1.0])
+    rows, cols = -(-h // size), -(-w // size)
+    padded = np.full((rows * size, cols * size, 3), 255, np.uint8)
+    padded[:h, :w] = image
+    tiles, pos, tissue = [], [], []
+    for r in range(rows):
+        for c in range(cols):
+            t = padded[r * size:(r + 1) * size, c * size:(c + 1) * size].copy()
+            tiles.append(t)
+            pos.append((r, c))
+            tissue.append(_tissue_share(t))
+    note = (f"Cut into {rows}x{cols} tiles of {size}x{size} pixels at full resolution (the image is "
+            f"{w}x{h}, more than {TILE_INSTEAD_OF_RESIZE:g} times the model's input); pick a tile below. "
+            "Edge tiles are padded with white.")
+    return FittedImage(tiles, pos, (rows, cols), "tiled", note, tissue)
+
+
+# -- consistency ---------------------------------------------------------------------------------
+@dataclass
+class TileConsistency:
+    """What the Consistency page draws for one model and tile (numpy, CPU)."""
+
+    score: float
+    pred: int
+    pred_adv: int
+    heatmap: np.ndarray
+    heatmap_adv: np.ndarray
+    background: np.ndarray
+    x_adv: np.ndarray  # uint8 [H, W, 3]
+    perturbation: np.ndarray  # uint8 [H, W, 3], |x_adv - x| amplified to the full range
+    max_change: float  # largest pixel change, in 1/255 units
+
+    @property
+    def pred_changed(self) -> bool:
+        return self.pred != self.pred_adv
+
+
+def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int | None, *, eps: float,
+                     steps: int, threshold: str, similarity: str = "cosine", seed: int = 0) -> TileConsistency:
+    """Explanation consistency of one tile (``interp_core.consistency``), as arrays for display."""
+    dev = model_device(model)
+    x = to_tensor(image, size, dev)
+    t = None if target is None else torch.tensor([int(target)], device=dev)
+    gen = torch.Generator().manual_seed(seed)
+    res = explanation_consistency(model, x, t, threshold=threshold, eps=eps, steps=steps, similarity=similarity,
+                                  generator=gen)
+    xa = res.x_adv[0].detach().float().cpu().clamp(0, 1)
+    x0 = x[0].detach().float().cpu()
+    diff = (xa - x0).abs()
+    peak = float(diff.max())
+    amp = diff / peak if peak > 0 else diff
+    to_u8 = lambda t: (t.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # noqa: E731
+    return TileConsistency(score=float(res.score[0]), pred=int(res.pred[0]), pred_adv=int(res.pred_adv[0]),
+                           heatmap=res.heatmap[0].float().cpu().numpy(),
+                           heatmap_adv=res.heatmap_adv[0].float().cpu().numpy(),
+                           background=res.background[0].cpu().numpy().astype(bool), x_adv=to_u8(xa),
+                           perturbation=to_u8(amp), max_change=peak * 255.0)
+
+
+# -- ECE side file ---------------------------------------------------------------------------------
+@dataclass
+class ConsistencyHistory:
+    """``RUN/consistency.npz`` of an ECE run (see ``interp_core.training.objectives.ece``)."""
+
+    sample_ids: list[str]
+    labels: np.ndarray
+    refresh_epochs: np.ndarray
+    consistency: np.ndarray  # [R, N]
+    weights: np.ndarray  # [R, N]
+    pred_changed: np.ndarray | None  # [R, N]
+
+
+def read_consistency(run_dir) -> ConsistencyHistory | None:
+    """The run's consistency history, or None when the run has none (not ECE, or no refresh yet)."""
+    from pathlib import Path
+    path = Path(run_dir) / "consistency.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ConsistencyHistory(
+                sample_ids=[str(s) for s in z["sample_ids"]], labels=np.asarray(z["labels"]),
+                refresh_epochs=np.asarray(z["refresh_epochs"]), consistency=np.asarray(z["consistency"], np.float32),
+                weights=np.asarray(z["weights"], np.float32),
+                pred_changed=np.asarray(z["pred_changed"]) if "pred_changed" in z.files else None)
+    except (OSError, KeyError, ValueError) as e:
+        raise InterpError(f"{path}: unreadable consistency file ({e})") from None
+
+
+def least_consistent(hist: ConsistencyHistory, k: int = 12, refresh: int = -1) -> list[int]:
+    """Column indices of the ``k`` training samples with the lowest consistency at one refresh."""
+    row = hist.consistency[refresh]
+    return [int(i) for i in np.argsort(row, kind="stable")[:k]]
