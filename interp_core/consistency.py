@@ -41,6 +41,7 @@ from torch import nn
 
 from .errors import InterpError
 from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
+from .attribution.normalize import normalize_max
 
 SIMILARITIES = ("cosine", "pearson", "topk_iou")
 
@@ -163,10 +164,7 @@ class ConsistencyOptions:
 
 
 # -- heatmaps ------------------------------------------------------------------------------------
-def max_normalise(h: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``h / max(h)`` over ``[B,H,W]``; an all-zero map stays zero."""
-    peak = h.amax(dim=(1, 2), keepdim=True)
-    return h / peak.clamp_min(torch.finfo(h.dtype).tiny)
+max_normalise = normalize_max  # per-sample h / max(h); all-zero maps stay zero
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ be derived from them, which saves the ECE refresh a separate pass for ``H(x)``.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InterpError
+from .modes import eval_mode  # noqa: F401  (re-exported)
 
 #: A mask ``[B,H,W]``/``[B,1,H,W]`` (nonzero = may be perturbed), or a function of the clean
 #: forward pass ``(features [B,C,h,w] or None, logits [B,K]) -> mask``.
@@ -63,18 +63,6 @@ class PGDResult:
     def pred_changed(self) -> torch.Tensor:
         """``[B]`` bool: the predicted class of ``x_adv`` differs from that of ``x``."""
         return self.pred_clean != self.pred_adv
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore every module's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 def parse_threshold(threshold: float | str) -> float | str:

@@ -5,13 +5,13 @@ shapes or values.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterator, Union
 
 import torch
 from torch import nn
 
 from ..errors import InterpError
+from ..modes import eval_mode  # noqa: F401  (re-exported)
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Method = Union[str, AttributionFn]
@@ -80,18 +80,6 @@ def check_images(x: torch.Tensor) -> None:
 def work_dtype(device: torch.device) -> torch.dtype:
     """float64 for the cheap reductions, except on MPS which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore every submodule's previous mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,36 +1,16 @@
 """Baseline images that perturbation metrics put in place of "removed" pixels."""
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InterpError
+from ..attribution.baselines import gaussian_blur  # noqa: F401  (one blur for the whole project)
 
 Baseline = Union[str, float, torch.Tensor]
 BASELINES = ("blur", "zero", "mean")
 DEFAULT_BLUR_SIGMA = 5.0
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B,C,H,W]`` images, kernel radius ``ceil(3 sigma)``.
-
-    Borders are replicated (not reflected) so any image size works, even one smaller than the
-    kernel. ``sigma <= 0`` returns ``x`` unchanged.
-    """
-    if sigma <= 0:
-        return x
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def make_baseline(x: torch.Tensor, baseline: Baseline = "blur", blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:

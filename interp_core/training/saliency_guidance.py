@@ -27,6 +27,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InterpError
+from ..modes import eval_mode  # noqa: F401  (re-exported)
+from ..attribution.normalize import normalize_max
 
 SALIENCY_METHODS = ("saliency", "input_x_gradient")
 BN_STATS_MODES = ("separate", "clean", "joint")
@@ -34,22 +36,6 @@ EVAL_PRECISIONS = ("inherit", "bfloat16")
 
 
 # -- modes, precision and randomness ----------------------------------------------------------------
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every sub-module in eval mode, then restore each one's own previous mode.
-
-    Restoring per module (not a blanket ``model.train()``) keeps deliberately frozen parts,
-    e.g. a BatchNorm kept in eval mode during fine-tuning, as the caller left them.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
-
-
 def eval_precision(device: torch.device | str, precision: str = "inherit") -> contextlib.AbstractContextManager:
     """Precision of the eval-mode saliency and attack passes. [ours]
 
@@ -207,10 +193,7 @@ def training_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     return normalise_per_sample_max(sal), logits.detach().float()
 
 
-def normalise_per_sample_max(saliency: torch.Tensor) -> torch.Tensor:
-    """``S_i / max(S_i)`` per sample for non-negative maps ``[B,...]``; all-zero maps stay zero."""
-    peak = saliency.flatten(1).amax(1).view(-1, *([1] * (saliency.dim() - 1)))
-    return saliency / peak.clamp_min(torch.finfo(saliency.dtype).tiny)
+normalise_per_sample_max = normalize_max  # S_i / max(S_i); all-zero maps stay zero
 
 
 # -- 2. low-saliency masks ---------------------------------------------------------------------------
