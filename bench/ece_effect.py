@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--n-epochs", type=int, default=8)
     p.add_argument("--m-epochs", type=int, default=3)
     p.add_argument("--ece", default="{}", help="JSON of ece options, e.g. '{\"beta\": 0.1}'")
+    p.add_argument("--batch-size", type=int, default=64, help="(ihc has 120 training tiles: use 16)")
     p.add_argument("--tag", default="ece_effect")
     a = p.parse_args()
     payload = {"args": vars(a), "tables": {}}
@@ -37,9 +38,9 @@ def main() -> None:
         if name == "synthetic-he-biased":
             objectives["(c) scaat"] = {"objective": "scaat"}
         res = run_protocol(ROOT / "sample_data" / "data" / name, a.seeds, objectives, n_epochs=a.n_epochs,
-                           m_epochs=a.m_epochs, tag=a.tag)
+                           m_epochs=a.m_epochs, tag=a.tag, batch_size=a.batch_size)
         payload["tables"][name] = res
-        print(f"\n### {name} (test split, {len(a.seeds)} seeds, N={a.n_epochs}, M={a.m_epochs})\n")
+        print(f"\n### {name} (test split, {len(a.seeds)} seeds, N={a.n_epochs}, M={a.m_epochs}, batch {a.batch_size})\n")
         print(markdown_table(res, METRICS.get(name, METRICS["synthetic-he"])))
     print("written", save(a.tag, payload))
 

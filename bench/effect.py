@@ -8,6 +8,7 @@ run is not retrained), so re-running a benchmark only recomputes what changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -39,6 +40,9 @@ def run_protocol(dataset: Path, seeds: list[int], objectives: dict[str, dict[str
         variants = {"(a) erm": a}
         for name, spec in {"(b) erm control": {"objective": "erm"}, **objectives}.items():
             out = base / name.split(" ", 1)[1].replace(" ", "-")
+            if spec.get("options"):  # a variant gets its own run directory, the others are reused
+                out = out.with_name(out.name + "-" + hashlib.sha1(
+                    json.dumps(spec["options"], sort_keys=True).encode()).hexdigest()[:8])
             train(TrainConfig(data=str(dataset), out=str(out), init=str(a), epochs=m_epochs, seed=seed,
                               batch_size=batch_size, objective=spec["objective"],
                               objective_options=spec.get("options", {})), progress=False, log=lambda m: None)

@@ -25,15 +25,16 @@ def main() -> None:
     p.add_argument("--n-epochs", type=int, default=8)
     p.add_argument("--m-epochs", type=int, default=3)
     p.add_argument("--scaat", default="{}", help="JSON of scaat options to try, e.g. '{\"kl_weight\": 2}'")
+    p.add_argument("--batch-size", type=int, default=64, help="(ihc has 120 training tiles: use 16)")
     p.add_argument("--tag", default="scaat_effect")
     a = p.parse_args()
     objectives = {"(c) scaat": {"objective": "scaat", "options": json.loads(a.scaat)}, "(d) sgt": {"objective": "sgt"}}
     payload = {"args": vars(a), "tables": {}}
     for name in a.datasets:
         res = run_protocol(ROOT / "sample_data" / "data" / name, a.seeds, objectives, n_epochs=a.n_epochs,
-                           m_epochs=a.m_epochs, tag=a.tag)
+                           m_epochs=a.m_epochs, tag=a.tag, batch_size=a.batch_size)
         payload["tables"][name] = res
-        print(f"\n### {name} (test split, {len(a.seeds)} seeds, N={a.n_epochs}, M={a.m_epochs})\n")
+        print(f"\n### {name} (test split, {len(a.seeds)} seeds, N={a.n_epochs}, M={a.m_epochs}, batch {a.batch_size})\n")
         print(markdown_table(res, METRICS))
     print("written", save(a.tag, payload))
 

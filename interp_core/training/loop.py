@@ -127,6 +127,7 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
         "schedule": cfg.schedule,
         "seed": cfg.seed,
         "init": str(Path(cfg.init).resolve()) if cfg.init else None,
+        "prior_epochs": (int(init_run.config["epochs"]) + int(init_run.config.get("prior_epochs", 0))) if init_run else 0,
         "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
         "val_fraction": cfg.val_fraction,
         "max_grad_norm": cfg.max_grad_norm,
@@ -258,6 +259,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
                                    num_workers=cfg.workers, pin_memory=pin)
     pfile = _ProgressFile(run_dir)
     epochs = stored_cfg["epochs"]
+    prior_epochs = int(stored_cfg.get("prior_epochs", 0))
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         lr = _lr_at(stored_cfg, epoch)
@@ -272,7 +274,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
                     phase="epoch start", pid=_pid())
         extras_epoch = objective.begin_epoch(EpochContext(
             epoch=epoch, total_epochs=epochs, model=model, train_eval_loader=train_eval_loader, device=device,
-            run_dir=run_dir, generator=step_gen, sample_ids=train_eval_ds.ids, progress=progress))
+            run_dir=run_dir, generator=step_gen, sample_ids=train_eval_ds.ids, progress=progress,
+            prior_epochs=prior_epochs))
         model.train()
         sums: dict[str, float] = {}
         n_batches, loss_sum, seen, correct = 0, 0.0, 0, 0
@@ -280,7 +283,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
                    leave=False, dynamic_ncols=True)
         for step, batch in enumerate(bar):
             batch = _to_device(batch, device, fmt)
-            ctx = StepContext(epoch=epoch, step=step, steps_per_epoch=len(loader), device=device, generator=step_gen)
+            ctx = StepContext(epoch=epoch, step=step, steps_per_epoch=len(loader), device=device, generator=step_gen,
+                              prior_epochs=prior_epochs)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 loss, extras = objective.batch_loss(model, batch, ctx)

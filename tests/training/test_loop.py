@@ -117,3 +117,18 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     cb = load_tensors(tmp_path / "killed/checkpoint/epoch_0003/model.safetensors")
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     assert [h["epoch"] for h in read_history(tmp_path / "killed")] == [1, 2, 3]
+
+
+def test_fine_tuning_skips_the_fresh_model_warmups(tiny_data, tiny_run, tmp_path):
+    """Warm-ups count the model's epochs, --init runs' included: a trained baseline is attacked at
+    full budget (SCAAT) and reweighted from the first epoch (ECE)."""
+    s = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "s"), epochs=1, batch_size=8, init=str(tiny_run),
+                          objective="scaat"), **QUIET)
+    assert json.loads((s.run_dir / "config.json").read_text())["prior_epochs"] == 2
+    assert s.history[0]["eps"] == pytest.approx(8 / 255)
+    e = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "e"), epochs=1, batch_size=8, init=str(tiny_run),
+                          objective="ece"), **QUIET)
+    assert e.history[0]["refreshed"] == 1.0
+    fresh = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "f"), epochs=1, batch_size=8,
+                              objective="scaat"), **QUIET)
+    assert fresh.history[0]["eps"] < 8 / 255

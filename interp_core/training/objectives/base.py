@@ -29,10 +29,20 @@ class StepContext:
     steps_per_epoch: int
     device: torch.device
     generator: torch.Generator  # seeded; use it for every random draw on the CPU path
+    prior_epochs: int = 0  # epochs the model was trained before this run (its --init runs')
 
     @property
     def progress(self) -> float:
         return self.epoch + self.step / max(1, self.steps_per_epoch)
+
+    @property
+    def model_progress(self) -> float:
+        """Fractional epochs the *model* has been trained, counting its ``--init`` runs' epochs.
+
+        Warm-ups use this [ours]: their rationale (a fresh model's saliency is noise) does not
+        hold for a model fine-tuned from a trained baseline, so fine-tuning skips them.
+        """
+        return self.prior_epochs + self.progress
 
 
 @dataclass
@@ -51,6 +61,7 @@ class EpochContext:
     generator: torch.Generator
     sample_ids: list[str] = dataclasses.field(default_factory=list)
     progress: bool = True
+    prior_epochs: int = 0  # see StepContext.model_progress
 
 
 class Objective:

@@ -102,7 +102,9 @@ class ECE(Objective):
     @dataclass
     class Options(ConsistencyOptions):
         beta: float = field(default=0.1, metadata={"help": "[ours] weight offset: v = 1 - E + beta, then normalised to mean 1"})
-        warmup_epochs: int = field(default=1, metadata={"help": "[ours] epochs of plain cross-entropy before the first refresh"})
+        warmup_epochs: int = field(default=1, metadata={"help": (
+            "[ours] the model's first epochs of plain cross-entropy before the first refresh "
+            "(an --init run's epochs count, so fine-tuning a trained model refreshes at once)")})
         refresh_every: int = field(default=1, metadata={"help": "[ours] epochs between consistency refreshes"})
         refresh_batch_size: int = field(default=0, metadata={"help": (
             "batch size of the refresh pass; 0 = auto: 256 on CUDA, 32 on the CPU (measured fastest "
@@ -141,7 +143,9 @@ class ECE(Objective):
             self._write_npz(ctx)  # resumed: make the file match the restored state
             self._npz_synced = True
         already = bool((self.refresh_epochs == ctx.epoch).any())
-        refresh = refresh_due(ctx.epoch, int(opts.warmup_epochs), int(opts.refresh_every)) and not already
+        # the warm-up counts the model's epochs, --init runs' included (EpochContext.prior_epochs) [ours]
+        refresh = refresh_due(ctx.prior_epochs + ctx.epoch, int(opts.warmup_epochs), int(opts.refresh_every)) \
+            and not already
         if refresh:
             extras.update(self._refresh(ctx))
         extras["refreshed"] = float(refresh)

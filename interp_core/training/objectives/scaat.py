@@ -144,8 +144,9 @@ class SCAAT(Objective):
         kl_weight: float = field(default=2.0, metadata=_help(
             "METHODS' lambda: weight of KL(p(x) || p(x + delta)) added to the cross-entropy"))
         warmup_epochs: float = field(default=1.0, metadata=_help(
-            "[ours] adaptive budget: eps ramps linearly from 0 to its target over this many epochs "
-            "(also when fine-tuning with --init); 0 disables the ramp"))
+            "[ours] adaptive budget: eps ramps linearly from 0 to its target over the model's first "
+            "this-many epochs (counting an --init run's epochs, so fine-tuning a trained model "
+            "attacks at full budget at once); 0 disables the ramp"))
         bn_stats: str = field(default="separate", metadata={
             "help": "(engineering choice, not in METHODS) BatchNorm statistics in the loss's clean "
                     "and perturbed passes: 'separate' = each half its own (running statistics from "
@@ -221,7 +222,7 @@ class SCAAT(Objective):
         perturbed) and ``eps`` (the current budget)."""
         o = self.options
         x, y = batch["image"], batch["label"]
-        eps = self.current_eps(ctx.progress)
+        eps = self.current_eps(ctx.model_progress)
         if eps == 0 or o.kl_weight == 0:
             # Nothing to attack (first step of the ramp, or the KL term is off): x + delta = x,
             # the KL term is identically 0, and the step is plain ERM.
