@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
+    except OSError as e:  # disk full, read-only folder, permission denied: say which file
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        if debug:
+            raise
+        return EXIT_USER_ERROR
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --limit", file=sys.stderr)
         return 1

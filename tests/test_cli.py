@@ -92,3 +92,19 @@ def test_explain_errors(tiny_run, tiny_data, tmp_path):
     p = run_cli("train", "--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "r"), "--objective", "erm",
                 "--q", "0.2")
     assert p.returncode == 2 and "do not apply to objective 'erm'" in p.stderr
+
+
+def test_disk_errors_are_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+    """A full disk (ENOSPC) while writing the run gives a one-line error, not a traceback."""
+    import errno
+
+    import interp_core.runs as runs
+    from interp_core.cli import main
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runs, "_atomic_write", full)
+    code = main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left on device" in err[0] and "config.json" in err[0]
