@@ -60,6 +60,31 @@ def run_protocol(dataset: Path, seeds: list[int], objectives: dict[str, dict[str
     return results
 
 
+def run_from_scratch(dataset: Path, seeds: list[int], objectives: dict[str, dict[str, Any]], *, epochs: int, tag: str,
+                     attribution: str = "saliency", batch_size: int = 64) -> dict[str, dict[str, list[float]]]:
+    """The paper's setting: every objective trained from scratch for ``epochs`` with the same seed,
+    against ``(b) erm control`` trained the same way."""
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        base = OUT / tag / dataset.name / f"seed{seed}"
+        t0 = time.time()
+        for name, spec in {"(b) erm control": {"objective": "erm"}, **objectives}.items():
+            out = base / name.split(" ", 1)[1].replace(" ", "-")
+            if spec.get("options"):
+                out = out.with_name(out.name + "-" + hashlib.sha1(
+                    json.dumps(spec["options"], sort_keys=True).encode()).hexdigest()[:8])
+            train(TrainConfig(data=str(dataset), out=str(out), epochs=epochs, seed=seed, batch_size=batch_size,
+                              objective=spec["objective"], objective_options=spec.get("options", {})),
+                  progress=False, log=lambda m: None)
+            r = cached_evaluate(out, dataset, EvalSettings(attribution=attribution, seed=0))
+            row = results.setdefault(name, {})
+            for k, v in r.items():
+                if isinstance(v, dict) and "mean" in v and v["mean"] is not None:
+                    row.setdefault(k, []).append(float(v["mean"]))
+        print(f"[{tag}] {dataset.name} seed {seed}: {time.time() - t0:.0f}s", file=sys.stderr)
+    return results
+
+
 def _ms(v: list[float]) -> str:
     if not v:
         return "–"
