@@ -46,9 +46,10 @@ def main() -> None:
             res = run_protocol(ROOT / "sample_data" / "data" / name, a.seeds, objectives, n_epochs=a.n_epochs,
                                m_epochs=a.m_epochs, tag=a.tag, batch_size=a.batch_size)
         payload["tables"][name] = res
-        print(f"\n### {name} (test split, {len(a.seeds)} seeds, N={a.n_epochs}, M={a.m_epochs}, batch {a.batch_size})\n")
+        setting = f"from scratch, {a.from_scratch} epochs" if a.from_scratch else f"N={a.n_epochs}, M={a.m_epochs}"
+        print(f"\n### {name} (test split, {len(a.seeds)} seeds, {setting}, batch {a.batch_size})\n")
         print(markdown_table(res, METRICS.get(name, METRICS["synthetic-he"])))
-    print("written", save(a.tag, payload))
+    print("written", save(a.tag + ("_scratch" if a.from_scratch else ""), payload))
 
 
 if __name__ == "__main__":
