@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.offline import get_plotlyjs
 import torch
 from PIL import Image
 
@@ -24,7 +25,8 @@ from .data import open_split
 from .device import pick_device
 from .errors import InterpError
 from .evaluate import EvalSettings, cached_evaluate, stratified_subset
-from .metrics import METRICS
+from .figures import (METRIC_ORDER, curves_figure, history_figure, metric_bar_figure, metric_direction,
+                      metric_summaries)
 from .runs import load_run
 
 N_EXAMPLES = 6
@@ -37,18 +39,17 @@ def _png_data_uri(arr: np.ndarray) -> str:
 
 
 def _metric_rows(results: dict[str, dict]) -> list[str]:
-    names = []
+    """Every metric any run reports, in the dashboard's display order."""
+    names: list[str] = []
     for r in results.values():
-        names += [k for k, v in r.items() if isinstance(v, dict) and "mean" in v and k not in names]
-    return names
+        names += [k for k in metric_summaries(r) if k not in names]
+    order = {k: i for i, k in enumerate(METRIC_ORDER)}
+    return sorted(names, key=lambda k: (order.get(k, len(order)), k))
 
 
 def _direction(name: str) -> str:
-    info = METRICS.get(name)
-    if info is not None:
-        return "higher is better" if info.higher_is_better else "lower is better"
-    return {"accuracy": "higher is better", "worst_group_accuracy": "higher is better",
-            "explanation_consistency": "higher is better", "attack_flip_rate": "lower is better"}.get(name, "")
+    d = metric_direction(name)
+    return "" if d is None else ("higher is better" if d else "lower is better")
 
 
 def _fmt(v: dict | None) -> str:
@@ -69,41 +70,19 @@ def metric_table_html(results: dict[str, dict]) -> str:
     return f"<table><thead><tr><th>metric</th><th>direction</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def metric_bars_figure(results: dict[str, dict]) -> go.Figure:
-    """Grouped bars of every [0,1]-ranged metric's mean (error bars = std) per run."""
-    fig = go.Figure()
-    metrics = [m for m in _metric_rows(results) if m not in ("complexity", "max_sensitivity")]
-    for run, r in results.items():
-        fig.add_bar(name=run, x=metrics, y=[(r.get(m) or {}).get("mean") for m in metrics],
-                    error_y=dict(type="data", array=[(r.get(m) or {}).get("std") or 0 for m in metrics]))
-    fig.update_layout(barmode="group", title="Metrics across runs (mean ± std; see the table for directions)",
-                      yaxis_title="value", height=420, margin=dict(t=50, b=120))
-    return fig
-
-
-def curves_figure(results: dict[str, dict], kind: str) -> go.Figure:
-    """Mean deletion or insertion curve per run: target-class probability vs fraction of pixels changed."""
-    fig = go.Figure()
-    for run, r in results.items():
-        c = r.get("details", {}).get("curves")
-        if c:
-            fig.add_scatter(name=run, x=c["fractions"], y=c[kind], mode="lines")
-    better = "lower area is better" if kind == "deletion" else "higher area is better"
-    fig.update_layout(title=f"{kind.capitalize()} curves ({better})", xaxis_title="fraction of pixels "
-                      + ("removed" if kind == "deletion" else "inserted"), yaxis_title="probability of the class",
-                      height=380, yaxis_range=[0, 1])
-    return fig
-
-
-def history_figure(histories: dict[str, list[dict]]) -> go.Figure:
-    """Validation accuracy per epoch for each run's training history."""
-    fig = go.Figure()
-    for run, h in histories.items():
-        if h:
-            fig.add_scatter(name=run, x=[e["epoch"] for e in h], y=[e.get("val_accuracy") for e in h], mode="lines+markers")
-    fig.update_layout(title="Validation accuracy during training (higher is better)", xaxis_title="epoch",
-                      yaxis_title="accuracy", height=360)
-    return fig
+def _figures(results: dict[str, dict], histories: dict[str, list[dict]]) -> dict[str, list[go.Figure]]:
+    """The report's charts by section, built by the dashboard's own builders (``interp_core.figures``)."""
+    runs = list(results)
+    bars = [metric_bar_figure(m, runs, [(results[r].get(m) or {}).get("mean") for r in runs],
+                              [(results[r].get(m) or {}).get("std") for r in runs])
+            for m in _metric_rows(results)]
+    curves = {r: results[r].get("details", {}).get("curves") for r in runs}
+    have = {r: c for r, c in curves.items() if c}
+    faithfulness = []
+    if have:
+        fractions = next(iter(have.values()))["fractions"]
+        faithfulness = [curves_figure(k, fractions, {r: c[k] for r, c in have.items()}) for k in ("deletion", "insertion")]
+    return {"bars": bars, "curves": faithfulness, "training": [history_figure("val_accuracy", histories)]}
 
 
 def example_indices(labels: list[int], n: int = N_EXAMPLES) -> list[int]:
@@ -152,19 +131,23 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
                          f"({float(p[k]):.2f})</td>")
         grid.append("<tr>" + "".join(cells) + "</tr>")
     grid.append("</table>")
-    figs = [metric_bars_figure(results), curves_figure(results, "deletion"), curves_figure(results, "insertion"),
-            history_figure({n: lr.history for n, lr in zip(names, loaded)})]
-    fig_html = [pio.to_html(f, include_plotlyjs=(i == 0), full_html=False) for i, f in enumerate(figs)]
+    sections = _figures(results, {n: lr.history for n, lr in zip(names, loaded)})
+
+    def to_html(figs: list[go.Figure]) -> str:
+        return "".join(pio.to_html(f, include_plotlyjs=False, full_html=False) for f in figs)
+
     css = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse;margin:1em 0}"
            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;font-size:13px} .dir{color:#666}"
-           ".grid td{text-align:center} .grid img{width:128px;height:128px;image-rendering:pixelated}")
+           ".grid td{text-align:center} .grid img{width:128px;height:128px;image-rendering:pixelated}"
+           ".bars{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:8px}")
     body = (f"<h1>Explanation report</h1><p>Dataset <code>{html.escape(str(data))}</code>, split "
             f"<b>{html.escape(split)}</b>, attribution <b>{html.escape(attribution)}</b>, "
             f"{results[names[0]]['n_tiles']} tiles per run. Generated by interp_core.</p>"
-            f"<h2>Metrics</h2>{metric_table_html(results)}{fig_html[0]}<h2>Faithfulness curves</h2>{fig_html[1]}"
-            f"{fig_html[2]}<h2>Training</h2>{fig_html[3]}<h2>Examples</h2><p>Shared colour scale per row; "
+            f"<h2>Metrics</h2>{metric_table_html(results)}<div class='bars'>{to_html(sections['bars'])}</div>"
+            f"<h2>Faithfulness curves</h2>{to_html(sections['curves'])}<h2>Training</h2>{to_html(sections['training'])}"
+            "<h2>Examples</h2><p>Shared colour scale per row; "
             "white outline: ground-truth evidence mask.</p>" + "".join(grid))
-    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp_core report</title><style>{css}</style></head><body>{body}</body></html>"
+    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp_core report</title><style>{css}</style><script>{get_plotlyjs()}</script></head><body>{body}</body></html>"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc, encoding="utf-8")
     return {"out": str(out), "runs": names, "n_tiles": results[names[0]]["n_tiles"], "seconds": time.time() - t0,
