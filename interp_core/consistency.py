@@ -36,11 +36,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import InterpError
 from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
+from .attribution.cam import cam_from_features
 from .attribution.normalize import normalize_max
 
 SIMILARITIES = ("cosine", "pearson", "topk_iou")
@@ -171,11 +171,7 @@ max_normalise = normalize_max  # per-sample h / max(h); all-zero maps stay zero
 def _cam_from_features(model: nn.Module, feats: torch.Tensor, target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``max_normalise(upsample(ReLU(sum_k w_{y,k} F_k)))`` from an existing feature map (as in
     :func:`interp_core.attribution.cam.class_activation_map`, which recomputes the features)."""
-    w = model.head.weight[target]
-    cam = torch.einsum("bc,bchw->bhw", w.to(feats.dtype), feats).float().clamp_min(0)
-    if cam.shape[-2:] != tuple(size):
-        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return max_normalise(cam)
+    return max_normalise(cam_from_features(model, feats, target, size))
 
 
 def _uses_cam(model: nn.Module) -> bool:

@@ -77,6 +77,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda f: f.write(data))
 
 
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write one strict-JSON object per line, atomically (e.g. ``history.jsonl``)."""
+    data = "".join(json.dumps(_clean_json(r), default=_json_default, allow_nan=False) + "\n" for r in records).encode()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, turning any problem into a ``RunError`` naming the file."""
     path = Path(path)

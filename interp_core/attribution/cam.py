@@ -33,13 +33,21 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     feats = model.forward_features(x)
     if target is None:
         target = model.forward_head(feats).argmax(1)
+    return cam_from_features(model, feats, target, size=tuple(x.shape[-2:]) if upsample else None, relu=relu)
+
+
+def cam_from_features(model: nn.Module, feats: torch.Tensor, target: torch.Tensor,
+                      size: tuple[int, int] | None = None, relu: bool = True) -> torch.Tensor:
+    """``ReLU(sum_k w_{y,k} F_k)`` in float32 from an existing feature map ``[B, C, h, w]``,
+    bilinearly upsampled to ``size`` when given (lets callers that already ran the backbone,
+    such as the consistency attack, reuse its features)."""
     w = model.head.weight[target]  # [B, C]
-    cam = torch.einsum("bc,bchw->bhw", w.to(feats.dtype), feats)
+    cam = torch.einsum("bc,bchw->bhw", w.to(feats.dtype), feats).float()
     if relu:
         cam = cam.clamp_min(0)
-    if upsample and cam.shape[-2:] != x.shape[-2:]:
-        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return cam.float()
+    if size is not None and cam.shape[-2:] != tuple(size):
+        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return cam
 
 
 def _check_model(model: nn.Module, opts: dict) -> None:

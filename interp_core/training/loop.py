@@ -28,7 +28,8 @@ from ..device import autocast, memory_format, pick_device, seed_everything, use_
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import create_model
 from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
-                    load_weights_into, read_json, save_model_weights, validate_config, write_json)
+                    load_weights_into, read_history, read_json, save_model_weights, validate_config, write_json,
+                    write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .objectives import get_objective, options_from_dict
 from .objectives.base import EpochContext, StepContext
@@ -212,7 +213,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         state = read_json(run_dir / PROGRESS) if (run_dir / PROGRESS).is_file() else {}
         if state.get("state") == "finished" and (run_dir / WEIGHTS).is_file():
             log(f"{run_dir}: run already finished ({old['epochs']} epochs); nothing to do")
-            from ..runs import read_history
             return TrainResult(run_dir, read_history(run_dir), already_finished=True)
         resume_folder = latest_checkpoint(run_dir)
         stored_cfg = old
@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         history.append(record)
         save_checkpoint(run_dir, epoch + 1, model, optimizer, objective.state_tensors(),
                         {"history": history, "best": best})
-        _write_history(run_dir, history)
+        write_jsonl(run_dir / HISTORY, history)
         log(f"epoch {epoch + 1}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}  "
             f"val_acc {val_acc:.4f}  ({record['epoch_seconds']:.1f}s)")
     pfile.write(force=True, state="finished", epoch=epochs, epochs=epochs, step=0, steps=0, phase="done",
@@ -335,13 +335,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
 
 def _pid() -> int:
     return os.getpid()
-
-
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    import json
-    from ..runs import _atomic_write, _clean_json
-    text = "".join(json.dumps(_clean_json(r), allow_nan=False) + "\n" for r in history).encode()
-    _atomic_write(run_dir / HISTORY, lambda f: f.write(text))
 
 
 def _diverged(run_dir: Path, pfile: _ProgressFile, epoch: int, step: int, what: str, history: list[dict]) -> None:

@@ -1,16 +1,8 @@
-"""Training objectives registry: ``erm`` and, when their modules exist, ``sgt``, ``scaat``, ``ece``."""
+"""Training objectives registry: ``erm``, ``sgt``, ``scaat`` and ``ece`` (importing registers them)."""
 from __future__ import annotations
 
-import importlib
-
+from . import ece, erm, scaat, sgt  # noqa: F401  (registration side effect)
 from .base import EpochContext, Objective, StepContext, get_objective, objective_names, options_from_dict, register_objective
-
-for _name in ("erm", "sgt", "scaat", "ece"):
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # a module still being written
-        if _e.name != f"{__name__}.{_name}":
-            raise
 
 __all__ = ["EpochContext", "Objective", "StepContext", "get_objective", "objective_names", "options_from_dict",
            "register_objective"]
