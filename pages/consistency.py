@@ -17,10 +17,7 @@ shell.leave_legacy_pages_mode()
 st.title("Explanation consistency")
 st.markdown(text.CONSISTENCY_INTRO)
 sel = sidebar.selection()
-need(bool(sel.all_runs), text.NO_RUNS)
-need(bool(sel.runs), text.PICK_RUNS)
-refs = sidebar.loaded_refs(sel)
-need(len(refs) == len(sel.runs), "Remove the model that does not load from the sidebar to continue.")
+refs = sidebar.require_loaded_refs(sel)
 
 # -- the tile: the one chosen on Explore, or one picked here ----------------------------------------
 shared = S.get(S.Shared.TILE)

@@ -15,10 +15,7 @@ shell.leave_legacy_pages_mode()
 st.title("Explore a tile")
 st.markdown(text.WHAT_IS_SALIENCY)
 sel = sidebar.selection()
-need(bool(sel.all_runs), text.NO_RUNS)
-need(bool(sel.runs), text.PICK_RUNS)
-refs = sidebar.loaded_refs(sel)
-need(len(refs) == len(sel.runs), "Remove the model that does not load from the sidebar to continue.")
+refs = sidebar.require_loaded_refs(sel)
 if len(refs) == 1:
     st.info("Only one model is chosen. Add a second one in the sidebar to compare them side by side.")
 size0 = refs[0].image_size

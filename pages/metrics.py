@@ -10,7 +10,7 @@ from interp_core.evaluate import EvalSettings, cached_evaluate
 from interp_core.runs import read_history
 from ui import cache, catalog, shell, sidebar, text, widgets
 from ui import state as S
-from ui.errors import guard, need
+from ui.errors import guard
 
 shell.leave_legacy_pages_mode()
 
@@ -19,9 +19,7 @@ st.markdown("How accurate is each model on a whole dataset, and how good are its
             "is computed once and stored beside the model (`eval_cache/`), so coming back is instant. Each "
             "chart says its unit and whether **higher** or **lower** is better.")
 sel = sidebar.selection()
-need(sel.dataset is not None, text.NO_DATASET)
-need(bool(sel.all_runs), text.NO_RUNS)
-need(bool(sel.runs), text.PICK_RUNS)
+sidebar.require_runs(sel, dataset=True)
 
 c1, c2, c3 = st.columns(3)
 split = widgets.split_picker(S.Metrics.SPLIT, sel.dataset.path, container=c1)

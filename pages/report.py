@@ -9,9 +9,9 @@ import streamlit as st
 
 from interp_core.attribution import METHODS
 from interp_core.report import build_report
-from ui import shell, sidebar, text, widgets
+from ui import shell, sidebar, widgets
 from ui import state as S
-from ui.errors import guard, need
+from ui.errors import guard
 
 shell.leave_legacy_pages_mode()
 
@@ -21,9 +21,7 @@ st.markdown("Build a single HTML file that compares the chosen models on the cho
             "saliency maps. It opens in any browser without a network connection, so it can be e-mailed or "
             "archived. Results already computed on the **Metrics** page with the same settings are reused.")
 sel = sidebar.selection()
-need(sel.dataset is not None, text.NO_DATASET)
-need(bool(sel.all_runs), text.NO_RUNS)
-need(bool(sel.runs), text.PICK_RUNS)
+sidebar.require_runs(sel, dataset=True)
 st.markdown("**Models:** " + ", ".join(r.label for r in sel.runs) + f"  \n**Dataset:** {sel.dataset.label}")
 
 c1, c2, c3 = st.columns(3)

@@ -12,8 +12,9 @@ import torch
 
 from interp_core.errors import InterpError
 
-from . import cache, catalog
+from . import cache, catalog, text
 from . import state as S
+from .errors import need
 
 
 @dataclass
@@ -129,3 +130,20 @@ def loaded_refs(sel: Selection) -> list[cache.ModelRef]:
             continue
         good.append(r)
     return good
+
+
+def require_runs(sel: Selection, *, dataset: bool = False) -> None:
+    """Stop the page with a message saying what to do when there are no runs, none is chosen, or
+    (``dataset=True``) no dataset is chosen."""
+    if dataset:
+        need(sel.dataset is not None, text.NO_DATASET)
+    need(bool(sel.all_runs), text.NO_RUNS)
+    need(bool(sel.runs), text.PICK_RUNS)
+
+
+def require_loaded_refs(sel: Selection) -> list[cache.ModelRef]:
+    """``require_runs`` plus: every chosen model loads (the ones that do not are named)."""
+    require_runs(sel)
+    refs = loaded_refs(sel)
+    need(len(refs) == len(sel.runs), "Remove the model that does not load from the sidebar to continue.")
+    return refs
