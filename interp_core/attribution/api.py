@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InterpError
+from ..models.folding import eval_forward_module
 from .model_state import attribution_state
 from .registry import IMAGES_PER_PASS, MethodInfo, get_method
 
@@ -34,7 +35,8 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str, target: Target = N
     ``sum_c a_c`` when ``signed=True`` and the method is signed (``METHODS[m].signed``);
     ``signed`` has no effect on methods whose maps are non-negative by definition.
 
-    Computed on the model's device, in eval mode with the parameters frozen, in chunks of
+    Computed on the model's device, in eval mode with the parameters frozen (methods that only
+    evaluate the model as a function run on its BatchNorm-folded, channels-last equivalent), in chunks of
     ``batch_size`` images (default: ``IMAGES_PER_PASS`` divided by the samples per image); the
     caller's train/eval modes, ``requires_grad`` flags and ``.grad`` tensors are restored after.
     The maps are detached: no gradient flows back to ``x`` or the model.
@@ -56,12 +58,16 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str, target: Target = N
         targets = _check_target(target, b, _num_classes(model, x[:1].to(device=device, dtype=dtype).clone()))
         if info.prepare is not None:
             opts = info.prepare(model, x, opts)
+        # a black-box method gets the same function with BatchNorm folded, on channels-last input
+        run = eval_forward_module(model) if info.black_box else model
+        layout = torch.channels_last if info.black_box else torch.contiguous_format
         maps = []
         for start in range(0, b, chunk):
             rows = slice(start, min(start + chunk, b))
-            xc = x[rows].to(device=device, dtype=dtype).clone()
-            tc = _predict(model, xc) if targets is None else targets[rows].to(device)
-            raw = info.compute(model, xc, tc, **_rows_of(info, opts, rows, b))
+            xc = x[rows].to(device=device, dtype=dtype).contiguous(memory_format=layout).clone(
+                memory_format=torch.preserve_format)
+            tc = _predict(run, xc) if targets is None else targets[rows].to(device)
+            raw = info.compute(run, xc, tc, **_rows_of(info, opts, rows, b))
             maps.append(_reduce(raw, keep_sign).detach().to(device=x.device, dtype=torch.float32))
     return torch.cat(maps)
 

@@ -27,13 +27,13 @@ def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
 
 
 @register_method("saliency", description="Absolute input gradient of the class score (Simonyan et al. 2014)",
-                 signed=False, cost="fast", needs_gradients=True)
+                 signed=False, cost="fast", needs_gradients=True, black_box=True)
 def _saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)
 
 
 @register_method("input_x_gradient", description="Input times input gradient (Shrikumar et al. 2016)",
-                 signed=True, cost="fast", needs_gradients=True)
+                 signed=True, cost="fast", needs_gradients=True, black_box=True)
 def _input_x_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return InputXGradient(model).attribute(x.detach().requires_grad_(), target=target)
 
@@ -48,7 +48,7 @@ def _prepare_ig(model: nn.Module, x: torch.Tensor, opts: dict) -> dict:
 @register_method("integrated_gradients",
                  description="Gradients integrated along a straight path from a baseline image "
                              "(Sundararajan et al. 2017)",
-                 signed=True, cost="slow", needs_gradients=True,
+                 signed=True, cost="slow", needs_gradients=True, black_box=True,
                  options={"n_steps": 32, "integration": "gausslegendre", "baseline": 0.0, "blur_sigma": None},
                  samples_option="n_steps", per_sample_options=("baseline",), prepare=_prepare_ig)
 def _integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, n_steps: int,

@@ -69,7 +69,7 @@ def _prepare(model: nn.Module, x: torch.Tensor, opts: dict) -> dict:
 @register_method("gradient_shap",
                  description="Expected gradients between random baselines (black, blurred) and the image "
                              "(Lundberg & Lee 2017)",
-                 signed=True, cost="medium", needs_gradients=True,
+                 signed=True, cost="medium", needs_gradients=True, black_box=True,
                  options={"n_samples": 16, "stdevs": 0.0, "baselines": ("zeros", "blur"), "blur_sigma": None,
                           "seed": 0},
                  samples_option="n_samples", prepare=_prepare)

@@ -42,7 +42,7 @@ def _prepare(model: nn.Module, x: torch.Tensor, opts: dict) -> dict:
 
 @register_method("occlusion",
                  description="Drop of the class score when a sliding window is blacked out (Zeiler & Fergus 2014)",
-                 signed=True, cost="slow", needs_gradients=False,
+                 signed=True, cost="slow", needs_gradients=False, black_box=True,
                  options={"window": None, "stride": None, "baseline": 0.0, "blur_sigma": None},
                  per_sample_options=("baseline",), prepare=_prepare)
 def _occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, window: tuple[int, int],

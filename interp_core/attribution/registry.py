@@ -31,7 +31,10 @@ class MethodInfo:
     do not). ``options``: the method's options and their defaults; anything else is rejected.
     ``samples_option``: the option that multiplies the forward passes per image (``n_steps``,
     ``n_samples``), used to size the default internal batch. ``per_sample_options``: options
-    that may be a tensor with one row per image, sliced with the batch.
+    that may be a tensor with one row per image, sliced with the batch. ``black_box``: the method
+    only evaluates the model as a function of its input (forward passes and input gradients, no
+    hooks on its layers), so ``attribute()`` may hand it an equivalent, faster module
+    (:func:`interp_core.models.folding.eval_forward_module`).
     """
 
     name: str
@@ -45,6 +48,7 @@ class MethodInfo:
     per_sample_options: tuple[str, ...] = ()
     prepare: Callable[[nn.Module, torch.Tensor, dict], dict] | None = field(default=None, repr=False, compare=False)
     check_model: Callable[[nn.Module, dict], None] | None = field(default=None, repr=False, compare=False)
+    black_box: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -54,7 +58,8 @@ def register_method(name: str, *, description: str, signed: bool, cost: str, nee
                     options: Mapping[str, Any] | None = None, samples_option: str | None = None,
                     per_sample_options: tuple[str, ...] = (),
                     prepare: Callable[[nn.Module, torch.Tensor, dict], dict] | None = None,
-                    check_model: Callable[[nn.Module, dict], None] | None = None) -> Callable:
+                    check_model: Callable[[nn.Module, dict], None] | None = None,
+                    black_box: bool = False) -> Callable:
     """Decorator registering ``compute(model, x, target, **options)`` under ``name``.
 
     ``compute`` gets one chunk of images on the model's device (model in eval mode, parameters
@@ -73,7 +78,7 @@ def register_method(name: str, *, description: str, signed: bool, cost: str, nee
                                    needs_gradients=needs_gradients,
                                    options=MappingProxyType(dict(options or {})),
                                    samples_option=samples_option, per_sample_options=per_sample_options,
-                                   compute=fn, prepare=prepare, check_model=check_model)
+                                   compute=fn, prepare=prepare, check_model=check_model, black_box=black_box)
         return fn
 
     return wrap

@@ -36,7 +36,7 @@ def _prepare(model: nn.Module, x: torch.Tensor, opts: dict) -> dict:
 
 @register_method("smoothgrad",
                  description="Saliency averaged over Gaussian-noised copies of the image (Smilkov et al. 2017)",
-                 signed=False, cost="medium", needs_gradients=True,
+                 signed=False, cost="medium", needs_gradients=True, black_box=True,
                  options={"n_samples": 16, "stdevs": 0.15, "seed": 0}, samples_option="n_samples", prepare=_prepare)
 def _smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, n_samples: int, stdevs: float,
                 seed: int) -> torch.Tensor:

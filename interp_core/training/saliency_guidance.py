@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import weakref
 from typing import Iterator
 
 import torch
@@ -29,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import InterpError
 from ..modes import eval_mode  # noqa: F401  (re-exported)
 from ..attribution.normalize import normalize_max
+from ..models.folding import as_eval_input, eval_forward_module  # noqa: F401  (re-exported)
 
 SALIENCY_METHODS = ("saliency", "input_x_gradient")
 BN_STATS_MODES = ("separate", "clean", "joint")
@@ -67,102 +67,6 @@ def step_generator(generator: torch.Generator, device: torch.device | str) -> to
 def _fraction_to_count(fraction: float, n: int) -> int:
     """``round(fraction * n)`` with halves rounded up, so clamps are monotone in the fraction."""
     return int(math.floor(fraction * n + 0.5))
-
-
-# -- fast eval-mode passes ---------------------------------------------------------------------------
-def as_eval_input(x: torch.Tensor) -> torch.Tensor:
-    """Detached ``x`` in channels-last layout (a copy unless it already is) for the eval-mode
-    passes: oneDNN on CPUs and cuDNN on GPUs run convolutions and pooling faster on NHWC, and the
-    layout propagates through the network. Values are unchanged."""
-    x = x.detach()
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-class _FoldedConvBN(nn.Module):
-    """``bn(conv(x))`` for an eval-mode BatchNorm, computed as one convolution with folded weights:
-    ``W' = W * s``, ``b' = b * s + beta - mu * s``, ``s = gamma / sqrt(var + eps)``.
-
-    The folded weights are built without autograd from the live parameters at every call (cheap),
-    so they always match the current weights and no parameter gradient is ever requested.
-    Falls back to ``bn(conv(x))`` when the BatchNorm is in train mode or has no running statistics.
-    """
-
-    def __init__(self, conv: nn.Conv2d, bn: _BatchNorm):
-        super().__init__()
-        self.conv, self.bn = conv, bn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn = self.conv, self.bn
-        if bn.training or bn.running_mean is None or bn.running_var is None:
-            return bn(conv(x))
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.affine:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.affine:
-                shift = shift + bn.bias
-            weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-        return conv._conv_forward(x, weight.to(conv.weight.dtype), bias.to(conv.weight.dtype))
-
-
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]]" = weakref.WeakKeyDictionary()
-
-
-def eval_forward_module(model: nn.Module) -> nn.Module:
-    """A module computing ``model``'s eval-mode function faster: every Conv2d feeding only a
-    BatchNorm is fused with it (:class:`_FoldedConvBN`). Used for the saliency and attack passes,
-    which run in eval mode and need input gradients only.
-
-    Built once per model with ``torch.fx``, traced in eval mode (the modules and parameters are
-    shared, not copied), and rebuilt when the model's sub-modules, parameters or buffers are
-    replaced. Returns ``model`` itself when it cannot be traced or has nothing to fold. Forward
-    hooks on folded Conv/BatchNorm pairs do not fire inside these passes.
-    """
-    # Rebuilt when a sub-module, parameter or buffer object is replaced (e.g. ``model.to(device)``
-    # swaps buffers, which the traced graph would otherwise keep reading from the old tensors).
-    signature = (tuple(map(id, model.modules())) + tuple(map(id, model.parameters()))
-                 + tuple(map(id, model.buffers())))
-    cached = _FOLDED.get(model)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    folded = _fold_conv_bn(model)
-    _FOLDED[model] = (signature, folded)
-    return folded
-
-
-def _fold_conv_bn(model: nn.Module) -> nn.Module:
-    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
-        return model
-    try:
-        with eval_mode(model):  # Python branches on ``self.training`` are baked in as in eval mode
-            gm = torch.fx.symbolic_trace(model)
-    except Exception:  # dynamic control flow etc.: fall back to the plain model
-        return model
-    modules = dict(gm.named_modules())
-    count = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
-            continue
-        prev = node.args[0] if node.args else None
-        if not (isinstance(prev, torch.fx.Node) and prev.op == "call_module" and len(prev.users) == 1
-                and type(modules.get(prev.target)) is nn.Conv2d and len(prev.args) == 1 and not prev.kwargs
-                and modules[prev.target].out_channels == modules[node.target].num_features):
-            continue
-        name = f"_folded_conv_bn_{count}"
-        gm.add_submodule(name, _FoldedConvBN(modules[prev.target], modules[node.target]))
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (prev.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        gm.graph.erase_node(prev)
-        count += 1
-    if count == 0:
-        return model
-    gm.graph.lint()
-    gm.recompile()
-    return gm
 
 
 # -- 1. saliency -----------------------------------------------------------------------------------
