@@ -40,6 +40,7 @@ sample-data: setup
 	$(PY) -m interp_core make-data synthetic-he --out sample_data/data/synthetic-he --seed $(SEED) --quiet
 	$(PY) -m interp_core make-data synthetic-he-biased --out sample_data/data/synthetic-he-biased --seed $(SEED) --quiet
 	$(PY) -m interp_core make-data ihc --out sample_data/data/ihc --seed $(SEED) --quiet
+	$(PY) -c "from interp_core.wsi import write_sample_slide; write_sample_slide('sample_data/slides/ihc.tiff')"
 
 # Retrain the shipped runs with the project's own commands (see bench/ship_runs.sh).
 sample-runs: setup

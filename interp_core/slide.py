@@ -2,13 +2,16 @@
 attribution stitched into maps over the whole image.
 
 A slide is anything with ``size -> (W, H)`` and ``read_region(x, y, w, h) -> uint8 [h, w, 3]``
-(``SlideReader``); ``ArraySlide`` wraps an in-memory image (``open_slide`` reads one through
-``load_rgb``), and a whole-slide-file reader can be added later behind the same protocol.
+(``SlideReader``). ``ArraySlide`` wraps an in-memory image (PNG, JPEG, uploads: ``open_slide``
+reads one through ``load_rgb``); ``wsi.OpenSlideReader`` reads one pyramid level of a whole-slide
+file (``.svs``, ``.ndpi``, ``.mrxs``, tiled TIFF, ...) lazily through OpenSlide, and ``open_slide``
+picks it for the files OpenSlide recognises.
 
-``explain_slide`` streams the tiles: a generator walks the tile grid in raster order, reads
-``batch_size`` tiles at a time, predicts and attributes them, and adds each tile's map into the
-output accumulators, so peak memory is one batch plus the output maps (at ``1/downsample`` of the
-slide side). Choices, all [ours]:
+``explain_slide`` streams the tiles: a ``torch.utils.data.DataLoader`` over the tissue tiles
+(``SlideTiles``, raster order; ``workers`` processes read tiles in parallel, each opening its own
+file handle) delivers ``batch_size`` tiles at a time; they are predicted and attributed, and each
+tile's map is added into the output accumulators, so peak memory is the batches in flight plus the
+output maps (at ``1/downsample`` of the slide side). Choices, all [ours]:
 
 - Grid: tile ``(r, c)`` has its top-left corner at ``(c * stride, r * stride)``; there are
   ``1 + ceil(max(0, W - tile) / stride)`` columns (rows likewise), so the grid covers the whole
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import InterpError
 
@@ -99,9 +103,29 @@ class ArraySlide(SlideReader):
         return out
 
 
-def open_slide(source: str | Path | bytes | BinaryIO, *, name: str | None = None) -> ArraySlide:
-    """A slide from an image file or upload, read with ``load_rgb`` (size limits, any mode -> RGB)."""
+def open_slide(source: str | Path | bytes | BinaryIO, *, name: str | None = None, level: int = 0) -> SlideReader:
+    """A slide from a file or an upload.
+
+    A path with a whole-slide suffix (``wsi.WSI_SUFFIXES``: ``.svs``, ``.ndpi``, ``.mrxs``,
+    ``.tif``/``.tiff``, ...) that OpenSlide recognises opens lazily as a ``wsi.OpenSlideReader`` at
+    pyramid ``level``. Anything else (PNG, JPEG, a plain TIFF, uploaded bytes) is read whole with
+    ``load_rgb`` (size limits, any mode -> RGB) into an ``ArraySlide``, which has one level only. A
+    whole-slide suffix OpenSlide does not recognise is an error unless it is a TIFF (plain TIFFs
+    are ordinary images).
+    """
     from .data.image_io import load_rgb
+    if isinstance(source, (str, Path)):
+        from . import wsi
+        p = Path(source)
+        suffix = p.suffix.lower()
+        if suffix in wsi.WSI_SUFFIXES and p.is_file():
+            if wsi.detect_format(p) is not None:
+                return wsi.OpenSlideReader(p, level=level)
+            if suffix not in (".tif", ".tiff"):
+                raise InterpError(f"{p}: not a whole-slide file OpenSlide can read (unsupported or damaged {suffix})")
+    if level != 0:
+        raise InterpError(f"{name or source if isinstance(source, (str, Path)) else 'the upload'}: a plain image has "
+                          f"only pyramid level 0, got level {level}")
     img = load_rgb(source, name=name)
     return ArraySlide(img.array, notes=img.notes)
 
@@ -128,15 +152,26 @@ def read_thumbnail(slide: SlideReader, downsample: int) -> np.ndarray:
     if callable(own):
         return np.asarray(own(d), dtype=np.uint8)
     W, H = _slide_size(slide)
-    wt, ht = -(-W // d), -(-H // d)
     if d == 1:
         return np.ascontiguousarray(slide.read_region(0, 0, W, H))
-    rows_per_strip = max(1, (32 << 20) // (wt * d * d * 3 * 4))
+    return block_mean_thumbnail(slide.read_region, (-(-W // d), -(-H // d)), d)
+
+
+def block_mean_thumbnail(read_region: Callable[[int, int, int, int], np.ndarray], out_size: tuple[int, int],
+                         k: int) -> np.ndarray:
+    """uint8 ``[ht, wt, 3]`` (``out_size = (wt, ht)``): pixel ``(i, j)`` is the rounded mean of the
+    ``k x k`` block of ``read_region`` at ``(j*k, i*k)``.
+
+    Reads horizontal strips of at most about 32 MB of float pixels, so memory stays bounded on
+    large slides; ``read_region`` pads past the edge (white), and the padding enters the mean.
+    """
+    wt, ht = out_size
+    rows_per_strip = max(1, (32 << 20) // (wt * k * k * 3 * 4))
     out = np.empty((ht, wt, 3), np.uint8)
     for r0 in range(0, ht, rows_per_strip):
-        k = min(rows_per_strip, ht - r0)
-        strip = slide.read_region(0, r0 * d, wt * d, k * d).astype(np.float32)
-        out[r0:r0 + k] = np.rint(strip.reshape(k, d, wt, d, 3).mean(axis=(1, 3))).astype(np.uint8)
+        n = min(rows_per_strip, ht - r0)
+        strip = np.asarray(read_region(0, r0 * k, wt * k, n * k)).astype(np.float32)
+        out[r0:r0 + n] = np.rint(strip.reshape(n, k, wt, k, 3).mean(axis=(1, 3))).astype(np.uint8)
     return out
 
 
@@ -210,7 +245,7 @@ class SlideResult:
     ``saliency``: float32 ``[ceil(H/d), ceil(W/d)]`` stitched map, NaN where no computed tile
     covers. ``tissue``: bool ``[rows, cols]``, tiles with at least ``min_tissue`` tissue.
     ``thumbnail``: uint8 ``[ceil(H/d), ceil(W/d), 3]``, the slide at the saliency map's resolution
-    (to draw the maps over). Tile ``(r, c)`` covers slide pixels
+    (to draw the maps over). ``tissue_map``: bool, the thumbnail's pixel-level tissue mask. Tile ``(r, c)`` covers slide pixels
     ``[c*stride, c*stride + tile_size) x [r*stride, r*stride + tile_size)``.
     """
 
@@ -230,6 +265,7 @@ class SlideResult:
     normalize: str = "slide"
     input_size: int | None = None
     thumbnail: np.ndarray | None = field(default=None, repr=False)
+    tissue_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def pred(self) -> np.ndarray:
@@ -305,24 +341,44 @@ def _num_classes(model: nn.Module, tile: int, device: torch.device) -> int:
         return int(model(torch.ones(1, 3, tile, tile, device=device)).shape[1])
 
 
-def _tile_batches(slide: SlideReader, todo: np.ndarray, stride: int, tile_size: int,
-                  batch_size: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Batches ``(tile indices [(r, c)], uint8 [b, T, T, 3])`` of the tiles marked in ``todo``, raster order."""
-    idx: list[tuple[int, int]] = []
-    buf = np.empty((batch_size, tile_size, tile_size, 3), np.uint8)
-    for r, c in zip(*np.nonzero(todo)):
-        region = slide.read_region(int(c) * stride, int(r) * stride, tile_size, tile_size)
-        if not isinstance(region, np.ndarray) or region.shape != (tile_size, tile_size, 3) or region.dtype != np.uint8:
+class SlideTiles(Dataset):
+    """The tiles ``(r, c)`` of ``cells`` (int ``[n, 2]``) of a slide as a map-style dataset.
+
+    Item ``k``: ``(uint8 tensor [T, T, 3], k)``, the tile with its top-left corner at
+    ``(c * stride, r * stride)``, read when asked (``slide.read_region``). Workers of a DataLoader
+    each use their own copy of the reader; ``OpenSlideReader`` opens a file handle per process.
+    """
+
+    def __init__(self, slide: SlideReader, cells: np.ndarray, stride: int, tile_size: int):
+        self.slide = slide
+        self.cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+        self.stride = int(stride)
+        self.tile_size = int(tile_size)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        r, c = (int(v) for v in self.cells[k])
+        t = self.tile_size
+        region = self.slide.read_region(c * self.stride, r * self.stride, t, t)
+        if not isinstance(region, np.ndarray) or region.shape != (t, t, 3) or region.dtype != np.uint8:
             got = f"{region.dtype} {list(region.shape)}" if isinstance(region, np.ndarray) else type(region).__name__
-            raise InterpError(f"the slide reader returned {got} for a {tile_size}x{tile_size} region; "
-                              f"expected uint8 [{tile_size}, {tile_size}, 3]")
-        buf[len(idx)] = region
-        idx.append((int(r), int(c)))
-        if len(idx) == batch_size:
-            yield idx, buf
-            idx = []
-    if idx:
-        yield idx, buf[:len(idx)]
+            raise InterpError(f"the slide reader returned {got} for a {t}x{t} region; expected uint8 [{t}, {t}, 3]")
+        return torch.from_numpy(np.ascontiguousarray(region)), k
+
+
+def _tile_batches(slide: SlideReader, todo: np.ndarray, stride: int, tile_size: int, batch_size: int,
+                  workers: int = 0) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Batches ``(tile indices [(r, c)], uint8 [b, T, T, 3])`` of the tiles marked in ``todo``, raster
+    order, read through a DataLoader with ``workers`` worker processes (0: in this process)."""
+    cells = np.argwhere(todo)
+    if not len(cells):
+        return
+    loader = DataLoader(SlideTiles(slide, cells, stride, tile_size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, persistent_workers=False)
+    for tiles, ks in loader:
+        yield [(int(cells[k, 0]), int(cells[k, 1])) for k in ks.tolist()], tiles
 
 
 def _footprint(origin: int, tile_size: int, d: int) -> tuple[int, int]:
@@ -343,7 +399,8 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
                   skip_background: bool = True, device: Any = None,
                   progress: Callable[[int, int], None] | None = None, classes: list[str] | None = None,
                   input_size: int | None = None, normalize: str = "slide", min_tissue: float = 0.1,
-                  method_options: dict[str, Any] | None = None, max_tiles: int = MAX_TILES) -> SlideResult:
+                  method_options: dict[str, Any] | None = None, max_tiles: int = MAX_TILES,
+                  workers: int = 0, limit: int | None = None) -> SlideResult:
     """Tile ``slide``, predict and attribute every tile, stitch the maps (see the module docstring).
 
     ``tile_size``: tile side in slide pixels (the model's input size, unless ``input_size`` is
@@ -356,6 +413,9 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     and ``total = n_tiles`` last; skipped tiles count as done when the walk passes them.
     ``device``: None = the model's device; another device works on a copy of the model.
     Runs the model in eval mode (per batch, via ``attribution_state``; the caller's mode is kept).
+    ``workers``: DataLoader worker processes reading tiles (0 = read in this process); useful when
+    decoding a compressed whole-slide file is the bottleneck. ``limit``: compute only the first
+    ``limit`` tiles to do (raster order), a quick look at a large slide; the rest count as skipped.
     """
     from .attribution import attribute, attribution_state, get_method, normalize_max
     t0 = time.perf_counter()
@@ -365,8 +425,12 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
         raise InterpError(f"stride ({stride}) must not exceed tile_size ({tile_size}): the tiles would leave gaps")
     d = _positive_int(downsample, "downsample")
     batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise InterpError(f"workers must be a non-negative integer, got {workers!r}")
     if input_size is not None:
         input_size = _positive_int(input_size, "input_size")
+    if limit is not None:
+        limit = _positive_int(limit, "limit")
     if normalize not in NORMALIZATIONS:
         raise InterpError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     if not 0.0 <= float(min_tissue) <= 1.0:
@@ -390,9 +454,13 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
 
     thumb = read_thumbnail(slide, d)
     ht, wt = thumb.shape[:2]
-    frac = tile_tissue_fraction(tissue_mask(thumb), (rows, cols), tile_size, stride, d)
+    tissue_px = tissue_mask(thumb)
+    frac = tile_tissue_fraction(tissue_px, (rows, cols), tile_size, stride, d)
     tissue = frac >= float(min_tissue)
-    todo = tissue if skip_background else np.ones_like(tissue)
+    todo = tissue.copy() if skip_background else np.ones_like(tissue)
+    if limit is not None and int(todo.sum()) > limit:
+        flat = todo.reshape(-1)
+        flat[np.flatnonzero(flat)[limit:]] = False
 
     probs = np.full((rows, cols, n_cls), np.nan, np.float32)
     acc = np.zeros((ht, wt), np.float64)
@@ -401,8 +469,8 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
         progress(0, n_tiles)
     opts = dict(method_options or {})
     n_done, reported = 0, 0
-    for idx, batch in _tile_batches(slide, todo, stride, tile_size, batch_size):
-        x = torch.from_numpy(batch).to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    for idx, batch in _tile_batches(slide, todo, stride, tile_size, batch_size, int(workers)):
+        x = batch.to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         if input_size is not None and input_size != tile_size:
             x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
                               antialias=input_size < tile_size).clamp_(0.0, 1.0)
@@ -434,7 +502,7 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     return SlideResult(tile_size=tile_size, stride=stride, grid_shape=(rows, cols), probs=probs, saliency=sal,
                        tissue=tissue, downsample=d, classes=class_names, seconds=time.perf_counter() - t0,
                        n_tiles=n_tiles, n_computed=n_done, slide_size=(W, H), method=method,
-                       normalize=normalize, input_size=input_size, thumbnail=thumb)
+                       normalize=normalize, input_size=input_size, thumbnail=thumb, tissue_map=tissue_px)
 
 
 def _stitch(maps: torch.Tensor, idx: list[tuple[int, int]], stride: int, tile_size: int, d: int,

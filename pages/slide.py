@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import METHODS
-from interp_core.slide import ArraySlide, explain_slide
-from ui import cache, shell, sidebar, text, widgets
+from interp_core.errors import InterpError
+from interp_core.slide import ArraySlide, explain_slide, open_slide
+from interp_core.wsi import find_slides
+from ui import cache, catalog, shell, sidebar, text, widgets
 from ui import state as S
 from ui.errors import guard, need
 
 shell.leave_legacy_pages_mode()
 
 MAX_MAP_SIDE = 256  # the saliency map is at most this many pixels per side (plotly stays light)
+DEFAULT_MAX_TILES = 2000  # a whole-slide file can hold 100,000 tiles: compute a first part unless asked
+
+
+def slides_root() -> Path:
+    """Where the page looks for whole-slide files: ``sample_data/slides`` (or ``$INTERP_SAMPLE_DATA/slides``)."""
+    return catalog.sample_root() / "slides"
 
 
 @st.cache_data(show_spinner=False)
@@ -35,15 +44,55 @@ sel = sidebar.selection()
 need(bool(sel.all_runs), text.NO_RUNS)
 
 S.init(S.Slide.SOURCE, "ihc")
-source = st.segmented_control("Image", ["ihc", "upload"], key=S.Slide.SOURCE, required=True,
+source = st.segmented_control("Image", ["ihc", "file", "upload"], key=S.Slide.SOURCE, required=True,
                               format_func={"ihc": "Shipped immunohistochemistry image",
+                                           "file": "Whole-slide file on this machine",
                                            "upload": "Upload an image"}.get, **S.KEEP)
+limit = None
 if source == "ihc":
     image, name = shipped_ihc(), "immunohistochemistry (scikit-image)"
-else:
+    reader, digest = ArraySlide(image), hashlib.sha1(image.tobytes()).hexdigest()[:16]
+elif source == "upload":
     up = widgets.upload_picker(S.Slide.UPLOAD, label="Upload a large image (PNG, JPEG or TIFF)")
     need(up is not None, "Upload an image to tile it.")
     image, name = up[0], up[1]
+    reader, digest = ArraySlide(image), hashlib.sha1(image.tobytes()).hexdigest()[:16]
+else:
+    root = slides_root()
+    found = find_slides(root)
+    f1, f2 = st.columns([1, 1])
+    S.init(S.Slide.FILE, str(found[0]) if found else "")
+    S.init(S.Slide.PATH, "")
+    if found:
+        f1.selectbox(f"Slides in {root}", [str(p) for p in found], key=S.Slide.FILE,
+                     format_func=lambda p: str(Path(p).relative_to(root)), **S.KEEP)
+    typed = f2.text_input("Or the path of a slide file", key=S.Slide.PATH, placeholder="/data/slides/case1.svs",
+                          help=".svs, .ndpi, .mrxs, .scn, .bif, tiled .tif/.tiff (read with OpenSlide), or a PNG/JPEG. "
+                               "Large files are read tile by tile, never uploaded.", **S.KEEP)
+    chosen = typed.strip() or S.get(S.Slide.FILE, "")
+    need(bool(chosen), f"Type the path of a whole-slide file (none found in {root}).")
+    path = Path(chosen).expanduser()
+    try:
+        base = open_slide(path)
+    except InterpError as e:
+        st.error(str(e), icon=":material/error:")
+        st.stop()
+    levels = getattr(base, "level_dimensions", [base.size])
+    S.init(S.Slide.LEVEL, 0)
+    if S.get(S.Slide.LEVEL) not in range(len(levels)):
+        S.put(S.Slide.LEVEL, 0)
+    l1, l2 = st.columns([1, 1])
+    level = l1.selectbox("Pyramid level", list(range(len(levels))), key=S.Slide.LEVEL,
+                         format_func=lambda i: f"{i}: {levels[i][0]}x{levels[i][1]} px", **S.KEEP,
+                         help="Tiles are read at this level: pick the one matching the magnification the model "
+                              "was trained at.")
+    S.init(S.Slide.MAX_TILES, DEFAULT_MAX_TILES)
+    limit = int(l2.number_input("Compute at most this many tissue tiles", min_value=1, max_value=200_000, step=500,
+                                key=S.Slide.MAX_TILES, **S.KEEP))
+    reader = open_slide(path, level=level) if level else base
+    name = path.name
+    st_ = path.stat()
+    digest = f"{path.resolve()}:{st_.st_mtime_ns}:{st_.st_size}:{level}"
 
 # -- models: the ones trained on IHC by default for the IHC image ----------------------------------
 by_key = {r.key: r for r in sel.all_runs}
@@ -65,9 +114,8 @@ show = c3.selectbox("Map", ["probability", "saliency"], key=S.Slide.SHOW,
 S.init(S.Slide.ALPHA, 0.5)
 alpha = c4.slider("Map opacity", 0.0, 1.0, key=S.Slide.ALPHA, step=0.05, **S.KEEP)
 
-h, w = image.shape[:2]
+w, h = reader.size
 downsample = max(1, math.ceil(max(h, w) / MAX_MAP_SIDE))
-digest = hashlib.sha1(image.tobytes()).hexdigest()[:16]
 store = cache.store("slide")
 results = {}
 for k in keys:
@@ -76,7 +124,7 @@ for k in keys:
     with guard(f"tiling the image with {entry.label}"):
         loaded = r.load()
         size = int(loaded.config["image_size"])
-        skey = (r, digest, method, downsample)
+        skey = (r, digest, method, downsample, limit)
         res = store.get(skey)
         if res is None:
             bar = st.progress(0.0, text=f"{entry.label}: preparing the tiles...")
@@ -84,8 +132,8 @@ for k in keys:
             def report(done: int, total: int, label: str = entry.label) -> None:
                 bar.progress(done / total if total else 1.0, text=f"{label}: {done}/{total} tiles")
 
-            res = explain_slide(loaded.model, ArraySlide(image), tile_size=size, method=method, batch_size=64,
-                                downsample=downsample, progress=report, classes=loaded.classes)
+            res = explain_slide(loaded.model, reader, tile_size=size, method=method, batch_size=64,
+                                downsample=downsample, progress=report, classes=loaded.classes, limit=limit)
             store.put(skey, res)
             bar.empty()
         results[k] = res
@@ -98,7 +146,8 @@ if show == "probability":
         S.put(S.Slide.CLASS, default_cls)
     cls = st.columns([1, 3])[0].selectbox("Probability of class", classes, key=S.Slide.CLASS, **S.KEEP)
 
-st.caption(f"{name}: {w}x{h} pixels; maps at 1/{downsample} of the image side.")
+st.caption(f"{name}: {w}x{h} pixels; maps at 1/{downsample} of the image side."
+           + (f" At most {limit:,} tissue tiles are computed (raster order)." if limit else ""))
 if source == "ihc" and not any(by_key[k].dataset == "ihc" for k in keys):
     st.warning("None of these models was trained on immunohistochemistry tiles (dataset `ihc`), so their "
                "predictions on this image mean little. Pick an `ihc` model if there is one.")

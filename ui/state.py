@@ -111,6 +111,10 @@ class Slide:
     CLASS = "slide.class"
     ALPHA = "slide.alpha"
     COMPUTE = "slide.compute"
+    FILE = "slide.file"          # a whole-slide file chosen from the slides folder
+    PATH = "slide.path"          # or typed as a path
+    LEVEL = "slide.level"        # pyramid level read
+    MAX_TILES = "slide.max_tiles"
 
 
 class Report:
