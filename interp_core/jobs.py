@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,11 @@ def _tail_text(path: Path, max_bytes: int) -> str:
     return text
 
 
+def _os_error_line(e: OSError, default: Path) -> str:
+    """``PATH: reason`` of an OSError (the path it names, else ``default``)."""
+    return f"{e.filename or default}: {e.strerror or e}"
+
+
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute()) if path else path
 
@@ -227,7 +233,10 @@ class JobManager:
         if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
             raise InterpError(f"max_queued must be a non-negative integer, got {max_queued!r}")
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InterpError(_os_error_line(e, self.root)) from None
         self.max_running = max_running
         self.max_queued = max_queued
         self.python = python
@@ -245,6 +254,12 @@ class JobManager:
         """
         args = self._check_args(train_args)
         run = Path(run_dir).expanduser().resolve()
+        try:
+            return self._submit(args, run)
+        except OSError as e:  # read-only folder, disk full: one line naming the file
+            raise InterpError(_os_error_line(e, self.root)) from None
+
+    def _submit(self, args: list[str], run: Path) -> JobInfo:
         with self._locked():
             jobs = self._refresh_locked()
             for j in jobs:
@@ -264,7 +279,11 @@ class JobManager:
             rec = {"id": job_id, "run_dir": str(run), "args": args, "state": "queued", "created": now,
                    "started": None, "ended": None, "pid": None, "pid_start": None, "returncode": None,
                    "message": "", "command": None}
-            self._save(rec)
+            try:
+                self._save(rec)
+            except BaseException:
+                shutil.rmtree(self.root / job_id, ignore_errors=True)  # no job folder without its job.json
+                raise
             jobs.append(rec)
             self._start_queued(jobs)
             return self._info(self._load(job_id))

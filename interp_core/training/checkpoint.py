@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import RunError
-from ..runs import CHECKPOINT_DIR, load_tensors, load_weights_into, read_json, save_tensors, write_json
+from ..runs import (CHECKPOINT_DIR, load_tensors, load_weights_into, read_json, remove_stale_temp_files, save_tensors,
+                    write_json)
 
 LATEST = "latest.json"
 
@@ -45,20 +46,29 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_checkpoint(run_dir: Path, epoch_done: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     objective_tensors: dict[str, torch.Tensor], state: dict) -> None:
-    """Write the state after ``epoch_done`` epochs; keep only this checkpoint afterwards."""
+    """Write the state after ``epoch_done`` epochs; keep only this checkpoint afterwards.
+
+    If writing fails (disk full, read-only folder) the new folder is removed again and the error
+    propagates: the pointer still names the previous, complete checkpoint.
+    """
     root = Path(run_dir) / CHECKPOINT_DIR
     name = f"epoch_{epoch_done:04d}"
     folder = root / name
-    if folder.exists():
+    if folder.exists():  # a half-written folder of an attempt killed before its pointer switch
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    save_tensors(folder / "model.safetensors", model.state_dict())
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_tensors(folder / "optimizer.safetensors", opt_tensors)
-    if objective_tensors:
-        save_tensors(folder / "objective.safetensors", objective_tensors)
-    write_json(folder / "state.json", {**state, "epoch_done": epoch_done, "optimizer": opt_meta})
-    write_json(root / LATEST, {"dir": name, "epoch_done": epoch_done})
+    remove_stale_temp_files(root)
+    try:
+        folder.mkdir(parents=True)
+        save_tensors(folder / "model.safetensors", model.state_dict())
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_tensors(folder / "optimizer.safetensors", opt_tensors)
+        if objective_tensors:
+            save_tensors(folder / "objective.safetensors", objective_tensors)
+        write_json(folder / "state.json", {**state, "epoch_done": epoch_done, "optimizer": opt_meta})
+        write_json(root / LATEST, {"dir": name, "epoch_done": epoch_done})
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     for old in root.iterdir():
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
