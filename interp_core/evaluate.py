@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import sys
@@ -90,15 +91,20 @@ def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor
 
 
 def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, conf: torch.Tensor) -> None:
-    """``file,label,pred,confidence`` with class names; ``file`` relative to the dataset root."""
+    """``file,label,pred,confidence`` with class names; ``file`` relative to the dataset root.
+
+    Written atomically (``runs.write_text``): a full disk leaves the old file or none, never a part.
+    """
+    from .runs import write_text
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["file", "label", "pred", "confidence"])
+    for j, i in enumerate(idx):
+        rec = ds.records[i]
+        w.writerow([rec.file, ds.classes[rec.label], ds.classes[int(pred[j])], f"{float(conf[j]):.6f}"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "pred", "confidence"])
-        for j, i in enumerate(idx):
-            rec = ds.records[i]
-            w.writerow([rec.file, ds.classes[rec.label], ds.classes[int(pred[j])], f"{float(conf[j]):.6f}"])
+    write_text(path, buf.getvalue())
 
 
 def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSettings | None = None, *,
