@@ -1,4 +1,4 @@
-"""``python -m interp_core``: make-data, train, evaluate, explain, compare.
+"""``python -m interp_core``: make-data, train, evaluate, explain, explain-slide, compare.
 
 Thin: parse flags, call the library, print JSON. Every user mistake becomes a one-line
 ``error: ...`` on stderr and exit code 2; set ``INTERP_DEBUG=1`` to see tracebacks.
@@ -108,8 +108,12 @@ def cmd_train(a: argparse.Namespace) -> int:
                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
                       weight_decay=a.weight_decay, schedule=a.schedule, seed=a.seed, init=a.init,
                       weights=a.weights, image_size=a.image_size, val_fraction=a.val_fraction,
-                      workers=a.workers, device=a.device, max_grad_norm=a.max_grad_norm)
+                      workers=a.workers, device=a.device, max_grad_norm=a.max_grad_norm,
+                      precision=a.precision, channels_last=a.channels_last, compile=a.compile,
+                      compile_backend=a.compile_backend, sync_bn=a.sync_bn)
     res = train(cfg, progress=not a.quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone reports
+        return 0
     _emit({"run": str(res.run_dir.resolve()), "already_finished": res.already_finished,
            "epochs": len(res.history), "best_epoch": res.best_epoch,
            "best_val_accuracy": res.best_val_accuracy,
@@ -130,10 +134,43 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
+    if a.data is not None:  # dataset mode: sharded, resumable
+        from .explain_dataset import explain_dataset
+        info = explain_dataset(a.run, a.data, a.split, a.out, method=a.attribution, shard_size=a.shard_size,
+                               batch_size=a.batch_size, device=a.device, limit=a.limit, target=a.target,
+                               seed=a.seed, workers=a.workers, progress=not a.quiet)
+        _emit({"out": str(Path(a.out).resolve()), "n_tiles": info["n_tiles"], "n_shards": info["n_shards"],
+               "shards_written": info["shards_written"], "complete": info["complete"],
+               "seconds": round(info["seconds"], 3)}, None)
+        return 0
     from .explain import explain_image
     info = explain_image(a.run, a.image, a.out, method=a.attribution, target=a.target, device=a.device,
                          alpha=a.alpha, seed=a.seed)
     _emit(info, None)
+    return 0
+
+
+def cmd_explain_slide(a: argparse.Namespace) -> int:
+    from .slide_job import explain_slide_file
+    bar = None
+    progress = None
+    if not a.quiet:
+        from tqdm import tqdm
+        bar = tqdm(unit="tile", desc="explain-slide", file=sys.stderr, dynamic_ncols=True)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+    try:
+        info = explain_slide_file(a.run, a.slide, a.out, level=a.level, tile_size=a.tile_size, stride=a.stride,
+                                  method=a.attribution, batch_size=a.batch_size, min_tissue=a.min_tissue,
+                                  device=a.device, limit_tiles=a.limit_tiles, map_side=a.map_side,
+                                  workers=a.workers, seed=a.seed, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    _emit({"out": str(Path(a.out).resolve()), "tiles": info["tiles"], "class_counts": info["class_counts"],
+           "tiles_per_second": info["timings"]["tiles_per_second"]}, None)
     return 0
 
 
@@ -180,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of train carved for val when no val split")
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     t.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm (default off)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast precision (default auto: bf16, or fp16 with loss scaling, on CUDA; fp32 elsewhere; "
+                        "bf16 also runs on the CPU; fp16 needs CUDA)")
+    t.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC memory layout (default auto: on CUDA only)")
+    t.add_argument("--compile", action="store_true", help="wrap the training model in torch.compile")
+    t.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the whole global batch, as one process computes "
+                        "them (one extra all-reduce per BatchNorm layer); default: each process its own share")
     _common(t)
     _add_objective_flags(t)
     t.set_defaults(func=cmd_train)
@@ -198,15 +245,44 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
-    x = sub.add_parser("explain", help="attribution map of one image as a PNG overlay or a .npy array")
+    x = sub.add_parser("explain", help="attribution maps: one image (--image), or a whole dataset split in "
+                                       "resumable shards (--data)")
     x.add_argument("--run", required=True)
-    x.add_argument("--image", required=True)
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="one image: write its map to --out (.png overlay or .npy)")
+    src.add_argument("--data", help="a dataset folder or .npz: write every tile's map of --split to the "
+                                    "folder --out as shard_NNNNN.npz + manifest.json (re-run to resume)")
+    x.add_argument("--split", default="test", choices=("train", "val", "test"), help="with --data (default test)")
     x.add_argument("--attribution", default="saliency")
     x.add_argument("--target", default=None, help="class name or index (default: predicted)")
-    x.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (PNG)")
-    x.add_argument("--out", required=True, help="OUT.png (overlay) or OUT.npy (raw map)")
+    x.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (PNG, --image)")
+    x.add_argument("--shard-size", type=int, default=256, help="tiles per shard (--data; default 256)")
+    x.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (--data; default 64)")
+    x.add_argument("--limit", type=int, default=None, help="only a stratified subset of N tiles (--data)")
+    x.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (--data; default 0)")
+    x.add_argument("--out", required=True, help="--image: OUT.png (overlay) or OUT.npy (raw map); "
+                                                "--data: output folder")
     _common(x)
     x.set_defaults(func=cmd_explain)
+
+    ws = sub.add_parser("explain-slide", help="tile a whole-slide image (OpenSlide formats, TIFF, PNG, JPEG) and "
+                                              "write per-tile prediction and stitched saliency maps")
+    ws.add_argument("--run", required=True)
+    ws.add_argument("--slide", required=True, help=".svs, .ndpi, .mrxs, tiled .tif/.tiff, ... or a plain image")
+    ws.add_argument("--out", required=True, help="output folder (PNG and .npy maps, summary.json)")
+    ws.add_argument("--level", type=int, default=0, help="pyramid level to tile (default 0, full resolution)")
+    ws.add_argument("--tile-size", type=int, default=None,
+                    help="tile side in pixels of that level (default: the run's input size; else resized to it)")
+    ws.add_argument("--stride", type=int, default=None, help="step between tiles (default: the tile size)")
+    ws.add_argument("--attribution", default="saliency")
+    ws.add_argument("--batch-size", type=int, default=64)
+    ws.add_argument("--min-tissue", type=float, default=0.1,
+                    help="skip tiles with less than this share of tissue (default 0.1)")
+    ws.add_argument("--limit-tiles", type=int, default=None, help="compute only the first N tissue tiles")
+    ws.add_argument("--map-side", type=int, default=1024, help="longer side of the output maps in pixels (default 1024)")
+    ws.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading tiles (default 0)")
+    _common(ws)
+    ws.set_defaults(func=cmd_explain_slide)
 
     c = sub.add_parser("compare", help="self-contained HTML report comparing runs on a dataset")
     c.add_argument("--runs", nargs="+", required=True)

@@ -54,23 +54,69 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHANNELS_LAST_MODES = ("auto", "on", "off")
+
+
 def use_amp(device: torch.device) -> bool:
-    """Mixed precision only on CUDA: CPU autocast is slower for these models and changes numerics."""
+    """Mixed precision by default only on CUDA: CPU autocast is slower for these models and changes numerics."""
     return device.type == "cuda"
 
 
-def autocast(device: torch.device, enabled: bool | None = None) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA, a no-op elsewhere."""
-    on = use_amp(device) if enabled is None else (enabled and use_amp(device))
-    if not on:
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The training precision actually used: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto``: on CUDA bf16 where the GPU supports it, else fp16 (with a GradScaler); fp32
+    elsewhere. ``bf16`` autocast works on CUDA and on the CPU (slower than fp32 on most CPUs
+    without AMX, but it runs); ``fp16`` needs CUDA (its loss scaling, ``GradScaler``, is a CUDA
+    tool here): an InterpError elsewhere, as is any mixed precision on MPS.
+    """
+    if precision not in PRECISIONS:
+        raise InterpError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if not use_amp(device):
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise InterpError(f"--precision fp16 needs a CUDA GPU (loss scaling); on {device.type} use bf16 or fp32")
+    if precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise InterpError(f"--precision bf16 is supported on cuda and cpu, not {device.type}; use fp32")
+    return precision
+
+
+def autocast(device: torch.device, enabled: bool | None = None, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` (see :func:`resolve_precision`); the default is bf16/fp16 on
+    CUDA and a no-op elsewhere. ``enabled=False`` always gives a no-op."""
+    if enabled is False:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    chosen = resolve_precision(device, precision)
+    if chosen == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if chosen == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (tensor cores like NHWC), contiguous elsewhere."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def needs_grad_scaler(device: torch.device, precision: str = "auto") -> bool:
+    """True when training in fp16 on CUDA, where gradients need loss scaling (``GradScaler``)."""
+    return device.type == "cuda" and resolve_precision(device, precision) == "fp16"
+
+
+def memory_format(device: torch.device, channels_last: str = "auto") -> torch.memory_format:
+    """channels_last on CUDA (tensor cores like NHWC), contiguous elsewhere; ``channels_last``
+    ``on``/``off`` forces it either way (``on`` is harmless on the CPU, only speed changes)."""
+    if channels_last not in CHANNELS_LAST_MODES:
+        raise InterpError(f"unknown channels-last mode {channels_last!r}; choose one of {', '.join(CHANNELS_LAST_MODES)}")
+    if channels_last == "on" or (channels_last == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def loader_transfer(device: torch.device) -> dict[str, bool]:
+    """``pin_memory`` for DataLoaders and ``non_blocking`` for ``.to(device)`` copies: both on
+    for CUDA (page-locked host memory lets the copy overlap compute), off elsewhere (no effect
+    on the CPU, and pinning needs a CUDA runtime)."""
+    cuda = torch.device(device).type == "cuda"
+    return {"pin_memory": cuda, "non_blocking": cuda}
 
 
 @contextlib.contextmanager

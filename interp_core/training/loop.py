@@ -4,6 +4,17 @@ best-by-validation weights, history, progress file, checkpoints and resume.
 Determinism: the shuffle order, the augmentation and the objective's random draws of epoch ``e``
 are all functions of ``(seed, e)``, and a checkpoint is taken after each epoch, so a run killed
 at any point and resumed produces the same weights as an uninterrupted run on the CPU.
+
+Several processes (``torchrun --nproc_per_node N -m interp_core train ...``): the same function
+runs in every process; :mod:`interp_core.training.distributed` holds the machinery (global
+batch kept at ``--batch-size``, DistributedDataParallel, the sharded shuffle, rank 0 the only
+writer, validation and the ECE refresh sharded and reduced, every decision identical on all
+ranks). Resume works as for one process; the run directory must be on a filesystem every
+process sees.
+
+Speed switches (``--precision``, ``--channels-last``, ``--compile``, pinned memory and
+non-blocking copies on CUDA) live in :mod:`interp_core.device` and change speed and float
+rounding, not the algorithm.
 """
 from __future__ import annotations
 
@@ -24,13 +35,17 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import dataset_classes, infer_image_size, open_split
-from ..device import autocast, memory_format, pick_device, seed_everything, use_amp
+from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
+                      resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import create_model
 from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
-                    load_weights_into, read_history, read_json, save_model_weights, validate_config, write_json,
-                    write_jsonl)
+                    is_temp_file, load_weights_into, read_history, read_json, remove_stale_temp_files,
+                    save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,
+                          convert_cross_rank_batchnorm, describe, init_distributed, per_rank_batch_size, rank_seed, ranks_agree,
+                          shard, shutdown_distributed, train_sampler, wrap_model)
 from .objectives import get_objective, options_from_dict
 from .objectives.base import EpochContext, StepContext
 
@@ -66,6 +81,11 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     max_grad_norm: float | None = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (device.resolve_precision)
+    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    compile: bool = False  # wrap the training model in torch.compile
+    compile_backend: str = "inductor"
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
 
 
 @dataclass
@@ -90,6 +110,10 @@ def _check(cfg: TrainConfig) -> None:
         raise InterpError(f"--schedule must be cosine or constant (got {cfg.schedule!r})")
     if not 0 < cfg.val_fraction < 1:
         raise InterpError("--val-fraction must be in (0, 1)")
+    if cfg.precision not in PRECISIONS:
+        raise InterpError(f"--precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
+    if cfg.channels_last not in CHANNELS_LAST_MODES:
+        raise InterpError(f"--channels-last must be one of {', '.join(CHANNELS_LAST_MODES)} (got {cfg.channels_last!r})")
 
 
 def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
@@ -132,6 +156,11 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
         "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
         "val_fraction": cfg.val_fraction,
         "max_grad_norm": cfg.max_grad_norm,
+        # engineering settings of the first launch (speed and rounding, not the algorithm); old runs lack them
+        "precision": cfg.precision,
+        "channels_last": cfg.channels_last,
+        "compile": bool(cfg.compile),
+        "sync_bn": bool(cfg.sync_bn),
     }
     return validate_config(stored), init_run
 
@@ -149,29 +178,46 @@ def _make_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format) -> dict[str, torch.Tensor]:
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format,
+               non_blocking: bool = False) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
     out["image"] = out["image"].contiguous(memory_format=fmt)
     return out
 
 
 @torch.no_grad()
-def evaluate_loss_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader, in eval mode (mode restored)."""
+def evaluate_loss_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, *, precision: str = "auto",
+                           dist: DistInfo = SINGLE) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a loader, in eval mode (mode restored).
+
+    Under torchrun each rank passes its shard; the sums (loss, correct, count) are all-reduced
+    in float64, so every rank gets the same numbers and the whole-set mean.
+    """
     was_training = model.training
     model.eval()
     total, loss_sum, correct = 0, 0.0, 0
     try:
         for batch in loader:
             x, y = batch["image"].to(device), batch["label"].to(device)
-            with autocast(device):
+            with autocast(device, precision=precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             total += y.numel()
     finally:
         model.train(was_training)
+    sums = all_reduce_sum(torch.tensor([loss_sum, float(correct), float(total)], dtype=torch.float64), dist)
+    loss_sum, correct, total = float(sums[0]), int(sums[1]), int(sums[2])
     return loss_sum / max(1, total), correct / max(1, total)
+
+
+def _compile(model: nn.Module, backend: str) -> nn.Module:
+    """``torch.compile(model, backend=backend)`` (``--compile``); compilation itself happens at
+    the first call. The eval-mode saliency/attack passes and validation use the plain module."""
+    try:
+        return torch.compile(model, backend=backend)
+    except Exception as e:  # noqa: BLE001 - unknown backend, unsupported platform
+        raise InterpError(f"--compile: torch.compile failed ({type(e).__name__}: {e})") from None
 
 
 class _ProgressFile:
@@ -195,14 +241,33 @@ def _same_settings(stored: dict, new: dict) -> list[str]:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume, or report finished) the run ``cfg.out``; see the module docstring."""
-    log = log or (lambda m: print(m, file=sys.stderr))
-    run_dir = Path(cfg.out)
-    device = pick_device(cfg.device)
-    stored_cfg, init_run = _resolve_config(cfg)
+    """Train (or resume, or report finished) the run ``cfg.out``; see the module docstring.
 
-    resume_folder = None
-    if run_dir.exists() and any(run_dir.iterdir()):
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) this joins the process group (or uses
+    the one already initialised), trains data-parallel, and leaves a group it created on return.
+    """
+    import torch.distributed as tdist
+    owned = not (tdist.is_available() and tdist.is_initialized())
+    info, device = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, device, progress=progress and info.is_main,
+                      log=(log or (lambda m: print(m, file=sys.stderr))) if info.is_main else (lambda m: None))
+    finally:
+        if owned:
+            shutdown_distributed(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: bool,
+           log: Callable[[str], None]) -> TrainResult:
+    run_dir = Path(cfg.out)
+    main = info.is_main
+    stored_cfg, init_run = _resolve_config(cfg)
+    precision = resolve_precision(device, cfg.precision)
+    rank_batch = per_rank_batch_size(cfg.batch_size, info)
+
+    # every rank inspects the run directory before rank 0 writes anything (ranks_agree syncs them)
+    resume_folder, finished = None, False
+    if run_dir.exists() and any(not is_temp_file(p) for p in run_dir.iterdir()):
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: exists, is not empty and is not a run; choose another --out")
         old = read_json(run_dir / CONFIG)
@@ -211,30 +276,43 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
             raise RunError(f"{run_dir}: an existing run with different settings ({', '.join(diff)}); "
                            "use the same command to resume it or another --out")
         state = read_json(run_dir / PROGRESS) if (run_dir / PROGRESS).is_file() else {}
-        if state.get("state") == "finished" and (run_dir / WEIGHTS).is_file():
-            log(f"{run_dir}: run already finished ({old['epochs']} epochs); nothing to do")
-            return TrainResult(run_dir, read_history(run_dir), already_finished=True)
-        resume_folder = latest_checkpoint(run_dir)
+        finished = state.get("state") == "finished" and (run_dir / WEIGHTS).is_file()
+        if not finished:
+            resume_folder = latest_checkpoint(run_dir)
         stored_cfg = old
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, stored_cfg)
+    decision = -1 if finished else (int(read_json(resume_folder / "state.json")["epoch_done"]) if resume_folder else 0)
+    if not ranks_agree(decision, info):
+        raise RunError(f"{run_dir}: the processes see different states of the run directory; --out must be on a "
+                       "filesystem shared by every node")
+    if finished:
+        log(f"{run_dir}: run already finished ({stored_cfg['epochs']} epochs); nothing to do")
+        return TrainResult(run_dir, read_history(run_dir), already_finished=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(run_dir)
+        write_json(run_dir / CONFIG, stored_cfg)
+    if info.enabled:
+        log(f"data-parallel: {describe(info, device)}; {rank_batch} samples per process and step "
+            f"(global batch {cfg.batch_size}){'; BatchNorm over the global batch' if cfg.sync_bn else ''}")
 
-    gen = seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     image_size = stored_cfg["image_size"]
     train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed,
                           val_fraction=cfg.val_fraction)
     train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed,
                                val_fraction=cfg.val_fraction)
     val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
-    if len(train_ds) < 2:
-        raise InterpError(f"{cfg.data}: the train split needs at least 2 images")
+    if len(train_ds) < max(2, info.world_size):
+        raise InterpError(f"{cfg.data}: the train split needs at least {max(2, info.world_size)} images")
 
     model = create_model(stored_cfg["arch"], stored_cfg["num_classes"])
     if init_run is not None:
         model.load_state_dict(init_run.model.state_dict())
     elif cfg.weights:
         load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
-    fmt = memory_format(device)
+    if cfg.sync_bn and info.enabled:
+        convert_cross_rank_batchnorm(model)  # same parameters and buffers, so checkpoints are unchanged
+    fmt = memory_format(device, cfg.channels_last)
     model.to(device).to(memory_format=fmt)
     optimizer = _make_optimizer(stored_cfg, model)
     obj_cls = get_objective(stored_cfg["objective"])
@@ -242,22 +320,27 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
 
     history: list[dict] = []
     start_epoch, best = 0, {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": None}
-    if resume_folder is not None:
+    if resume_folder is not None:  # every rank loads the same checkpoint
         state, obj_tensors = load_checkpoint(resume_folder, model, optimizer)
         objective.load_state_tensors(obj_tensors)
         start_epoch = int(state["epoch_done"])
         history = list(state.get("history", []))
         best = state.get("best", best)
         log(f"{run_dir}: resuming after epoch {start_epoch} of {stored_cfg['epochs']}")
+    train_model = wrap_model(model, info, device)  # `model` stays the plain module (eval passes, saving)
+    if cfg.compile:
+        train_model = _compile(train_model, cfg.compile_backend)
 
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp(device) and not torch.cuda.is_bf16_supported()) \
-        if device.type == "cuda" else None
-    pin = device.type == "cuda"
-    val_loader = DataLoader(val_ds, batch_size=max(256, cfg.batch_size), shuffle=False,
-                            num_workers=cfg.workers, pin_memory=pin)
-    train_eval_loader = DataLoader(train_eval_ds, batch_size=max(256, cfg.batch_size), shuffle=False,
-                                   num_workers=cfg.workers, pin_memory=pin)
-    pfile = _ProgressFile(run_dir)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, precision) else None
+    xfer = loader_transfer(device)
+    val_loader = DataLoader(shard(val_ds, info), batch_size=max(256, cfg.batch_size), shuffle=False,
+                            num_workers=cfg.workers, pin_memory=xfer["pin_memory"])
+    train_eval_loader = DataLoader(shard(train_eval_ds, info), batch_size=max(256, cfg.batch_size), shuffle=False,
+                                   num_workers=cfg.workers, pin_memory=xfer["pin_memory"])
+    # the permutation of epoch e is randperm(n) seeded seed * 100003 + e, as a single process always drew it
+    sampler = train_sampler(train_ds, info, cfg.seed * 100003)
+    step_sync = StepSync(model, info, average_buffers=not (cfg.sync_bn and info.enabled))
+    pfile = _ProgressFile(run_dir) if main else None
     epochs = stored_cfg["epochs"]
     prior_epochs = int(stored_cfg.get("prior_epochs", 0))
     for epoch in range(start_epoch, epochs):
@@ -266,80 +349,95 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         for g in optimizer.param_groups:
             g["lr"] = lr
         train_ds.set_epoch(epoch)
-        epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=epoch_gen,
-                            drop_last=len(train_ds) > cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
-        step_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        pfile.write(force=True, state="running", epoch=epoch, epochs=epochs, step=0, steps=len(loader),
-                    phase="epoch start", pid=_pid())
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_ds, batch_size=rank_batch, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
+                            num_workers=cfg.workers, pin_memory=xfer["pin_memory"])
+        step_gen = torch.Generator().manual_seed(rank_seed(cfg.seed * 7919 + epoch, info))
+        _progress(pfile, force=True, state="running", epoch=epoch, epochs=epochs, step=0, steps=len(loader),
+                  phase="epoch start", pid=_pid(), processes=info.world_size)
         extras_epoch = objective.begin_epoch(EpochContext(
             epoch=epoch, total_epochs=epochs, model=model, train_eval_loader=train_eval_loader, device=device,
-            run_dir=run_dir, generator=step_gen, sample_ids=train_eval_ds.ids, progress=progress,
-            prior_epochs=prior_epochs))
-        model.train()
+            run_dir=run_dir if main else None, generator=step_gen, sample_ids=train_eval_ds.ids, progress=progress,
+            prior_epochs=prior_epochs, dist=info))
+        train_model.train()
         sums: dict[str, float] = {}
-        n_batches, loss_sum, seen, correct = 0, 0.0, 0, 0
+        n_batches, loss_sum = 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
                    leave=False, dynamic_ncols=True)
         for step, batch in enumerate(bar):
-            batch = _to_device(batch, device, fmt)
+            batch = _to_device(batch, device, fmt, xfer["non_blocking"])
             ctx = StepContext(epoch=epoch, step=step, steps_per_epoch=len(loader), device=device, generator=step_gen,
                               prior_epochs=prior_epochs)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                loss, extras = objective.batch_loss(model, batch, ctx)
-            if not torch.isfinite(loss):
+            with autocast(device, precision=precision):
+                loss, extras = objective.batch_loss(train_model, batch, ctx)
+            if not info.enabled and not torch.isfinite(loss):
                 _diverged(run_dir, pfile, epoch, step, "loss", history)
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(loss).backward()
+            # DDP all-reduces the gradients inside this one backward; no rank may stop before it
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_value, extras = step_sync(loss, extras)  # rank means; BatchNorm buffers averaged
+            if not math.isfinite(loss_value):
+                _diverged(run_dir, pfile, epoch, step, "loss", history)
+            if scaler is not None:
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-            if not torch.isfinite(gnorm):
+            if not torch.isfinite(gnorm) and scaler is None:  # fp16: the scaler skips the step and rescales
                 _diverged(run_dir, pfile, epoch, step, "gradients", history)
-            if scaler is not None and scaler.is_enabled():
+            if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
-            loss_sum += loss.item()
+            loss_sum += loss_value
             n_batches += 1
             for k, v in extras.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
-            pfile.write(state="running", epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
-                        train_loss=loss_sum / n_batches, phase="train", pid=_pid())
+            _progress(pfile, state="running", epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
+                      train_loss=loss_sum / n_batches, phase="train", pid=_pid(), processes=info.world_size)
         bar.close()
-        pfile.write(force=True, state="running", epoch=epoch, epochs=epochs, step=len(loader), steps=len(loader),
-                    phase="validation", pid=_pid())
-        val_loss, val_acc = evaluate_loss_accuracy(model, val_loader, device)
+        _progress(pfile, force=True, state="running", epoch=epoch, epochs=epochs, step=len(loader), steps=len(loader),
+                  phase="validation", pid=_pid(), processes=info.world_size)
+        val_loss, val_acc = evaluate_loss_accuracy(model, val_loader, device, precision=precision, dist=info)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_batches), "val_loss": val_loss,
                   "val_accuracy": val_acc, "lr": lr, "epoch_seconds": time.time() - t0}
         record.update({k: v / max(1, n_batches) for k, v in sums.items()})
         record.update(extras_epoch)
-        if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+        improved = (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
+        # the reduced numbers are identical on every rank already; rank 0's decision is broadcast anyway
+        improved = bool(broadcast_tensor(torch.tensor([int(improved)]), info)[0])
+        if improved:
             best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
-            save_model_weights(model, run_dir / WEIGHTS, stored_cfg)
+            if main:
+                save_model_weights(model, run_dir / WEIGHTS, stored_cfg)
         record["best_epoch"] = best["epoch"]
         history.append(record)
-        save_checkpoint(run_dir, epoch + 1, model, optimizer, objective.state_tensors(),
-                        {"history": history, "best": best})
-        write_jsonl(run_dir / HISTORY, history)
+        if main:
+            save_checkpoint(run_dir, epoch + 1, model, optimizer, objective.state_tensors(),
+                            {"history": history, "best": best})
+            write_jsonl(run_dir / HISTORY, history)
+        barrier(info)  # the other ranks wait until rank 0 has written the epoch
         log(f"epoch {epoch + 1}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}  "
             f"val_acc {val_acc:.4f}  ({record['epoch_seconds']:.1f}s)")
-    pfile.write(force=True, state="finished", epoch=epochs, epochs=epochs, step=0, steps=0, phase="done",
-                best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"])
+    _progress(pfile, force=True, state="finished", epoch=epochs, epochs=epochs, step=0, steps=0, phase="done",
+              best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"])
+    barrier(info)
     return TrainResult(run_dir, history, best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"])
+
+
+def _progress(pfile: _ProgressFile | None, force: bool = False, **info: Any) -> None:
+    """Write progress.json on rank 0 (the only process with a progress file)."""
+    if pfile is not None:
+        pfile.write(force=force, **info)
 
 
 def _pid() -> int:
     return os.getpid()
 
 
-def _diverged(run_dir: Path, pfile: _ProgressFile, epoch: int, step: int, what: str, history: list[dict]) -> None:
+def _diverged(run_dir: Path, pfile: _ProgressFile | None, epoch: int, step: int, what: str, history: list[dict]) -> None:
     msg = (f"training diverged: non-finite {what} at epoch {epoch + 1}, step {step + 1}; stopped. "
            f"The last good weights are kept in {run_dir / WEIGHTS if (run_dir / WEIGHTS).exists() else run_dir}; "
            "try a lower --lr")
-    pfile.write(force=True, state="diverged", epoch=epoch, message=msg)
+    _progress(pfile, force=True, state="diverged", epoch=epoch, message=msg)
     raise TrainingDiverged(msg)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import InterpError
+from ..distributed import SINGLE, DistInfo
 
 
 @dataclass
@@ -50,7 +51,12 @@ class EpochContext:
     """What ``begin_epoch`` may use: the model, an un-augmented, unshuffled loader over the
     training set (batches are dicts with ``image``, ``label``, ``index``), the device, the run
     directory (for side files such as ``consistency.npz``), the training samples' ids (paths
-    relative to the dataset root, aligned with ``index``) and a seeded generator."""
+    relative to the dataset root, aligned with ``index``) and a seeded generator.
+
+    Under torchrun (``dist.enabled``): ``model`` is the plain module (not the DDP wrapper),
+    ``train_eval_loader`` covers only this rank's share of the training set, ``run_dir`` is None
+    except on rank 0 (the only writer), and per-sample results are combined with
+    :func:`~interp_core.training.distributed.all_gather_rows` over ``dist``."""
 
     epoch: int
     total_epochs: int
@@ -62,6 +68,7 @@ class EpochContext:
     sample_ids: list[str] = dataclasses.field(default_factory=list)
     progress: bool = True
     prior_epochs: int = 0  # see StepContext.model_progress
+    dist: DistInfo = SINGLE
 
 
 class Objective:

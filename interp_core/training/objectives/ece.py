@@ -27,6 +27,11 @@ History extras (every epoch): ``refreshed`` (0/1), ``weight_min``, ``weight_mean
 ``weight_max``, ``weight_share_above_2x_mean``; on a refresh also ``consistency_mean``,
 ``consistency_min``, ``pred_changed_share`` and ``refresh_seconds``.
 
+Under torchrun the refresh is split across ranks: each scores its share of the training set
+(``EpochContext.train_eval_loader`` is sharded), the per-sample rows are all-gathered
+(:func:`~interp_core.training.distributed.all_gather_rows`), so every rank computes the same
+full weight vector; only rank 0 (the one with a ``run_dir``) writes ``consistency.npz``.
+
 Cost: a refresh is ``K`` forward + input-only backward passes and one forward over the training
 set, run as in :func:`interp_core.consistency.dataset_consistency` (BatchNorm folded,
 channels-last, no-grad CAM, device-sized batches). Measured on the CPU (smallcnn width 32, 512
@@ -47,6 +52,7 @@ from torch import nn
 
 from ...consistency import ConsistencyOptions, dataset_consistency
 from ...errors import InterpError, TrainingDiverged
+from ..distributed import all_gather_rows
 from .base import EpochContext, Objective, StepContext, register_objective
 
 CONSISTENCY_FILE = "consistency.npz"
@@ -158,16 +164,21 @@ class ECE(Objective):
             ctx.model, ctx.train_eval_loader, self.options, device=ctx.device,
             batch_size=int(self.options.refresh_batch_size) or None, progress=ctx.progress,
             generator=ctx.generator, desc=f"ece refresh (epoch {ctx.epoch})")
+        # torchrun: each rank scored its share; gather every rank's rows so all hold the full vector
+        rows = torch.stack([result.indices.double(), result.scores.double(), result.pred_changed.double(),
+                            result.labels.double()], dim=1) if result.indices.numel() else torch.zeros(0, 4, dtype=torch.float64)
+        rows = all_gather_rows(rows, ctx.dist)
+        idx, scores = rows[:, 0].long(), rows[:, 1].float()
+        pred_changed, labels = rows[:, 2] > 0.5, rows[:, 3].long()
         e = torch.zeros(self.num_train)
         changed = torch.zeros(self.num_train, dtype=torch.bool)
         covered = torch.zeros(self.num_train, dtype=torch.bool)
-        idx = result.indices
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_train):
             raise InterpError(f"training loader yielded index {int(idx.max())} outside 0..{self.num_train - 1}")
-        e[idx] = result.scores
-        changed[idx] = result.pred_changed
+        e[idx] = scores
+        changed[idx] = pred_changed
         covered[idx] = True
-        self.labels[idx] = result.labels
+        self.labels[idx] = labels
         if not bool(covered.all()):
             raise InterpError(f"the training loader covered {int(covered.sum())} of {self.num_train} samples; "
                               "the ECE refresh needs every training sample")

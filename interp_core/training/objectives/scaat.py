@@ -53,6 +53,7 @@ from ..saliency_guidance import (
     step_generator,
     training_saliency,
 )
+from ..distributed import unwrap_model
 from .base import Objective, StepContext, register_objective
 
 
@@ -204,15 +205,20 @@ class SCAAT(Objective):
                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1-3 on a batch: ``(x + delta, M)`` with the model in eval mode (restored after).
 
-        ``x + delta`` is detached float32; ``M`` is the bool mask ``[B,1,H,W]``.
+        ``x + delta`` is detached float32; ``M`` is the bool mask ``[B,1,H,W]``. Both passes run
+        on the plain module inside any DistributedDataParallel or ``torch.compile`` wrapper
+        (:func:`~interp_core.training.distributed.unwrap_model`): they take input gradients
+        only, so no gradient all-reduce must be prepared for them; the loss's train-mode passes
+        go through the wrapper, whose single backward all-reduces once per step.
         """
         o = self.options
         steps = int(o.steps)
         alpha = o.alpha if o.alpha is not None else 1.25 * eps / steps
-        with eval_mode(model), eval_precision(x.device, o.eval_precision):
-            sal, clean_logits = training_saliency(model, x, y, o.saliency_method)
+        net = unwrap_model(model)
+        with eval_mode(net), eval_precision(x.device, o.eval_precision):
+            sal, clean_logits = training_saliency(net, x, y, o.saliency_method)
             mask = adaptive_low_saliency_mask(sal, o.q, o.rho_min, o.rho_max, generator=generator)
-            x_adv = saliency_constrained_attack(model, x, mask, clean_logits, eps, alpha, steps, generator)
+            x_adv = saliency_constrained_attack(net, x, mask, clean_logits, eps, alpha, steps, generator)
         return x_adv, mask
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext

@@ -29,6 +29,7 @@ from ..saliency_guidance import (
     step_generator,
     training_saliency,
 )
+from ..distributed import unwrap_model
 from .base import Objective, StepContext, register_objective
 
 FILL_MODES = ("uniform_channel_range", "channel_mean", "zero")
@@ -116,10 +117,16 @@ class SGT(Objective):
     def masked_input(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_masked, mask)``: saliency in eval mode (restored after), the ``k`` lowest-saliency
-        pixels replaced per ``fill``; ``mask`` is bool ``[B,1,H,W]``."""
+        pixels replaced per ``fill``; ``mask`` is bool ``[B,1,H,W]``.
+
+        The saliency pass runs on the plain module inside any DistributedDataParallel or
+        ``torch.compile`` wrapper (:func:`~interp_core.training.distributed.unwrap_model`): it
+        takes input gradients only, so no gradient all-reduce must be prepared for it; the loss's
+        train-mode passes go through the wrapper, whose single backward all-reduces once."""
         o = self.options
-        with eval_mode(model), eval_precision(x.device, o.eval_precision):
-            sal, _ = training_saliency(model, x, y, o.saliency_method)
+        net = unwrap_model(model)
+        with eval_mode(net), eval_precision(x.device, o.eval_precision):
+            sal, _ = training_saliency(net, x, y, o.saliency_method)
         mask = lowest_saliency_mask(sal, o.k, generator=generator)
         return fill_low_saliency(x, mask, o.fill, generator=generator), mask
 
