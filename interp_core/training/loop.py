@@ -82,7 +82,7 @@ class TrainConfig:
     device: str = "auto"
     max_grad_norm: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (device.resolve_precision)
-    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    channels_last: str = "auto"  # auto (CUDA and CPU) | on | off
     compile: bool = False  # wrap the training model in torch.compile
     compile_backend: str = "inductor"
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch

@@ -87,13 +87,15 @@ def test_fp16_on_the_cpu_is_a_one_line_error(data, tmp_path, capsys):
     assert code == 2 and err.startswith("error:") and "fp16" in err and len(err.splitlines()) == 1
 
 
-def test_channels_last_forced_on_the_cpu_is_the_same_function(data, fp32_run, tmp_path):
+def test_channels_last_on_and_off_on_the_cpu_is_the_same_function(data, fp32_run, tmp_path):
     assert memory_format(CPU, "on") == torch.channels_last
-    assert memory_format(CPU, "auto") == torch.contiguous_format
+    assert memory_format(CPU, "auto") == torch.channels_last  # faster with oneDNN
+    assert memory_format(CPU, "off") == torch.contiguous_format
     assert memory_format(torch.device("cuda"), "auto") == torch.channels_last
     assert memory_format(torch.device("cuda"), "off") == torch.contiguous_format
-    out = tmp_path / "nhwc"
-    train(TrainConfig(data=str(data), out=str(out), channels_last="on", **COMMON), progress=False, log=lambda m: None)
+    assert memory_format(torch.device("mps"), "auto") == torch.contiguous_format
+    out = tmp_path / "nchw"  # fp32_run used the default (channels-last on the CPU)
+    train(TrainConfig(data=str(data), out=str(out), channels_last="off", **COMMON), progress=False, log=lambda m: None)
     assert _max_diff(_final(out), _final(fp32_run)) < 1e-5
 
 
