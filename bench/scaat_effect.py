@@ -27,8 +27,11 @@ def main() -> None:
     p.add_argument("--scaat", default="{}", help="JSON of scaat options to try, e.g. '{\"kl_weight\": 2}'")
     p.add_argument("--batch-size", type=int, default=64, help="(ihc has 120 training tiles: use 16)")
     p.add_argument("--tag", default="scaat_effect")
+    p.add_argument("--no-sgt", action="store_true", help="skip (d), e.g. when only trying scaat settings")
     a = p.parse_args()
-    objectives = {"(c) scaat": {"objective": "scaat", "options": json.loads(a.scaat)}, "(d) sgt": {"objective": "sgt"}}
+    objectives = {"(c) scaat": {"objective": "scaat", "options": json.loads(a.scaat)}}
+    if not a.no_sgt:
+        objectives["(d) sgt"] = {"objective": "sgt"}
     payload = {"args": vars(a), "tables": {}}
     for name in a.datasets:
         res = run_protocol(ROOT / "sample_data" / "data" / name, a.seeds, objectives, n_epochs=a.n_epochs,

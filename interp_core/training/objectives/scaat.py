@@ -80,12 +80,13 @@ def random_start(x: torch.Tensor, mask: torch.Tensor, eps: float,
 
 def saliency_constrained_attack(model: nn.Module, x: torch.Tensor, mask: torch.Tensor,
                                 clean_logits: torch.Tensor, eps: float, alpha: float, steps: int,
-                                generator: torch.Generator | None = None) -> torch.Tensor:
+                                generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
     """SCAAT's adversarial sample ``x + delta`` (detached, float32, in ``[0, 1]``). [ours]
 
     From :func:`random_start`, ``steps`` iterations of
     ``delta <- clip(delta + alpha * sign(grad_delta KL(p || p(x + delta))) * M, -eps, eps)``
-    with ``x + delta`` clipped to ``[0, 1]``, where ``p = softmax(clean_logits)`` is fixed. The
+    with ``x + delta`` clipped to ``[0, 1]``, where ``p = softmax(clean_logits)`` is fixed (with a
+    ``temperature`` T, both distributions are ``softmax(logits / T)``: see ``kl_temperature``). The
     result equals ``x`` outside ``M`` exactly. The model is run as given (SCAAT calls this in
     eval mode, see the module docstring), through
     :func:`~interp_core.training.saliency_guidance.eval_forward_module` in channels-last layout;
@@ -96,13 +97,14 @@ def saliency_constrained_attack(model: nn.Module, x: torch.Tensor, mask: torch.T
     x = as_eval_input(x.float())
     m = mask.to(torch.float32)
     lower, upper = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
-    logp = F.log_softmax(clean_logits.detach().float(), dim=1)
+    t = float(temperature)
+    logp = F.log_softmax(clean_logits.detach().float() / t, dim=1)
     p = logp.exp()
     x_adv = as_eval_input(random_start(x, mask, eps, generator))
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
-            logq = F.log_softmax(forward(x_adv).float(), dim=1)
+            logq = F.log_softmax(forward(x_adv).float() / t, dim=1)
             kl = (p * (logp - logq)).sum()  # summed: each sample's ascent is its own
             (grad,) = torch.autograd.grad(kl, x_adv)
         with torch.no_grad():
@@ -144,6 +146,11 @@ class SCAAT(Objective):
             "(ramped) eps; a value given is used as is"))
         kl_weight: float = field(default=2.0, metadata=_help(
             "METHODS' lambda: weight of KL(p(x) || p(x + delta)) added to the cross-entropy"))
+        kl_temperature: float = field(default=1.0, metadata=_help(
+            "[ours] temperature T of the KL term, in the attack and the loss: T^2 * KL(softmax(z/T) || "
+            "softmax(z'/T)) as in distillation (Hinton et al. 2015); 1 = METHODS' plain KL. A saturated "
+            "model (p(x) almost one-hot) gets next to no gradient from the plain KL; T > 1 compares the "
+            "shape of the logits instead"))
         warmup_epochs: float = field(default=1.0, metadata=_help(
             "[ours] adaptive budget: eps ramps linearly from 0 to its target over the model's first "
             "this-many epochs (counting an --init run's epochs, so fine-tuning a trained model "
@@ -188,6 +195,8 @@ class SCAAT(Objective):
                 raise InterpError(f"scaat: steps (K) must be an integer >= 1, got {self.steps}")
             if self.alpha is not None and not self.alpha > 0:
                 raise InterpError(f"scaat: alpha must be > 0 (or None for 1.25 * eps / K), got {self.alpha}")
+            if not self.kl_temperature > 0:
+                raise InterpError(f"scaat: kl_temperature must be > 0, got {self.kl_temperature}")
             if not self.kl_weight >= 0:
                 raise InterpError(f"scaat: kl_weight (lambda) must be >= 0, got {self.kl_weight}")
             if not self.warmup_epochs >= 0:
@@ -218,7 +227,8 @@ class SCAAT(Objective):
         with eval_mode(net), eval_precision(x.device, o.eval_precision):
             sal, clean_logits = training_saliency(net, x, y, o.saliency_method)
             mask = adaptive_low_saliency_mask(sal, o.q, o.rho_min, o.rho_max, generator=generator)
-            x_adv = saliency_constrained_attack(net, x, mask, clean_logits, eps, alpha, steps, generator)
+            x_adv = saliency_constrained_attack(net, x, mask, clean_logits, eps, alpha, steps, generator,
+                                                temperature=o.kl_temperature)
         return x_adv, mask
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
@@ -237,7 +247,8 @@ class SCAAT(Objective):
         x_adv, mask = self.adversarial_input(model, x, y, eps, step_generator(ctx.generator, x.device))
         logits, logits_adv = paired_logits(model, x, x_adv.to(x.dtype), o.bn_stats)
         ce = F.cross_entropy(logits, y)
-        kl = kl_divergence(logits, logits_adv).mean()
+        t = float(o.kl_temperature)
+        kl = kl_divergence(logits / t, logits_adv / t).mean() * (t * t)
         loss = ce + o.kl_weight * kl
         ce_v, kl_v, frac_v = torch.stack([ce.detach().float(), kl.detach(), mask.float().mean()]).tolist()
         return loss, {"ce": ce_v, "kl": kl_v, "perturbed_fraction": frac_v, "eps": eps}
