@@ -33,11 +33,12 @@ def main() -> None:
     p.add_argument("--from-scratch", type=int, default=0, metavar="EPOCHS",
                    help="instead of fine-tuning: train erm and ece from scratch for EPOCHS (the paper's setting)")
     p.add_argument("--tag", default="ece_effect")
+    p.add_argument("--no-scaat", action="store_true", help="skip the SCAAT arm on the biased set")
     a = p.parse_args()
     payload = {"args": vars(a), "tables": {}}
     for name in a.datasets:
         objectives = {"(e) ece": {"objective": "ece", "options": json.loads(a.ece)}}
-        if name == "synthetic-he-biased":
+        if name == "synthetic-he-biased" and not a.no_scaat:
             objectives["(c) scaat"] = {"objective": "scaat"}
         if a.from_scratch:
             res = run_from_scratch(ROOT / "sample_data" / "data" / name, a.seeds, objectives, epochs=a.from_scratch,

@@ -128,7 +128,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
                             expensive=a.expensive, seed=a.seed)
     result = evaluate_run(a.run, a.data, settings, device=pick_device(a.device), progress=not a.quiet,
-                          predictions_csv=a.predictions)
+                          predictions_csv=a.predictions, attributions=a.attributions)
     _emit(result, a.out)
     return 0
 
@@ -236,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--attribution", default="saliency", help="attribution method for the explanation metrics")
-    e.add_argument("--limit", type=int, default=None, help="only the first N tiles (quick look)")
+    e.add_argument("--limit", type=int, default=None,
+                   help="only a stratified subset of N tiles, taken round-robin over the classes (quick look)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--expensive", action="store_true",
                    help="also compute the slow metrics (max-sensitivity, model randomisation)")
     e.add_argument("--out", default=None, help="write metrics.json here instead of stdout")
     e.add_argument("--predictions", default=None, help="also write per-tile predictions to this CSV")
+    e.add_argument("--attributions", default=None, metavar="DIR",
+                   help="reuse the saliency maps of a finished `explain --data` job in DIR (same run, data, split "
+                        "and --attribution; it must hold every tile evaluated) instead of computing them")
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 

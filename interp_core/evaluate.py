@@ -3,6 +3,11 @@ metrics of METHODS.md section 4, summarised as ``{"metric": {"mean", "std", "n"}
 
 The localisation metrics are computed only when the dataset has masks, group accuracies only
 when it has ``groups.csv``, artifact mass only when it has artifact masks.
+
+``attributions=DIR`` (a finished ``explain_dataset`` job, e.g. ``explain --data ... --out DIR``)
+makes the explanation metrics read that job's stored maps instead of computing them; the job must
+be of the same run weights, dataset, split and method and hold every tile evaluated. Such a result
+is cached under its own key (float16 maps differ slightly from fresh ones).
 """
 from __future__ import annotations
 
@@ -109,14 +114,26 @@ def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, 
 
 def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSettings | None = None, *,
                  device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
-                 predictions_csv: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate ``run`` on ``data``; see the module docstring for what is included."""
+                 predictions_csv: str | Path | None = None,
+                 attributions: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate ``run`` on ``data``; see the module docstring for what is included.
+
+    ``attributions``: folder of a finished ``explain_dataset`` job whose maps the explanation
+    metrics use (matched by dataset index, read one shard at a time); refused with an
+    ``InterpError`` naming the differing field when it is not this run's, dataset's, split's and
+    method's, is unfinished or lacks an evaluated tile.
+    """
     s = settings or EvalSettings()
     device = device or pick_device("auto")
     t0 = time.time()
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device)
     model = loaded.model.to(device).eval()
     ds, idx = _open(loaded, data, s)
+    maps = None
+    if attributions is not None and s.explanations:
+        from .explain_dataset import StoredMaps, check_job
+        manifest = check_job(attributions, loaded.path, data, s.split, s.attribution, idx, seed=s.seed)
+        maps = StoredMaps(attributions, manifest)
     loader = DataLoader(Subset(ds, idx), batch_size=max(s.batch_size, 128), shuffle=False)
     preds = predict_loader(model, loader, device)
     metrics, details = accuracy_report(ds, idx, preds.pred, preds.labels)
@@ -124,7 +141,7 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
         write_predictions(predictions_csv, ds, idx, preds.pred, preds.confidence)
     if s.explanations:
         from .explanation_metrics import explanation_metrics
-        em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress)
+        em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps)
         metrics.update(em)
         details.update(ed)
     result: dict[str, Any] = {
@@ -158,33 +175,129 @@ def data_fingerprint(data: str | Path) -> str:
     return str(p.resolve())
 
 
-def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> str:
-    """Key of a cached evaluation: the weights' content, the data location and every setting."""
+def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, maps: str | None = None) -> str:
+    """Key of a cached evaluation: the weights' content, the data location and every setting, plus
+    ``maps`` (``explain_dataset.maps_fingerprint``) when the maps were read from a stored job, so such
+    a result never stands in for one computed from fresh maps or from another job."""
     run_dir = Path(run_dir)
-    payload = json.dumps({"weights": _file_digest(run_dir / "model.safetensors"),
-                          "data": data_fingerprint(data), "settings": asdict(settings),
-                          "version": 1}, sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+    payload: dict[str, Any] = {"weights": _file_digest(run_dir / "model.safetensors"),
+                               "data": data_fingerprint(data), "settings": asdict(settings), "version": 1}
+    if maps is not None:
+        payload["maps"] = maps
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
                     device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
-                    refresh: bool = False) -> dict[str, Any]:
+                    refresh: bool = False, attributions: str | Path | None = None) -> dict[str, Any]:
     """``evaluate_run`` with its result cached in ``RUN/eval_cache/<key>.json`` (see ``cache_key``).
 
     A read-only run directory still works: the result is returned, just not cached.
+    ``attributions``: as in ``evaluate_run``; the key then includes the job's maps fingerprint.
     """
     from .runs import read_json, write_json
     s = settings or EvalSettings()
-    path = Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, s)}.json"
+    maps = None
+    if attributions is not None and s.explanations:
+        from .explain_dataset import maps_fingerprint, read_manifest
+        maps = maps_fingerprint(read_manifest(attributions))
+    path = Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, s, maps)}.json"
     if path.is_file() and not refresh:
         try:
             return read_json(path)
         except Exception:  # a damaged cache entry is recomputed
             pass
-    result = evaluate_run(run_dir, data, s, device=device, progress=progress)
+    result = evaluate_run(run_dir, data, s, device=device, progress=progress, attributions=attributions)
     try:
         write_json(path, result)
     except OSError:
         pass
     return result
+
+
+# -- stored maps beside the run (the Metrics page) -------------------------------------------------
+#: Attribution costs (``METHODS[m].cost``) for which ``evaluate_with_stored_maps`` stores the maps first.
+STORE_MAPS_COSTS = ("slow", "medium")
+
+
+@dataclass
+class StoredMapsUse:
+    """How ``evaluate_with_stored_maps`` got its maps: ``folder`` (None: computed on the fly),
+    ``reused`` (the folder was complete before the call) and ``note`` (why none were stored)."""
+
+    folder: Path | None = None
+    reused: bool = False
+    note: str | None = None
+
+
+def stored_maps_job(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> Path | None:
+    """``explain_dataset.default_job_dir`` of these settings if it holds a finished job that
+    ``evaluate_run(..., attributions=)`` accepts for them; None otherwise (never raises for a
+    missing, foreign or unfinished folder)."""
+    from .errors import InterpError
+    from .explain_dataset import MANIFEST, check_job, default_job_dir
+    folder = default_job_dir(run_dir, settings.split, settings.attribution)
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        run = load_run(run_dir, torch.device("cpu"))
+        _, idx = _open(run, data, settings)
+        check_job(folder, run_dir, data, settings.split, settings.attribution, idx, seed=settings.seed)
+    except InterpError:
+        return None
+    return folder
+
+
+def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
+                              device: torch.device | None = None, store: bool = True,
+                              progress: Callable[[str, int, int], None] | None = None
+                              ) -> tuple[dict[str, Any], StoredMapsUse]:
+    """``cached_evaluate`` reusing, or first writing, the run's sharded maps in
+    ``explain_dataset.default_job_dir(run_dir, split, method)``.
+
+    A finished matching job there is reused. Else, with ``store`` (the Metrics page sets it for
+    "slow" and "medium" methods), ``explain_dataset`` writes the maps there first (resumable: a
+    reload or crash keeps the finished shards; a stale job of other weights or another tile
+    selection in that folder is replaced) and the metrics read them. A read-only run folder, or a
+    folder holding files that are not an explain job, falls back to computing the maps on the fly.
+    ``progress(phase, done, total)``: phase ``"maps"`` (the explain job) then ``"metrics"``.
+    """
+    from .explain_dataset import FolderInUseError, OtherJobError, default_job_dir, explain_dataset
+    s = settings or EvalSettings()
+    device = device or pick_device("auto")
+
+    def phase(name: str) -> Callable[[int, int], None] | bool:
+        return (lambda done, total: progress(name, done, total)) if progress is not None else False
+
+    def evaluate(folder: Path | None) -> dict[str, Any]:
+        return cached_evaluate(run_dir, data, s, device=device, progress=phase("metrics"), attributions=folder)
+
+    found = stored_maps_job(run_dir, data, s) if s.explanations else None
+    if found is not None:
+        return evaluate(found), StoredMapsUse(found, reused=True)
+    if not (store and s.explanations):
+        return evaluate(None), StoredMapsUse()
+    folder = default_job_dir(run_dir, s.split, s.attribution)
+    n = len(open_split(data, s.split))
+    job = dict(method=s.attribution, limit=None if s.limit is None or s.limit >= n else max(1, s.limit),
+               batch_size=s.batch_size, device=device.type, seed=s.seed, progress=phase("maps"))
+    try:
+        try:
+            explain_dataset(run_dir, data, s.split, folder, **job)
+        except OtherJobError:  # a stale job of this folder (older weights, another tile selection): redo
+            _clear_job(folder)
+            explain_dataset(run_dir, data, s.split, folder, **job)
+    except OSError as e:  # e.g. a read-only run folder
+        return evaluate(None), StoredMapsUse(note=f"maps not stored ({e.filename or folder}: {e.strerror or e}); "
+                                                  "computed directly")
+    except FolderInUseError as e:
+        return evaluate(None), StoredMapsUse(note=f"maps not stored ({e}); computed directly")
+    return evaluate(folder), StoredMapsUse(folder)
+
+
+def _clear_job(folder: Path) -> None:
+    """Delete an explain job's own files (manifest, shards, temporaries) from ``folder``, nothing else."""
+    from .explain_dataset import MANIFEST
+    for p in folder.iterdir():
+        if p.name == MANIFEST or (p.name.startswith(("shard_", ".shard_")) and ".npz" in p.name):
+            p.unlink()

@@ -3,7 +3,8 @@ batches, scored with every metric of METHODS.md section 4 that the data allows.
 
 Which attribution form each metric reads is the metric's own (see ``interp_core.metrics.METRICS``);
 the maps are computed for the model's predicted class, the consistency for the true class (as in
-METHODS.md section 3).
+METHODS.md section 3). With ``maps`` (a finished ``explain_dataset`` job) the maps are read from
+its shards by dataset index instead of computed; every other computation is unchanged.
 """
 from __future__ import annotations
 
@@ -18,18 +19,25 @@ from tqdm import tqdm
 from . import metrics as M
 from .attribution import attribute, seed_option
 from .consistency import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
+from .explain_dataset import StoredMaps
 
 ProgressFn = Callable[[int, int], None]
 
 
 def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor, s, *, device: torch.device,
-                        progress: bool | ProgressFn = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                        progress: bool | ProgressFn = False,
+                        maps: StoredMaps | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-metric ``{"mean","std","n"}`` and details (mean deletion/insertion curves, randomisation table).
 
     Attribution maps come from ``model`` itself (hook-based methods need its modules); the
     forward-only work (deletion, insertion, the consistency attack: about 70 forward passes per
     tile) runs on an :func:`~interp_core.consistency.inference_copy` of it, the same function with
     BatchNorm folded and channels-last layout, in cache-sized chunks on the CPU.
+
+    ``maps``: stored maps (``explain_dataset.StoredMaps``, already checked against this evaluation)
+    used instead of ``attribute(...)``, matched to the tiles by dataset index; details then say
+    where they came from and on how many tiles the stored map explains another class than ``pred``
+    (a near tie predicted differently; the metrics still score ``pred``).
     """
     loader = DataLoader(Subset(ds, idx), batch_size=s.batch_size, shuffle=False)
     values: dict[str, list[torch.Tensor]] = {}
@@ -40,6 +48,7 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
     fast = inference_copy(model)
     chunk = default_batch_size(device)
     done, total = 0, len(idx)
+    mismatched = 0
     bar = tqdm(total=total, desc=f"explanation metrics ({s.attribution})", file=sys.stderr, leave=False,
                disable=not (progress is True), dynamic_ncols=True)
 
@@ -50,7 +59,12 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
         x = batch["image"].to(device)
         y = batch["label"].to(device)
         target = pred[done:done + len(x)].to(device)
-        a = attribute(model, x, s.attribution, target=target, **seed_option(s.attribution, s.seed))
+        if maps is None:
+            a = attribute(model, x, s.attribution, target=target, **seed_option(s.attribution, s.seed))
+        else:
+            stored, stored_target = maps.get(batch["index"].numpy())
+            a = torch.from_numpy(stored).to(device)
+            mismatched += int((torch.from_numpy(stored_target) != target.cpu()).sum())
         add("sparseness", M.sparseness(a))
         add("complexity", M.complexity(a))
         d = M.deletion_auc(fast, x, a, target, n_steps=s.n_steps)
@@ -86,6 +100,9 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
     bar.close()
     out = {name: M.summarise(torch.cat(v)) for name, v in values.items()}
     details: dict[str, Any] = {"attribution": s.attribution}
+    if maps is not None:
+        details["attribution_maps"] = {"folder": str(maps.out), "fingerprint": maps.fingerprint,
+                                       "target_mismatches": mismatched, "storage": "float16 * scales"}
     if del_curves:
         details["curves"] = {"fractions": fractions.tolist(),
                              "deletion": torch.cat(del_curves).mean(0).tolist(),

@@ -1,12 +1,14 @@
 """Metrics: dataset-level accuracy and explanation quality across runs (cached on disk beside each run)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import METHODS
-from interp_core.evaluate import EvalSettings, cached_evaluate
+from interp_core.evaluate import STORE_MAPS_COSTS, EvalSettings, evaluate_with_stored_maps
 from interp_core.runs import read_history
 from ui import cache, catalog, shell, sidebar, text, widgets
 from ui import state as S
@@ -27,17 +29,21 @@ S.init(S.Metrics.METHOD, "saliency")
 method = c2.selectbox("Attribution method", list(METHODS), key=S.Metrics.METHOD,
                       help="The saliency maps the explanation metrics are computed on.", **S.KEEP)
 S.init(S.Metrics.LIMIT, widgets.split_size(sel.dataset.path, split))
-limit = int(c3.number_input("Tiles (first N of the split)", 1, 100_000, step=10, key=S.Metrics.LIMIT,
-                            help="All tiles of the split by default. Fewer is faster, but tiles are taken in file "
-                                 "order, class by class, so a small number may hold one class only.", **S.KEEP))
+limit = int(c3.number_input("Tiles (N of the split, each class in turn)", 1, 100_000, step=10, key=S.Metrics.LIMIT,
+                            help="All tiles of the split by default. Fewer is faster; the N tiles are taken in "
+                                 "turn from each class, so every class is represented.", **S.KEEP))
 limit = min(limit, widgets.split_size(sel.dataset.path, split))  # one cache entry for "all tiles"
 settings = EvalSettings(split=split, attribution=method, limit=limit)
 data = str(sel.dataset.path)
 
 results: dict[str, dict] = {}
 missing = []
+store_maps = METHODS[method].cost in STORE_MAPS_COSTS  # slow maps are written once beside the run, then reused
 for entry in sel.runs:
-    found = cache.cached_eval_result(entry, data, settings)
+    maps = cache.stored_maps(entry, data, settings)
+    found = cache.cached_eval_result(entry, data, settings, maps=maps[1]) if maps else None
+    if found is None:
+        found = cache.cached_eval_result(entry, data, settings)
     if found is None:
         missing.append(entry)
     else:
@@ -45,25 +51,42 @@ for entry in sel.runs:
 
 if missing:
     slow = " This method is slow: expect minutes." if METHODS[method].cost == "slow" else ""
+    if store_maps:
+        slow += (" Its saliency maps are stored beside each model (`attributions/`), so an interrupted "
+                 "computation resumes and later ones reuse them.")
     st.info(f"Not computed yet for {', '.join(e.label for e in missing)} with these settings.{slow}",
             icon=":material/hourglass_empty:")
 go = bool(missing) and st.button(f"Compute for {len(missing)} model(s)", type="primary", key=S.Metrics.COMPUTE,
                                  icon=":material/calculate:")
+notes = []
 if go:
     bar = st.progress(0.0, text="Starting...")
     for n, entry in enumerate(missing):
         with guard(f"evaluating {entry.label}"):
-            def report(done: int, total: int, n: int = n, label: str = entry.label) -> None:
-                frac = (n + (done / total if total else 1.0)) / len(missing)
-                bar.progress(min(1.0, frac), text=f"{label}: {done}/{total} tiles")
+            def report(phase: str, done: int, total: int, n: int = n, label: str = entry.label) -> None:
+                part = done / total if total else 1.0
+                part = (0.5 * part if phase == "maps" else 0.5 + 0.5 * part) if store_maps else part
+                what = "saliency maps" if phase == "maps" else "metrics"
+                bar.progress(min(1.0, (n + part) / len(missing)), text=f"{label}: {what} {done}/{total} tiles")
 
-            results[entry.label] = cached_evaluate(entry.key, data, settings, device=cache.device(sel.device),
-                                                   progress=report)
+            results[entry.label], use = evaluate_with_stored_maps(
+                entry.key, data, settings, device=cache.device(sel.device), store=store_maps, progress=report)
+            if use.note:
+                notes.append(f"{entry.label}: {use.note}")
     bar.empty()
-    if len(results) == len(sel.runs):
+    if len(results) == len(sel.runs) and not notes:
         st.rerun()  # redraw from the disk cache, without the "not computed" note
+for note in notes:
+    st.caption(f":material/info: {note}")
 if not results:  # the info box above says what to do
     st.stop()
+
+reused = {run: res["details"]["attribution_maps"]["folder"] for run, res in results.items()
+          if (res.get("details") or {}).get("attribution_maps")}
+if reused:
+    st.caption(":material/recycling: " + " ".join(
+        f"{run}: saliency maps reused from `{'/'.join(Path(folder).parts[-3:])}/` (stored float16 by a sharded "
+        f"explain job)." for run, folder in reused.items()))
 
 # -- the table -----------------------------------------------------------------------------------
 summaries = {run: figures.metric_summaries(res) for run, res in results.items()}

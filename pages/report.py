@@ -29,7 +29,7 @@ split = widgets.split_picker(S.Report.SPLIT, sel.dataset.path, container=c1)
 S.init(S.Report.METHOD, "saliency")
 method = c2.selectbox("Attribution method", list(METHODS), key=S.Report.METHOD, **S.KEEP)
 S.init(S.Report.LIMIT, widgets.split_size(sel.dataset.path, split))
-limit = int(c3.number_input("Tiles (first N of the split)", 1, 100_000, step=10, key=S.Report.LIMIT,
+limit = int(c3.number_input("Tiles (N of the split, each class in turn)", 1, 100_000, step=10, key=S.Report.LIMIT,
                             help="All tiles of the split by default (the same setting as on Metrics reuses its "
                                  "results).", **S.KEEP))
 limit = min(limit, widgets.split_size(sel.dataset.path, split))

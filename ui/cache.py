@@ -225,19 +225,43 @@ def job_manager(root: str):
 
 # -- dataset-level evaluation (cached on disk beside each run by interp_core) ------------------------
 @st.cache_data(show_spinner=False, max_entries=256)
-def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple) -> str:
-    """Where ``cached_evaluate`` keeps this result (hashing the weights once per stamp)."""
+def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple, maps: str | None = None) -> str:
+    """Where ``cached_evaluate`` keeps this result (hashing the weights once per stamp); ``maps``: the
+    fingerprint of the stored maps it was computed from, if any."""
     from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key
     s = EvalSettings(**dict(settings))
-    return str(Path(run_key) / CACHE_DIR / f"{cache_key(run_key, data, s)}.json")
+    return str(Path(run_key) / CACHE_DIR / f"{cache_key(run_key, data, s, maps)}.json")
 
 
-def cached_eval_result(entry: catalog.RunEntry, data: str, settings) -> dict | None:
-    """The stored evaluation of ``entry`` for these settings, or None when not computed yet."""
+@st.cache_data(show_spinner=False, max_entries=256)
+def _stored_maps(run_key: str, stamp: int, data: str, settings: tuple, manifest_mtime: int) -> tuple[str, str] | None:
+    from interp_core.evaluate import EvalSettings, stored_maps_job
+    from interp_core.explain_dataset import maps_fingerprint, read_manifest
+    folder = stored_maps_job(run_key, data, EvalSettings(**dict(settings)))
+    return None if folder is None else (str(folder), maps_fingerprint(read_manifest(folder)))
+
+
+def stored_maps(entry: catalog.RunEntry, data: str, settings) -> tuple[str, str] | None:
+    """``(folder, maps fingerprint)`` of the finished sharded explain job beside ``entry`` that an
+    evaluation with ``settings`` can reuse (``interp_core.evaluate.stored_maps_job``), or None;
+    re-checked when the weights or the job's manifest change."""
+    from dataclasses import asdict
+
+    from interp_core.explain_dataset import MANIFEST, default_job_dir
+    try:
+        mtime = (default_job_dir(entry.key, settings.split, settings.attribution) / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        return None
+    return _stored_maps(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), mtime)
+
+
+def cached_eval_result(entry: catalog.RunEntry, data: str, settings, maps: str | None = None) -> dict | None:
+    """The stored evaluation of ``entry`` for these settings (computed from the stored maps of
+    fingerprint ``maps``, if given), or None when not computed yet."""
     from dataclasses import asdict
 
     from interp_core.runs import read_json
-    path = Path(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items()))))
+    path = Path(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), maps))
     if not path.is_file():
         return None
     try:

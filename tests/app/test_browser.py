@@ -141,7 +141,7 @@ def test_every_page_renders_in_chromium(server):
             elif name == "metrics":
                 if not shipped:  # the shipped data keeps the default, every tile of the test split
                     box = page.get_by_test_id("stNumberInputField").and_(
-                        page.get_by_label("Tiles (first N of the split)", exact=True))
+                        page.get_by_label("Tiles (N of the split, each class in turn)", exact=True))
                     box.fill("10")
                     box.press("Enter")
                     settle(page)
