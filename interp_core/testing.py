@@ -55,3 +55,30 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
     env.pop("INTERP_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "interp_core", *args], capture_output=True, text=True,
                           cwd=cwd or root, env=env, timeout=timeout)
+
+
+def pattern_image(w: int = 256, h: int = 192, glass_cols: int = 96, seed: int = 0):
+    """A slide-like uint8 RGB image: grey-white glass for ``x < glass_cols``, saturated random
+    'tissue' (pink/purple) to the right, so a tissue mask has a known answer."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 245, np.uint8)
+    tissue = np.stack([rng.integers(150, 230, (h, w)), rng.integers(40, 120, (h, w)),
+                       rng.integers(120, 200, (h, w))], axis=-1).astype(np.uint8)
+    img[:, glass_cols:] = tissue[:, glass_cols:]
+    return img
+
+
+def cli_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``python -m interp_core ARGS`` in this process (no interpreter start-up): ``(exit code,
+    stdout, stderr)``, captured with pytest's ``capsys``."""
+    from .cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+

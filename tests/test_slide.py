@@ -12,6 +12,7 @@ from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.slide import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
                                tissue_mask)
+from interp_core.testing import pattern_image
 
 TILE = 32
 
@@ -31,16 +32,6 @@ def model() -> nn.Module:
             mod.running_mean.uniform_(-0.3, 0.3)
             mod.running_var.uniform_(0.5, 2.0)
     return m.eval()
-
-
-def pattern_image(w: int = 256, h: int = 192, glass_cols: int = 96, seed: int = 0) -> np.ndarray:
-    """Grey-white glass for ``x < glass_cols``; saturated random 'tissue' (pink/purple blobs) to the right."""
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 245, np.uint8)
-    tissue = np.stack([rng.integers(150, 230, (h, w)), rng.integers(40, 120, (h, w)),
-                       rng.integers(120, 200, (h, w))], axis=-1).astype(np.uint8)
-    img[:, glass_cols:] = tissue[:, glass_cols:]
-    return img
 
 
 def tile_tensor(img: np.ndarray, x: int, y: int, t: int = TILE) -> torch.Tensor:

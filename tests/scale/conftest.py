@@ -2,6 +2,7 @@
 (no training: the tests check plumbing and equalities, not accuracy)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,10 @@ import torch
 from torch import nn
 
 from interp_core.device import torch_threads
+from interp_core.testing import pattern_image
 
 
-def pattern_slide(w: int = 200, h: int = 136, glass_cols: int = 72, seed: int = 0) -> np.ndarray:
-    """Grey-white glass for ``x < glass_cols``, saturated random 'tissue' to the right (uint8 RGB)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 245, np.uint8)
-    tissue = np.stack([rng.integers(150, 230, (h, w)), rng.integers(40, 120, (h, w)),
-                       rng.integers(120, 200, (h, w))], axis=-1).astype(np.uint8)
-    img[:, glass_cols:] = tissue[:, glass_cols:]
-    return img
+pattern_slide = functools.partial(pattern_image, 200, 136, 72)
 
 
 def make_run(root: Path, *, classes: tuple[str, ...] = ("normal", "tumor"), image_size: int = 16,

@@ -9,6 +9,7 @@ import torch
 
 from interp_core.errors import InterpError
 from interp_core.explain_dataset import MANIFEST, explain_dataset, load_shards, read_manifest, shard_name
+from interp_core.testing import cli_in_process
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +147,7 @@ def test_weights_changed_in_place_are_a_different_run(data, tmp_path, helpers):
         explain_dataset(run, data, "test", out, device="cpu", limit=2)
 
 
-def _cli(capsys, *args):
-    """``python -m interp_core ARGS`` in this process: (exit code, stdout, stderr)."""
-    from interp_core.cli import main
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+_cli = cli_in_process
 
 
 def test_cli_explain_data_mode_and_its_errors(data, fake_run, tmp_path, capsys):

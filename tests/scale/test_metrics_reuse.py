@@ -23,6 +23,7 @@ from interp_core.errors import InterpError
 from interp_core.evaluate import EvalSettings, cache_key, cached_evaluate, evaluate_run, evaluate_with_stored_maps
 from interp_core.explain_dataset import (MANIFEST, StoredMaps, default_job_dir, explain_dataset, maps_fingerprint,
                                          read_manifest, shard_name)
+from interp_core.testing import cli_in_process
 from tests.app.conftest import Helpers, app_env, app_tree, h  # noqa: F401  (AppTest fixtures, not its 2-thread one)
 
 CPU = torch.device("cpu")
@@ -190,14 +191,7 @@ def test_a_stale_job_is_replaced_and_an_unwritable_run_falls_back(data, helpers,
     assert (default_job_dir(busy, "test", "smoothgrad") / "notes.txt").read_text() == "mine"
 
 
-def _cli(capsys, *args):
-    from interp_core.cli import main
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+_cli = cli_in_process
 
 
 def test_cli_evaluate_attributions(data, fake_run, tmp_path, capsys):

@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from interp_core.testing import cli_in_process
 
-def _cli(capsys, *args):
-    from interp_core.cli import main
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+
+_cli = cli_in_process
 
 
 def test_explain_slide_writes_maps_and_summary(slide_tiff, fake_run, tmp_path, capsys):
