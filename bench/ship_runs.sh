@@ -14,8 +14,11 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
   $PY -m interp_core train --data "$data" --objective erm --epochs "$epochs" --batch-size "$bs" \
     --out "$out/baseline-erm" --seed 0 --device cpu --quiet
   for obj in scaat sgt ece; do
+    # ECE refreshes every epoch here (the default is every 3rd), so the Consistency page has a
+    # refresh per fine-tuning epoch to show
+    extra=(); [ "$obj" = ece ] && extra=(--refresh-every 1)
     $PY -m interp_core train --data "$data" --objective "$obj" --init "$out/baseline-erm" --epochs "$M" \
-      --batch-size "$bs" --out "$out/$obj" --seed 0 --device cpu --quiet
+      --batch-size "$bs" --out "$out/$obj" --seed 0 --device cpu --quiet "${extra[@]}"
   done
 done
 # the resumable checkpoints are not shipped (the runs are finished)

@@ -93,7 +93,7 @@ def _jobs() -> dict[str, dict]:
     return {
         "erm_nosync": dict(objective="erm"),
         "sgt": dict(objective="sgt", sync_bn=True, objective_options={"fill": "channel_mean"}),
-        "ece": dict(objective="ece", sync_bn=True, objective_options={"warmup_epochs": 0}),
+        "ece": dict(objective="ece", sync_bn=True, objective_options={"warmup_epochs": 0, "refresh_every": 1}),
         "scaat": dict(objective="scaat", sync_bn=True, objective_options={"warmup_epochs": 0}),
         "resumed": dict(objective="flaky_erm_test", sync_bn=True),
     }
@@ -185,7 +185,7 @@ def test_sgt_under_ddp_matches_single_process(runs):
 
 def test_ece_refresh_split_across_ranks_is_gathered(runs):
     data, tmp = runs
-    ref = _single(data, tmp / "single_ece", objective="ece", objective_options={"warmup_epochs": 0})
+    ref = _single(data, tmp / "single_ece", objective="ece", objective_options={"warmup_epochs": 0, "refresh_every": 1})
     ddp = tmp / "ddp_ece"
     with np.load(ddp / "consistency.npz", allow_pickle=False) as a, np.load(ref / "consistency.npz", allow_pickle=False) as b:
         assert a["consistency"].shape == b["consistency"].shape == (2, 16)  # every sample, both refreshes

@@ -1,6 +1,7 @@
 """The ``ece`` objective: weights, weighted CE, refresh schedule, consistency.npz, resume."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def test_refresh_schedule() -> None:
     assert [e for e in range(8) if refresh_due(e, 1, 2)] == [1, 3, 5, 7]
     assert [e for e in range(8) if refresh_due(e, 0, 3)] == [0, 3, 6]
     assert [e for e in range(8) if refresh_due(e, 3, 2)] == [3, 5, 7]
+    assert [e for e in range(11) if refresh_due(e, 1, 3)] == [1, 4, 7, 10]  # the default, from scratch
+
+
+def test_refresh_schedule_is_anchored_at_the_first_fine_tuning_epoch() -> None:
+    """Fine-tuning a model trained for 8 epochs (model epochs 8, 9, 10 in this run): the first
+    refresh is at once, whatever the phase of refresh_every relative to the warm-up."""
+    assert [e for e in range(8, 11) if refresh_due(e, 1, 3, prior_epochs=8)] == [8]
+    assert [e for e in range(8, 14) if refresh_due(e, 1, 2, prior_epochs=8)] == [8, 10, 12]
+    assert [e for e in range(8, 11) if refresh_due(e, 1, 1, prior_epochs=8)] == [8, 9, 10]
+    assert [e for e in range(2, 6) if refresh_due(e, 4, 1, prior_epochs=2)] == [4, 5]  # warm-up not over yet
+
+
+def test_default_refresh_every_is_three_and_says_why() -> None:
+    f = {x.name: x for x in dataclasses.fields(ECE.Options)}["refresh_every"]
+    assert f.default == 3 and "METHODS.md: 1" in f.metadata["help"]
 
 
 # -- options -------------------------------------------------------------------------------------
