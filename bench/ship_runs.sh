@@ -11,6 +11,7 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
   read -r ds bs epochs <<<"$spec"
   data=sample_data/data/$ds
   out=sample_data/runs/$ds
+  rm -rf "$out"  # retrain from nothing (train would otherwise find the finished runs and stop)
   $PY -m interp_core train --data "$data" --objective erm --epochs "$epochs" --batch-size "$bs" \
     --out "$out/baseline-erm" --seed 0 --device cpu --quiet
   for obj in scaat sgt ece; do
