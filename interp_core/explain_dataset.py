@@ -143,7 +143,7 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     n = len(idx)
     n_shards = math.ceil(n / shard_size)
     files = [ds.records[i].file for i in idx] if hasattr(ds, "records") else [str(i) for i in idx]
-    digest = hashlib.sha1(json.dumps([files, [ds.labels[i] for i in idx]]).encode()).hexdigest()
+    digest = tiles_digest(ds, idx)
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "run": run_identity(loaded),
         "data": {"path": str(Path(data).resolve()), "fingerprint": data_fingerprint(data)},
@@ -339,6 +339,16 @@ def default_job_dir(run_dir: str | Path, split: str, method: str) -> Path:
     return Path(run_dir) / JOBS_DIR / f"{split}-{method}"
 
 
+def tiles_digest(ds: Any, idx: list[int] | np.ndarray) -> str:
+    """SHA-1 of the file names and labels of the dataset tiles ``idx``, in that order: which tiles a
+    job's indices stand for. A folder whose files were added, removed or renamed gives another
+    digest even when the tile count (and so every index) is unchanged."""
+    labels = ds.labels  # a property that builds the whole list: read it once
+    idx = [int(i) for i in idx]
+    files = [ds.records[i].file for i in idx] if hasattr(ds, "records") else [str(i) for i in idx]
+    return hashlib.sha1(json.dumps([files, [labels[i] for i in idx]]).encode()).hexdigest()
+
+
 def maps_fingerprint(manifest: dict[str, Any]) -> str:
     """A short hash of what determines a job's maps: weights SHA-1, dataset fingerprint, split, method and
     its options, target, tile selection, input size and classes.
@@ -396,6 +406,12 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
         if len(lack):
             differ.append(f"tiles: {len(lack)} of the {len(indices)} evaluated tiles are not in the shards "
                           f"(e.g. index {int(lack[0])}; the job has {len(have)})")
+        else:
+            # indices are positions in the split's file list: the same files must still sit there
+            from .data import open_split
+            ds = open_split(data, split, image_size=m.get("image_size"))
+            if int(have.max(initial=-1)) >= len(ds) or tiles_digest(ds, np.sort(have)) != m.get("tiles_digest"):
+                differ.append("tiles: the split's files or labels changed since the maps were stored")
     if differ:
         raise InterpError(f"{out}: stored attributions do not fit this evaluation ({'; '.join(differ)})")
     return m

@@ -55,7 +55,7 @@ class _FoldedConvBN(nn.Module):
         return conv._conv_forward(x, weight.to(conv.weight.dtype), bias.to(conv.weight.dtype))
 
 
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]]" = weakref.WeakKeyDictionary()
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
 
 
 def eval_forward_module(model: nn.Module) -> nn.Module:
@@ -74,9 +74,11 @@ def eval_forward_module(model: nn.Module) -> nn.Module:
                  + tuple(map(id, model.buffers())))
     cached = _FOLDED.get(model)
     if cached is not None and cached[0] == signature:
-        return cached[1]
+        return model if cached[1] is None else cached[1]
     folded = _fold_conv_bn(model)
-    _FOLDED[model] = (signature, folded)
+    # ``None`` stands for "the model itself": a weak-keyed value must not reference its key, or
+    # the entry (and the model) would never be freed
+    _FOLDED[model] = (signature, None if folded is model else folded)
     return folded
 
 

@@ -243,3 +243,21 @@ def test_metrics_page_reuses_an_existing_shard_folder(h, app_env):
     finally:
         shutil.rmtree(baseline / "attributions", ignore_errors=True)
         shutil.rmtree(baseline / "eval_cache", ignore_errors=True)
+
+
+def test_a_job_whose_split_files_changed_is_refused(fake_run, tmp_path):
+    """The same number of tiles, but one file removed and another added: every index still exists,
+    yet from index 5 on the indices stand for other files. Matching by index alone would score those
+    tiles with other tiles' maps; the job's tile digest (file names and labels) refuses it."""
+    from interp_core.testing import make_tiny_dataset
+    data = make_tiny_dataset(tmp_path / "ds", n_per_class=6, size=16, classes=("normal", "tumor"))
+    out = tmp_path / "maps"
+    explain_dataset(fake_run, data, "test", out, shard_size=5, device="cpu")
+    s = _settings("saliency")
+    evaluate_run(fake_run, data, s, device=CPU, attributions=out)  # unchanged folder: accepted
+    normal = sorted((data / "test" / "normal").iterdir())
+    tumor = sorted((data / "test" / "tumor").iterdir())
+    normal[-1].unlink()
+    shutil.copy(tumor[0], tumor[0].with_name("zzz_added" + tumor[0].suffix))
+    with pytest.raises(InterpError, match="files or labels changed"):
+        evaluate_run(fake_run, data, s, device=CPU, attributions=out)

@@ -348,3 +348,22 @@ def test_folding_falls_back_to_the_model():
 def test_step_generator_is_the_cpu_generator_itself():
     g = torch.Generator().manual_seed(0)
     assert step_generator(g, "cpu") is g
+
+
+def test_folding_cache_does_not_keep_models_alive():
+    """A model with nothing to fold is its own eval-forward module; the weak-keyed cache must not
+    hold it through its value (a leak of one model copy per call in model randomisation)."""
+    import gc
+    import weakref
+
+    from interp_core.models.folding import eval_forward_module
+
+    makers = (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()),  # no BatchNorm
+              lambda: create_model("smallcnn", 2, width=4).eval())
+    for make in makers:
+        model = make()
+        assert eval_forward_module(model) is not None
+        ref = weakref.ref(model)
+        del model
+        gc.collect()
+        assert ref() is None
