@@ -88,6 +88,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
         close()
     t_write = time.perf_counter()
     out = Path(out)
+    (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete
     files = _write_maps(res, out)
     pred = res.pred
     counts = {c: int((pred == i).sum()) for i, c in enumerate(res.classes)}

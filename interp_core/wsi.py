@@ -26,7 +26,6 @@ from .errors import DataError, InterpError
 WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 #: Relative tolerance when matching a pyramid level's downsample to an integer block size
 #: (scanners store downsamples such as 4.0003 for a nominal 4).
-DOWNSAMPLE_TOLERANCE = 0.01
 
 
 def _openslide() -> Any:
@@ -175,15 +174,20 @@ class OpenSlideReader:
     def thumbnail_level(self, d: int) -> tuple[int, int]:
         """``(level, k)``: the lowest-resolution level whose ``k x k`` blocks match ``d x d`` blocks of the chosen level.
 
-        ``k = d * ds_chosen / ds_level`` must be (within ``DOWNSAMPLE_TOLERANCE``) a positive
-        integer; the chosen level itself always qualifies with ``k = d``.
+        ``k = d * ds_chosen / ds_level`` must be a positive integer up to scanner jitter (the
+        rounding error summed over the slide's blocks under half a pixel); the chosen level itself
+        always qualifies with ``k = d`` (``thumbnail`` then resamples a coarser level instead).
         """
         target = d * self.downsample
+        W, H = self.size
+        blocks = max(-(-W // d), -(-H // d))
         best = (self.level, d)
         for j in range(self.level + 1, len(self.level_downsamples)):
             k = target / self.level_downsamples[j]
             kr = round(k)
-            if kr >= 1 and abs(k - kr) <= DOWNSAMPLE_TOLERANCE * k:
+            # k must be whole up to scanner jitter: the rounding error summed over the slide's
+            # blocks stays under half a pixel of that level, so no thumbnail pixel drifts
+            if kr >= 1 and abs(k - kr) * blocks <= 0.5:
                 best = (j, int(kr))
         return best
 
@@ -202,7 +206,24 @@ class OpenSlideReader:
         W, H = self.size
         level, k = self.thumbnail_level(d)
         out_size = (-(-W // d), -(-H // d))
+        target = d * self.downsample
+        coarser = [j for j in range(self.level + 1, len(self.level_downsamples))
+                   if self.level_downsamples[j] <= target * (1 + 1e-9)]
+        if level == self.level and coarser:
+            # no level holds whole blocks: resample the lowest-resolution level finer than the
+            # thumbnail (as OpenSlide's get_thumbnail does) rather than decode the chosen level
+            return self._resampled_thumbnail(coarser[-1], target / self.level_downsamples[coarser[-1]], out_size)
         return block_mean_thumbnail(lambda x, y, w, h: self._read(level, x, y, w, h), out_size, k)
+
+    def _resampled_thumbnail(self, level: int, ratio: float, out_size: tuple[int, int]) -> np.ndarray:
+        """Thumbnail ``out_size`` from ``level`` whose pixels are ``ratio`` (> 1, not whole) to a
+        thumbnail pixel: the level read whole, padded white to ``out_size * ratio`` so the grid
+        lines up with the block grid, and box-filtered (area mean) to ``out_size``."""
+        from PIL import Image
+        wt, ht = out_size
+        pw, ph = math.ceil(wt * ratio), math.ceil(ht * ratio)
+        region = self._read(level, 0, 0, pw, ph)
+        return np.asarray(Image.fromarray(region).resize((wt, ht), Image.BOX), dtype=np.uint8)
 
 
 def _float_or_none(v: Any) -> float | None:

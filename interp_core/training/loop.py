@@ -311,6 +311,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     elif cfg.weights:
         load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
     if cfg.sync_bn and info.enabled:
+        if (stored_cfg.get("objective_options") or {}).get("bn_stats") == "clean":
+            # the clean half's recorded statistics would be this rank's, not the global batch's
+            raise InterpError("--bn-stats clean does not combine with --sync-bn under torchrun; use separate or joint")
         convert_cross_rank_batchnorm(model)  # same parameters and buffers, so checkpoints are unchanged
     fmt = memory_format(device, cfg.channels_last)
     model.to(device).to(memory_format=fmt)
@@ -337,7 +340,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
                             num_workers=cfg.workers, pin_memory=xfer["pin_memory"])
     train_eval_loader = DataLoader(shard(train_eval_ds, info), batch_size=max(256, cfg.batch_size), shuffle=False,
                                    num_workers=cfg.workers, pin_memory=xfer["pin_memory"])
-    # the permutation of epoch e is randperm(n) seeded seed * 100003 + e, as a single process always drew it
+    # the permutation of epoch e is randperm(n) seeded seed * 100003 + e, for one process as for N
+    # (runs checkpointed before this sampler was introduced shuffled otherwise: resuming one of
+    # those continues with a different order than it would have had)
     sampler = train_sampler(train_ds, info, cfg.seed * 100003)
     step_sync = StepSync(model, info, average_buffers=not (cfg.sync_bn and info.enabled))
     pfile = _ProgressFile(run_dir) if main else None

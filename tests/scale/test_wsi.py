@@ -39,8 +39,38 @@ def test_thumbnail_comes_from_the_lowest_fitting_level(slide_tiff, slide_image):
     th = s.thumbnail(4)
     assert th.shape == exact.shape == (34, 50, 3)
     assert np.abs(th.astype(int) - exact).max() <= 1  # block mean of block means, rounded twice
-    np.testing.assert_array_equal(s.thumbnail(3), read_thumbnail(ArraySlide(slide_image), 3))
     assert OpenSlideReader(slide_tiff, level=1).thumbnail(2).shape == (34, 50, 3)
+
+
+def test_a_thumbnail_no_level_divides_is_resampled_from_a_coarser_level(slide_tiff, slide_image, monkeypatch):
+    """d = 3: no level holds whole 3x3 blocks. The full-resolution level is not decoded; level 1
+    (2x) is box-filtered by 1.5 with the grid aligned, so each pixel stays within a few grey levels
+    of the exact 3x3 block mean (block edges fall inside level-1 pixels) and nothing drifts."""
+    s = OpenSlideReader(slide_tiff)
+    levels_read = []
+    real = s._read
+    monkeypatch.setattr(s, "_read", lambda level, *a: levels_read.append(level) or real(level, *a))
+    th = s.thumbnail(3)
+    exact = read_thumbnail(ArraySlide(slide_image), 3)
+    assert th.shape == exact.shape
+    assert set(levels_read) == {1}
+    diff = np.abs(th.astype(int) - exact.astype(int))[:-1, :-1]  # the last row/column mixes in padding
+    assert np.median(diff) <= 2 and np.percentile(diff, 95) <= 25  # random-noise tissue: block edges blur
+    # no drift: the glass/tissue boundary (column 72 of 200 -> thumbnail column 24) stays put
+    sat = th.max(-1).astype(int) - th.min(-1)
+    assert sat[:-1, :23].max() < 30 and sat[:-1, 25:-1].min() > 30
+
+
+def test_a_near_integer_level_is_accepted_only_when_it_cannot_drift(slide_tiff):
+    """200 px wide, d = 4: 50 thumbnail blocks. A 4x level recorded as 3.99 (k = 1.0025) drifts
+    0.125 px over the slide and is used; one recorded as 3.9 (k = 1.026) would drift 1.3 px, so
+    the 2x level (k = 2 exactly) is used instead."""
+    s = OpenSlideReader(slide_tiff)
+    s.level_downsamples = (1.0, 2.0, 3.99)
+    assert s.thumbnail_level(4) == (2, 1)
+    s.level_downsamples = (1.0, 2.0, 3.9)
+    assert s.thumbnail_level(4) == (1, 2)
+
 
 
 def test_open_slide_picks_the_reader_by_format(slide_tiff, slide_image, tmp_path):
