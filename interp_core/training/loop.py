@@ -236,8 +236,15 @@ class _ProgressFile:
             write_json(self.path, {**info, "updated": now})
 
 
+#: settings that change the computation but came after runs were first written: a run stored
+#: without them used these values
+RESUME_KEYS_WITH_DEFAULTS = {"precision": "auto", "sync_bn": False}
+
+
 def _same_settings(stored: dict, new: dict) -> list[str]:
-    return [k for k in RESUME_KEYS if stored.get(k) != new.get(k)]
+    """Names of the settings that differ between a stored run and the command resuming it."""
+    differ = [k for k in RESUME_KEYS if stored.get(k) != new.get(k)]
+    return differ + [k for k, d in RESUME_KEYS_WITH_DEFAULTS.items() if stored.get(k, d) != new.get(k, d)]
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:

@@ -48,7 +48,23 @@ def test_same_seed_same_weights_and_finished_run(tiny_data, tmp_path):
     assert again.already_finished
     with pytest.raises(RunError, match="different settings .*epochs"):
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "a"), epochs=4, batch_size=8, seed=3), **QUIET)
+    with pytest.raises(RunError, match="different settings .*precision"):
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "a"), epochs=1, batch_size=8, seed=3,
+                          precision="bf16"), **QUIET)
     assert a.history and b.history
+
+
+def test_a_run_stored_before_the_precision_setting_existed_still_resumes(tiny_data, tmp_path):
+    """config.json without ``precision``/``sync_bn`` (older runs) means the defaults, not a mismatch."""
+    import json
+    cfg = dict(data=str(tiny_data), out=str(tmp_path / "old"), epochs=1, batch_size=8, seed=3)
+    train(TrainConfig(**cfg), **QUIET)
+    path = tmp_path / "old" / "config.json"
+    stored = json.loads(path.read_text())
+    for k in ("precision", "sync_bn"):
+        stored.pop(k, None)
+    path.write_text(json.dumps(stored))
+    assert train(TrainConfig(**cfg), **QUIET).already_finished
 
 
 def test_init_fine_tunes_with_lower_lr(tiny_data, tiny_run, tmp_path):
