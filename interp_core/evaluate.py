@@ -262,7 +262,7 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
     folder holding files that are not an explain job, falls back to computing the maps on the fly.
     ``progress(phase, done, total)``: phase ``"maps"`` (the explain job) then ``"metrics"``.
     """
-    from .explain_dataset import FolderInUseError, OtherJobError, default_job_dir, explain_dataset
+    from .explain_dataset import default_job_dir, job_lock
     s = settings or EvalSettings()
     device = device or pick_device("auto")
 
@@ -272,6 +272,15 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
     def evaluate(folder: Path | None) -> dict[str, Any]:
         return cached_evaluate(run_dir, data, s, device=device, progress=phase("metrics"), attributions=folder)
 
+    # two sessions on one run and method wait for each other (one writes the maps, the other reuses them)
+    with job_lock(default_job_dir(run_dir, s.split, s.attribution)):
+        return _evaluate_with_stored_maps(run_dir, data, s, device, store, phase, evaluate)
+
+
+def _evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, s: EvalSettings, device: torch.device,
+                               store: bool, phase: Callable, evaluate: Callable) -> tuple[dict[str, Any], StoredMapsUse]:
+    """The body of :func:`evaluate_with_stored_maps`, run while holding the job folder's lock."""
+    from .explain_dataset import FolderInUseError, OtherJobError, default_job_dir, explain_dataset
     found = stored_maps_job(run_dir, data, s) if s.explanations else None
     if found is not None:
         return evaluate(found), StoredMapsUse(found, reused=True)
@@ -280,7 +289,7 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
     folder = default_job_dir(run_dir, s.split, s.attribution)
     n = len(open_split(data, s.split))
     job = dict(method=s.attribution, limit=None if s.limit is None or s.limit >= n else max(1, s.limit),
-               batch_size=s.batch_size, device=device.type, seed=s.seed, progress=phase("maps"))
+               batch_size=s.batch_size, device=str(device), seed=s.seed, progress=phase("maps"))
     try:
         try:
             explain_dataset(run_dir, data, s.split, folder, **job)

@@ -27,11 +27,15 @@ page keeps its jobs in ``default_job_dir(RUN, split, method)``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +106,7 @@ class Shard:
 
 
 # -- job -------------------------------------------------------------------------------------------
-def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, out: str | Path, *,
+def _explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, out: str | Path, *,
                     method: str = "saliency", shard_size: int = 256, batch_size: int = 64, device: str = "auto",
                     limit: int | None = None, target: str | int | None = None, seed: int = 0, workers: int = 0,
                     progress: bool | Callable[[int, int], None] = False,
@@ -200,6 +204,48 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
         if bar is not None:
             bar.close()
     return {**manifest, "shards_written": written, "seconds": time.perf_counter() - t0}
+
+
+
+_HELD = threading.local()  # job folders this thread holds the lock of (the lock is re-entrant per thread)
+
+
+@contextlib.contextmanager
+def job_lock(out: str | Path) -> Iterator[None]:
+    """Exclusive use of the job folder ``out`` across processes and threads (dashboard sessions):
+    ``flock`` on ``.NAME.lock`` beside it, so a second job on the same folder waits for the first
+    instead of interleaving manifests or deleting its shards. Re-entrant within a thread. Where
+    the lock file cannot be created (a read-only folder) it proceeds unlocked: nothing can be
+    written there anyway."""
+    out = Path(out)
+    key = str(out.resolve())
+    held = getattr(_HELD, "keys", None)
+    if held is None:
+        held = _HELD.keys = set()
+    if key in held:
+        yield
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(out.parent / f".{out.name}.lock", "a+")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@functools.wraps(_explain_dataset)
+def explain_dataset(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    out = kwargs["out"] if "out" in kwargs else args[3]
+    with job_lock(out):
+        return _explain_dataset(*args, **kwargs)
 
 
 def _positive(v: Any, name: str) -> int:

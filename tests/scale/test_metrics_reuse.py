@@ -261,3 +261,30 @@ def test_a_job_whose_split_files_changed_is_refused(fake_run, tmp_path):
     shutil.copy(tumor[0], tumor[0].with_name("zzz_added" + tumor[0].suffix))
     with pytest.raises(InterpError, match="files or labels changed"):
         evaluate_run(fake_run, data, s, device=CPU, attributions=out)
+
+
+def test_two_sessions_computing_the_same_maps_wait_for_each_other(data, helpers, tmp_path):
+    """Two dashboard sessions (threads) press Compute for the same run and method at once: one
+    writes the job, the other waits for the folder's lock and reuses it; both get the metrics and
+    the job is complete (without the lock both wrote the manifest and one could see it incomplete)."""
+    import threading
+
+    run = helpers.make_run(tmp_path / "run")
+    s = _settings("smoothgrad", limit=6)
+    results, errors = [], []
+
+    def session() -> None:
+        try:
+            results.append(evaluate_with_stored_maps(run, data, s, device=CPU))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=session) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(use.reused for _, use in results) == [False, True]
+    assert read_manifest(default_job_dir(run, "test", "smoothgrad"))["complete"]
+    assert results[0][0]["sparseness"] == results[1][0]["sparseness"]
