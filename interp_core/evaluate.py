@@ -269,27 +269,27 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
     def phase(name: str) -> Callable[[int, int], None] | bool:
         return (lambda done, total: progress(name, done, total)) if progress is not None else False
 
-    def evaluate(folder: Path | None) -> dict[str, Any]:
-        return cached_evaluate(run_dir, data, s, device=device, progress=phase("metrics"), attributions=folder)
-
     # two sessions on one run and method wait for each other (one writes the maps, the other reuses them)
     with job_lock(default_job_dir(run_dir, s.split, s.attribution)):
-        return _evaluate_with_stored_maps(run_dir, data, s, device, store, phase, evaluate)
+        use = _stored_maps(run_dir, data, s, device, store, phase("maps"))
+        return cached_evaluate(run_dir, data, s, device=device, progress=phase("metrics"),
+                               attributions=use.folder), use
 
 
-def _evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, s: EvalSettings, device: torch.device,
-                               store: bool, phase: Callable, evaluate: Callable) -> tuple[dict[str, Any], StoredMapsUse]:
-    """The body of :func:`evaluate_with_stored_maps`, run while holding the job folder's lock."""
+def _stored_maps(run_dir: str | Path, data: str | Path, s: EvalSettings, device: torch.device, store: bool,
+                 progress: Callable[[int, int], None] | bool) -> StoredMapsUse:
+    """The maps :func:`evaluate_with_stored_maps` evaluates with: a matching finished job reused,
+    else (with ``store``) one written now; ``folder`` None means computing them on the fly."""
     from .explain_dataset import FolderInUseError, OtherJobError, default_job_dir, explain_dataset
     found = stored_maps_job(run_dir, data, s) if s.explanations else None
     if found is not None:
-        return evaluate(found), StoredMapsUse(found, reused=True)
+        return StoredMapsUse(found, reused=True)
     if not (store and s.explanations):
-        return evaluate(None), StoredMapsUse()
+        return StoredMapsUse()
     folder = default_job_dir(run_dir, s.split, s.attribution)
     n = len(open_split(data, s.split))
     job = dict(method=s.attribution, limit=None if s.limit is None or s.limit >= n else max(1, s.limit),
-               batch_size=s.batch_size, device=str(device), seed=s.seed, progress=phase("maps"))
+               batch_size=s.batch_size, device=str(device), seed=s.seed, progress=progress)
     try:
         try:
             explain_dataset(run_dir, data, s.split, folder, **job)
@@ -297,11 +297,10 @@ def _evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, s: EvalSet
             _clear_job(folder)
             explain_dataset(run_dir, data, s.split, folder, **job)
     except OSError as e:  # e.g. a read-only run folder
-        return evaluate(None), StoredMapsUse(note=f"maps not stored ({e.filename or folder}: {e.strerror or e}); "
-                                                  "computed directly")
+        return StoredMapsUse(note=f"maps not stored ({e.filename or folder}: {e.strerror or e}); computed directly")
     except FolderInUseError as e:
-        return evaluate(None), StoredMapsUse(note=f"maps not stored ({e}); computed directly")
-    return evaluate(folder), StoredMapsUse(folder)
+        return StoredMapsUse(note=f"maps not stored ({e}); computed directly")
+    return StoredMapsUse(folder)
 
 
 def _clear_job(folder: Path) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import math
@@ -106,7 +105,7 @@ class Shard:
 
 
 # -- job -------------------------------------------------------------------------------------------
-def _explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, out: str | Path, *,
+def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, out: str | Path, *,
                     method: str = "saliency", shard_size: int = 256, batch_size: int = 64, device: str = "auto",
                     limit: int | None = None, target: str | int | None = None, seed: int = 0, workers: int = 0,
                     progress: bool | Callable[[int, int], None] = False,
@@ -156,54 +155,55 @@ def _explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, 
         "n_shards": n_shards, "dtype": "float16 * scales",
     }
     out = Path(out)
-    done = _check_folder(out, manifest)
-    manifest["shards_done"] = sorted(done)
-    manifest["complete"] = len(done) == n_shards
-    write_json(out / MANIFEST, manifest)
+    with job_lock(out):  # one job per folder at a time, across processes and dashboard sessions
+        done = _check_folder(out, manifest)
+        manifest["shards_done"] = sorted(done)
+        manifest["complete"] = len(done) == n_shards
+        write_json(out / MANIFEST, manifest)
 
-    bar, report = _progress(progress, n, sum(_shard_len(k, shard_size, n) for k in done))
-    written = 0
-    try:
-        for k in range(n_shards):
-            if k in done:
-                continue
-            rows = idx[k * shard_size:(k + 1) * shard_size]
-            loader = DataLoader(Subset(ds, rows), batch_size=batch_size, shuffle=False, num_workers=workers)
-            parts: dict[str, list[np.ndarray]] = {key: [] for key in ("indices", "labels", "predictions", "targets",
-                                                                       "probabilities", "attributions", "scales")}
-            for batch in loader:
-                x = batch["image"].to(dev)
-                with attribution_state(model), torch.no_grad():
-                    p = torch.softmax(model(x).float(), dim=1)
-                pred = p.argmax(1)
-                t = pred if tgt is None else torch.full_like(pred, tgt)
-                a = attribute(model, x, method, t, **opts).float().cpu()
-                scale = a.flatten(1).abs().amax(1)
-                a16 = (a / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]).half()
-                for key, v in (("indices", batch["index"]), ("labels", batch["label"]), ("predictions", pred),
-                               ("targets", t), ("probabilities", p), ("attributions", a16), ("scales", scale)):
-                    parts[key].append(v.detach().cpu().numpy())
-                report(len(x))
-            arrays = {key: np.concatenate(v) for key, v in parts.items()}
-            for key in ("indices", "labels", "predictions", "targets"):
-                arrays[key] = arrays[key].astype(np.int64)
-            arrays["probabilities"] = arrays["probabilities"].astype(np.float32)
-            arrays["scales"] = arrays["scales"].astype(np.float32)
-            arrays["files"] = np.asarray([files[k * shard_size + j] for j in range(len(rows))], dtype=str)
-            if arrays["indices"].tolist() != rows:
-                raise RuntimeError("the DataLoader returned tiles out of order")
-            _save_npz(out / shard_name(k), arrays)
-            done.add(k)
-            written += 1
-            manifest["shards_done"] = sorted(done)
-            manifest["complete"] = len(done) == n_shards
-            write_json(out / MANIFEST, manifest)
-            if on_shard is not None:
-                on_shard(k)
-    finally:
-        if bar is not None:
-            bar.close()
-    return {**manifest, "shards_written": written, "seconds": time.perf_counter() - t0}
+        bar, report = _progress(progress, n, sum(_shard_len(k, shard_size, n) for k in done))
+        written = 0
+        try:
+            for k in range(n_shards):
+                if k in done:
+                    continue
+                rows = idx[k * shard_size:(k + 1) * shard_size]
+                loader = DataLoader(Subset(ds, rows), batch_size=batch_size, shuffle=False, num_workers=workers)
+                parts: dict[str, list[np.ndarray]] = {key: [] for key in ("indices", "labels", "predictions", "targets",
+                                                                           "probabilities", "attributions", "scales")}
+                for batch in loader:
+                    x = batch["image"].to(dev)
+                    with attribution_state(model), torch.no_grad():
+                        p = torch.softmax(model(x).float(), dim=1)
+                    pred = p.argmax(1)
+                    t = pred if tgt is None else torch.full_like(pred, tgt)
+                    a = attribute(model, x, method, t, **opts).float().cpu()
+                    scale = a.flatten(1).abs().amax(1)
+                    a16 = (a / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]).half()
+                    for key, v in (("indices", batch["index"]), ("labels", batch["label"]), ("predictions", pred),
+                                   ("targets", t), ("probabilities", p), ("attributions", a16), ("scales", scale)):
+                        parts[key].append(v.detach().cpu().numpy())
+                    report(len(x))
+                arrays = {key: np.concatenate(v) for key, v in parts.items()}
+                for key in ("indices", "labels", "predictions", "targets"):
+                    arrays[key] = arrays[key].astype(np.int64)
+                arrays["probabilities"] = arrays["probabilities"].astype(np.float32)
+                arrays["scales"] = arrays["scales"].astype(np.float32)
+                arrays["files"] = np.asarray([files[k * shard_size + j] for j in range(len(rows))], dtype=str)
+                if arrays["indices"].tolist() != rows:
+                    raise RuntimeError("the DataLoader returned tiles out of order")
+                _save_npz(out / shard_name(k), arrays)
+                done.add(k)
+                written += 1
+                manifest["shards_done"] = sorted(done)
+                manifest["complete"] = len(done) == n_shards
+                write_json(out / MANIFEST, manifest)
+                if on_shard is not None:
+                    on_shard(k)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {**manifest, "shards_written": written, "seconds": time.perf_counter() - t0}
 
 
 
@@ -240,12 +240,6 @@ def job_lock(out: str | Path) -> Iterator[None]:
             held.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)
 
-
-@functools.wraps(_explain_dataset)
-def explain_dataset(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    out = kwargs["out"] if "out" in kwargs else args[3]
-    with job_lock(out):
-        return _explain_dataset(*args, **kwargs)
 
 
 def _positive(v: Any, name: str) -> int:
