@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -33,6 +34,38 @@ from ..models.folding import as_eval_input, eval_forward_module  # noqa: F401  (
 SALIENCY_METHODS = ("saliency", "input_x_gradient")
 BN_STATS_MODES = ("separate", "clean", "joint")
 EVAL_PRECISIONS = ("inherit", "bfloat16")
+
+
+# -- options shared by SCAAT and SGT -----------------------------------------------------------------
+@dataclass
+class SaliencyPassOptions:
+    """The options of the pipeline both objectives share (base of ``SCAAT.Options`` and
+    ``SGT.Options``): which saliency, how BatchNorm sees the two halves of the paired loss, and the
+    precision of the eval-mode passes."""
+
+    saliency_method: str = field(default="saliency", metadata={
+        "help": "training-time saliency S: 'saliency' = |grad| summed over channels (METHODS' default), "
+                "'input_x_gradient' = |x * grad| summed over channels",
+        "choices": SALIENCY_METHODS})
+    bn_stats: str = field(default="separate", metadata={
+        "help": "(engineering choice, not in METHODS) BatchNorm statistics in the loss's clean and changed "
+                "passes: 'separate' = each half its own (running statistics from the clean half only), "
+                "'clean' = both halves normalised with the clean half's, 'joint' = one pass, statistics "
+                "over both",
+        "choices": BN_STATS_MODES})
+    eval_precision: str = field(default="inherit", metadata={
+        "help": "(engineering choice, not in METHODS) precision of the eval-mode passes (saliency; SCAAT's "
+                "attack): 'inherit' = the loop's (float32 on CPU), 'bfloat16' = bfloat16 autocast (about 2x "
+                "faster on recent CPUs; saliency a few percent off float32)",
+        "choices": EVAL_PRECISIONS})
+
+    def validate_saliency_pass(self, objective: str) -> None:
+        """Raise InterpError naming ``objective`` when a shared option is not one of its choices."""
+        for name, choices in (("saliency_method", SALIENCY_METHODS), ("eval_precision", EVAL_PRECISIONS),
+                              ("bn_stats", BN_STATS_MODES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise InterpError(f"{objective}: {name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 # -- modes, precision and randomness ----------------------------------------------------------------

@@ -40,9 +40,7 @@ from torch import nn
 
 from ...errors import InterpError
 from ..saliency_guidance import (
-    BN_STATS_MODES,
-    EVAL_PRECISIONS,
-    SALIENCY_METHODS,
+    SaliencyPassOptions,
     adaptive_low_saliency_mask,
     as_eval_input,
     eval_forward_module,
@@ -125,11 +123,7 @@ class SCAAT(Objective):
     description = "saliency-constrained adaptive adversarial training (Xu et al. 2023)"
 
     @dataclass
-    class Options:
-        saliency_method: str = field(default="saliency", metadata={
-            "help": "training-time saliency S: 'saliency' = |grad| summed over channels (METHODS' "
-                    "default), 'input_x_gradient' = |x * grad| summed over channels",
-            "choices": SALIENCY_METHODS})
+    class Options(SaliencyPassOptions):
         q: float = field(default=0.10, metadata=_help(
             "[ours] perturbable region = largest set of lowest-saliency pixels holding at most this "
             "share of the sample's saliency mass (0 < q < 1)"))
@@ -155,17 +149,6 @@ class SCAAT(Objective):
             "[ours] adaptive budget: eps ramps linearly from 0 to its target over the model's first "
             "this-many epochs (counting an --init run's epochs, so fine-tuning a trained model "
             "attacks at full budget at once); 0 disables the ramp"))
-        bn_stats: str = field(default="separate", metadata={
-            "help": "(engineering choice, not in METHODS) BatchNorm statistics in the loss's clean "
-                    "and perturbed passes: 'separate' = each half its own (running statistics from "
-                    "the clean half only), 'clean' = both halves normalised with the clean half's, "
-                    "'joint' = one pass, statistics over both",
-            "choices": BN_STATS_MODES})
-        eval_precision: str = field(default="inherit", metadata={
-            "help": "(engineering choice, not in METHODS) precision of the saliency and attack "
-                    "passes: 'inherit' = the loop's (float32 on CPU), 'bfloat16' = bfloat16 autocast "
-                    "(about 2x faster on recent CPUs; saliency a few percent off float32)",
-            "choices": EVAL_PRECISIONS})
 
         def __post_init__(self) -> None:
             if isinstance(self.alpha, str):
@@ -175,14 +158,7 @@ class SCAAT(Objective):
 
         def validate(self) -> None:
             """Raise InterpError for values outside their meaningful range."""
-            if self.saliency_method not in SALIENCY_METHODS:
-                raise InterpError(f"scaat: saliency_method must be one of {', '.join(SALIENCY_METHODS)}, "
-                                  f"got {self.saliency_method!r}")
-            if self.eval_precision not in EVAL_PRECISIONS:
-                raise InterpError(f"scaat: eval_precision must be one of {', '.join(EVAL_PRECISIONS)}, "
-                                  f"got {self.eval_precision!r}")
-            if self.bn_stats not in BN_STATS_MODES:
-                raise InterpError(f"scaat: bn_stats must be one of {', '.join(BN_STATS_MODES)}, got {self.bn_stats!r}")
+            self.validate_saliency_pass("scaat")
             if not 0 < self.q < 1:
                 raise InterpError(f"scaat: q must lie in (0, 1), got {self.q}")
             if not 0 <= self.rho_min <= 1 or not 0 <= self.rho_max <= 1:

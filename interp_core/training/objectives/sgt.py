@@ -18,9 +18,7 @@ from torch import nn
 
 from ...errors import InterpError
 from ..saliency_guidance import (
-    BN_STATS_MODES,
-    EVAL_PRECISIONS,
-    SALIENCY_METHODS,
+    SaliencyPassOptions,
     eval_mode,
     eval_precision,
     kl_divergence,
@@ -66,11 +64,7 @@ class SGT(Objective):
     description = "saliency guided training (Ismail et al. 2021): mask the lowest-saliency pixels, match outputs"
 
     @dataclass
-    class Options:
-        saliency_method: str = field(default="saliency", metadata={
-            "help": "training-time saliency S: 'saliency' = |grad| summed over channels, "
-                    "'input_x_gradient' = |x * grad| summed over channels",
-            "choices": SALIENCY_METHODS})
+    class Options(SaliencyPassOptions):
         k: float = field(default=0.5, metadata={
             "help": "fraction of pixels (lowest saliency, all channels) replaced in the masked copy "
                     "(0 < k < 1; 0.5 as in SGT on small images)"})
@@ -81,30 +75,12 @@ class SGT(Objective):
         kl_weight: float = field(default=1.0, metadata={
             "help": "METHODS' lambda: weight of KL(p(x) || p(x_masked)) added to the cross-entropy "
                     "(1 as in Ismail et al.'s public code)"})
-        bn_stats: str = field(default="separate", metadata={
-            "help": "(engineering choice, not in METHODS) BatchNorm statistics in the loss's clean "
-                    "and masked passes: 'separate' = each half its own, as in the public code, but "
-                    "running statistics from the clean half only; 'clean' = both halves normalised "
-                    "with the clean half's; 'joint' = one pass, statistics over both",
-            "choices": BN_STATS_MODES})
-        eval_precision: str = field(default="inherit", metadata={
-            "help": "(engineering choice, not in METHODS) precision of the saliency pass: 'inherit' "
-                    "= the loop's (float32 on CPU), 'bfloat16' = bfloat16 autocast (about 2x faster "
-                    "on recent CPUs; saliency a few percent off float32)",
-            "choices": EVAL_PRECISIONS})
 
         def validate(self) -> None:
             """Raise InterpError for values outside their meaningful range."""
-            if self.saliency_method not in SALIENCY_METHODS:
-                raise InterpError(f"sgt: saliency_method must be one of {', '.join(SALIENCY_METHODS)}, "
-                                  f"got {self.saliency_method!r}")
+            self.validate_saliency_pass("sgt")
             if self.fill not in FILL_MODES:
                 raise InterpError(f"sgt: fill must be one of {', '.join(FILL_MODES)}, got {self.fill!r}")
-            if self.eval_precision not in EVAL_PRECISIONS:
-                raise InterpError(f"sgt: eval_precision must be one of {', '.join(EVAL_PRECISIONS)}, "
-                                  f"got {self.eval_precision!r}")
-            if self.bn_stats not in BN_STATS_MODES:
-                raise InterpError(f"sgt: bn_stats must be one of {', '.join(BN_STATS_MODES)}, got {self.bn_stats!r}")
             if not 0 < self.k < 1:
                 raise InterpError(f"sgt: k must lie in (0, 1), got {self.k}")
             if not self.kl_weight >= 0:
