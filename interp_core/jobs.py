@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InterpError, RunError
-from .runs import PROGRESS, read_json, run_status, write_json
+from .runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
 
 JOB_FILE = "job.json"
 STDOUT = "stdout.log"
@@ -46,7 +46,6 @@ ACTIVE = ("queued", "running")
 CANCEL_GRACE_S = 5.0
 #: Seconds to wait for the lock before giving up with an error (a stuck holder is a bug).
 LOCK_TIMEOUT_S = 30.0
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``train`` flags taking a path: made absolute against the caller's working directory, since the
 #: job runs in the repository root.
 PATH_FLAGS = ("--data", "--init", "--weights")

@@ -31,6 +31,33 @@ PROGRESS = "progress.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_CONFIG_KEYS = ("format_version", "arch", "num_classes", "classes", "image_size", "objective")
+#: The repository this package lives in: paths inside it are recorded relative to the run.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Config keys that hold a path the run depends on (its dataset, the run it started from, weights).
+PATH_KEYS = ("data", "init", "weights")
+
+
+# -- paths a run records ---------------------------------------------------------------------
+def portable_path(path: str | Path, run_dir: str | Path) -> str:
+    """How a run records a path it depends on: relative to the run folder when both lie inside
+    this repository (so a shipped run means the same on every clone), absolute otherwise."""
+    target, run = Path(path).resolve(), Path(run_dir).resolve()
+    try:
+        target.relative_to(REPO_ROOT)
+        run.relative_to(REPO_ROOT)
+    except ValueError:
+        return str(target)
+    return Path(os.path.relpath(target, run)).as_posix()
+
+
+def recorded_path(config: dict, key: str, run_dir: str | Path) -> Path | None:
+    """The absolute path a run's ``config[key]`` names (``None`` when unset). Relative values are
+    relative to the run folder; absolute ones (older runs, data outside the repository) as stored."""
+    value = config.get(key)
+    if not value:
+        return None
+    p = Path(str(value))
+    return p if p.is_absolute() else (Path(run_dir) / p).resolve()
 
 
 # -- atomic writes -------------------------------------------------------------------------

@@ -8,9 +8,10 @@ Roots (each overridable with an environment variable, which the tests use):
   writes; background jobs keep their bookkeeping in ``runs/.jobs`` (skipped by ``find_runs``);
 - the user's datasets: ``data/`` at the repository root (``INTERP_DATA_DIR``).
 
-A run's ``config["data"]`` is the absolute dataset path at training time. For runs trained on
-another machine (the shipped ones) it is mapped to a known dataset by its folder name, so the app
-works from any clone path.
+A run's ``config["data"]`` is its dataset's path, relative to the run folder when both lie inside
+the repository (``interp_core.runs.portable_path``), absolute otherwise. Older runs recorded an
+absolute path of the machine that trained them: those are mapped to a known dataset by folder
+name, so the app works from any clone path.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp_core.runs import find_runs, read_config, read_history, run_status
+from interp_core.runs import find_runs, read_config, read_history, recorded_path, run_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,9 +180,8 @@ class RunEntry:
 def _map_dataset(cfg: dict, run_dir: Path, datasets: list[DatasetEntry], shipped_runs: Path) -> DatasetEntry | None:
     """The known dataset a run was trained on: same path, else same folder name, else the
     ``runs/<dataset>/`` folder the shipped run sits in."""
-    data = cfg.get("data")
-    if data:
-        p = Path(str(data))
+    p = recorded_path(cfg, "data", run_dir)
+    if p is not None:
         for d in datasets:
             try:
                 if p.exists() and p.resolve() == d.path:
@@ -258,10 +258,9 @@ def parent_epochs(r: RunEntry, runs: list[RunEntry]) -> int:
 
     The ``init`` path may come from another machine: then the run of the same name and dataset is used.
     """
-    init = r.config.get("init")
-    if not init:
+    p = recorded_path(r.config, "init", r.path)
+    if p is None:
         return 0
-    p = Path(str(init))
     if p.is_dir():
         return len(read_history(p))
     same = [x for x in runs if x.name == p.name and x.dataset == r.dataset]

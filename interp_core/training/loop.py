@@ -39,8 +39,9 @@ from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import create_model
-from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
-                    is_temp_file, load_weights_into, read_history, read_json, remove_stale_temp_files,
+from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
+                    is_temp_file, load_weights_into, portable_path, read_history, read_json, recorded_path,
+                    remove_stale_temp_files,
                     save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,
@@ -140,7 +141,7 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
         "num_classes": len(classes),
         "classes": classes,
         "image_size": int(image_size),
-        "data": str(Path(cfg.data).resolve()),
+        "data": portable_path(cfg.data, cfg.out),
         "objective": cfg.objective,
         "objective_options": dataclasses.asdict(options),
         "epochs": cfg.epochs,
@@ -151,9 +152,9 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
         "momentum": cfg.momentum,
         "schedule": cfg.schedule,
         "seed": cfg.seed,
-        "init": str(Path(cfg.init).resolve()) if cfg.init else None,
+        "init": portable_path(cfg.init, cfg.out) if cfg.init else None,
         "prior_epochs": (int(init_run.config["epochs"]) + int(init_run.config.get("prior_epochs", 0))) if init_run else 0,
-        "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
+        "weights": portable_path(cfg.weights, cfg.out) if cfg.weights else None,
         "val_fraction": cfg.val_fraction,
         "max_grad_norm": cfg.max_grad_norm,
         # engineering settings of the first launch (speed and rounding, not the algorithm); old runs lack them
@@ -241,9 +242,12 @@ class _ProgressFile:
 RESUME_KEYS_WITH_DEFAULTS = {"precision": "auto", "sync_bn": False}
 
 
-def _same_settings(stored: dict, new: dict) -> list[str]:
-    """Names of the settings that differ between a stored run and the command resuming it."""
-    differ = [k for k in RESUME_KEYS if stored.get(k) != new.get(k)]
+def _same_settings(stored: dict, new: dict, run_dir: Path) -> list[str]:
+    """Names of the settings that differ between a stored run and the command resuming it (paths
+    compared as the files they name, so a run recorded with absolute paths resumes too)."""
+    def value(cfg: dict, k: str) -> Any:
+        return recorded_path(cfg, k, run_dir) if k in PATH_KEYS else cfg.get(k)
+    differ = [k for k in RESUME_KEYS if value(stored, k) != value(new, k)]
     return differ + [k for k, d in RESUME_KEYS_WITH_DEFAULTS.items() if stored.get(k, d) != new.get(k, d)]
 
 
@@ -278,7 +282,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: exists, is not empty and is not a run; choose another --out")
         old = read_json(run_dir / CONFIG)
-        diff = _same_settings(old, stored_cfg)
+        diff = _same_settings(old, stored_cfg, run_dir)
         if diff:
             raise RunError(f"{run_dir}: an existing run with different settings ({', '.join(diff)}); "
                            "use the same command to resume it or another --out")

@@ -148,3 +148,31 @@ def test_fine_tuning_skips_the_fresh_model_warmups(tiny_data, tiny_run, tmp_path
     fresh = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "f"), epochs=1, batch_size=8,
                               objective="scaat"), **QUIET)
     assert fresh.history[0]["eps"] < 8 / 255
+
+
+def test_runs_inside_the_repository_record_relative_paths(tiny_data, tmp_path, monkeypatch):
+    """A run and its dataset inside the repository record the dataset and init run relative to the
+    run folder (a shipped run means the same on every clone); a run recorded with absolute paths
+    (older runs) still resumes, and the recorded paths resolve to the same folders."""
+    import shutil
+    from interp_core import runs
+    repo = tmp_path / "repo"
+    data = repo / "sample_data" / "data" / "tiny"
+    shutil.copytree(tiny_data, data)
+    monkeypatch.setattr(runs, "REPO_ROOT", repo.resolve())
+    base = repo / "sample_data" / "runs" / "tiny" / "base"
+    train(TrainConfig(data=str(data), out=str(base), epochs=1, batch_size=8), **QUIET)
+    ft = base.parent / "ft"
+    args = dict(data=str(data), out=str(ft), epochs=2, batch_size=8, init=str(base))
+    train(TrainConfig(**args), **QUIET)
+    cfg = json.loads((ft / "config.json").read_text())
+    assert cfg["data"] == "../../../data/tiny" and cfg["init"] == "../base"
+    assert runs.recorded_path(cfg, "data", ft) == data.resolve()
+    assert runs.recorded_path(cfg, "init", ft) == base.resolve()
+    assert runs.recorded_path(cfg, "weights", ft) is None
+    # an older run stored absolute paths: same folders, so it is the same run (resumes / finishes)
+    cfg.update(data=str(data.resolve()), init=str(base.resolve()))
+    (ft / "config.json").write_text(json.dumps(cfg))
+    assert train(TrainConfig(**args), **QUIET).already_finished
+    # outside the repository the path stays absolute
+    assert runs.portable_path(tiny_data, ft) == str(tiny_data.resolve())
