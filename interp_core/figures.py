@@ -30,8 +30,10 @@ METRIC_TEXT: dict[str, tuple[str, str]] = {
     "relevance_mass_accuracy": ("Relevance mass", "share of the map inside the marked region, 0-1"),
     "relevance_rank_accuracy": ("Relevance rank", "share of the top pixels inside the marked region, 0-1"),
     "artifact_mass": ("Artifact mass", "share of the map on the pen mark, 0-1"),
-    "explanation_consistency": ("Explanation consistency", "similarity of heatmaps before/after attack, 0-1"),
-    "attack_flip_rate": ("Attack flip rate", "share of tiles whose answer the background attack flipped, 0-1"),
+    "explanation_consistency": ("Explanation consistency", "similarity of Grad-CAM heatmaps before/after attack, "
+                                "0-1 (always Grad-CAM, whatever the method chosen)"),
+    "attack_flip_rate": ("Attack flip rate", "share of tiles whose answer the background attack flipped, 0-1 "
+                         "(attack guided by Grad-CAM, whatever the method chosen)"),
     "max_sensitivity": ("Max-sensitivity", "relative change of the map, ratio"),
     "model_randomisation": ("Model randomisation", "Spearman correlation, -1 to 1"),
 }
@@ -404,3 +406,94 @@ def finite_range(arrays: Sequence[np.ndarray], symmetric: bool = False) -> tuple
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return lo, lo + 1.0
     return lo, hi
+
+
+# -- changes against a reference run (interp_core.verdict) ------------------------------------------
+#: Colours of the verdict calls: worse in red, better in green, no clear change in grey.
+CALL_COLORS = {"better": "#1a7f37", "worse": "#d62728", "no clear change": "#6e7781", "changed": "#0072B2"}
+
+
+def _nice_span(lo: float, hi: float) -> tuple[float, float]:
+    """An axis range around ``[lo, hi]`` that always includes 0, padded by 15% (at least a small width)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = max(0.15 * (hi - lo), 1e-6)
+    return lo - pad, hi + pad
+
+
+def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, height_per_metric: int = 34) -> Any:
+    """Dot-and-interval plot of paired changes (``interp_core.verdict.Change``) around 0.
+
+    One panel per metric, each with its own x axis scaled to that metric's changes (a shared axis
+    would let entropy in nats squash the 0-1 metrics); one row per run; the dot is the mean paired
+    change, the bar its 95% interval, coloured and labelled by the call (worse in red).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    metrics = list(dict.fromkeys(c.metric for c in changes))
+    if not metrics:
+        raise InterpError("no changes to draw")
+    runs = list(runs or dict.fromkeys(c.run for c in changes))
+    rows_h = [max(1, sum(1 for c in changes if c.metric == m)) for m in metrics]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=False, row_heights=rows_h, vertical_spacing=0.5 / (
+        len(metrics) * 2 + 4), subplot_titles=[metric_title(m) for m in metrics])
+    for i, m in enumerate(metrics, start=1):
+        cs = sorted((c for c in changes if c.metric == m), key=lambda c: runs.index(c.run) if c.run in runs else 99)
+        lo = min(c.lo for c in cs)
+        hi = max(c.hi for c in cs)
+        for c in cs:
+            col = CALL_COLORS[c.call]
+            fig.add_trace(go.Scatter(
+                x=[c.diff], y=[c.run], mode="markers+text", marker=dict(color=col, size=10),
+                error_x=dict(type="data", symmetric=False, array=[c.hi - c.diff], arrayminus=[c.diff - c.lo],
+                             color=col, thickness=2, width=6),
+                text=[f"  {c.call}: {c.text()}"], textposition="middle right", textfont=dict(color=col, size=12),
+                hovertemplate=(f"{c.run} - {c.reference}<br>{metric_title(m)}<br>change {c.text(4)}<br>"
+                               f"{c.before:.4f} -> {c.after:.4f} on {c.n} tiles<extra></extra>"),
+                showlegend=False), row=i, col=1)
+        a, b = _nice_span(lo, hi)
+        # room on the right for the label
+        fig.update_xaxes(range=[a, b + 1.1 * (b - a)], zeroline=True, zerolinecolor="#333", zerolinewidth=1.5,
+                         row=i, col=1, tickformat=".3~f")
+        fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(runs)), row=i, col=1)
+    for ann in fig.layout.annotations:
+        ann.update(x=0, xanchor="left", font=dict(size=12))
+    height = 60 + sum(height_per_metric * r + 42 for r in rows_h)
+    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
+                      title=dict(text=f"Change against {changes[0].reference} (after - before; dot: mean paired "
+                                      "change, bar: 95% interval)", font=dict(size=14)))
+    return fig
+
+
+def value_figure(metric: str, runs: Sequence[str], values: Sequence[tuple[float, float, float] | None], *,
+                 height: int = 240) -> Any:
+    """One dot per run with its 95% interval (``(mean, lo, hi)``), on an axis scaled to the values,
+    each labelled with its value; replaces bars from 0 whose differences of 0.01 look identical."""
+    import plotly.graph_objects as go
+    names = short_labels(list(runs))
+    fig = go.Figure()
+    have = [v for v in values if v is not None]
+    for i, (name, v) in enumerate(zip(names, values)):
+        if v is None:
+            continue
+        m, lo, hi = v
+        fig.add_trace(go.Scatter(x=[m], y=[name], mode="markers+text", marker=dict(color=RUN_COLORS[i % len(
+            RUN_COLORS)], size=11), error_x=dict(type="data", symmetric=False, array=[hi - m], arrayminus=[m - lo],
+                                                 thickness=2, width=6, color=RUN_COLORS[i % len(RUN_COLORS)]),
+            text=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]"], textposition="top center", textfont=dict(size=12),
+            hovertemplate=f"{name}: %{{x:.4f}} (95% interval {lo:.4f} to {hi:.4f})<extra></extra>",
+            showlegend=False))
+    if have:
+        lo = min(v[1] for v in have)
+        hi = max(v[2] for v in have)
+        pad = max(0.25 * (hi - lo), 1e-3)
+        fig.update_xaxes(range=[lo - pad, hi + pad])
+    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)))
+    return _layout(fig, metric_title(metric), height + 22 * max(0, len(runs) - 3),
+                   subtitle=metric_unit(metric) + " · dot: value, bar: 95% interval", showlegend=False)
+
+
+def same_partition(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when two accuracy breakdowns (e.g. per class and per group) hold the same numbers, i.e.
+    the groups are the classes: then one chart is enough."""
+    key = lambda d: sorted((round(float(v.get("mean") or 0.0), 9), int(v.get("n") or 0)) for v in d.values())  # noqa: E731
+    return len(a) == len(b) and key(a) == key(b)

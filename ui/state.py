@@ -81,6 +81,7 @@ class Metrics:
     LIMIT = "metrics.limit"
     COMPUTE = "metrics.compute"
     RECOMPUTE = "metrics.recompute"
+    REFERENCE = "metrics.reference"
 
 
 class Train:
@@ -126,6 +127,7 @@ class Report:
     BUILD = "report.build"
     RESULT = "report.result"
     PREVIEW = "report.preview"
+    REFERENCE = "report.reference"
 
 
 def init(key: str, value: Any) -> None:

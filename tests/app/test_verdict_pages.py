@@ -1,0 +1,96 @@
+"""AppTest tests of issue 17: the verdict against a reference run on Metrics, Report and Explore, and the
+readability fixes of the pages (intervals instead of ± SD, Grad-CAM notes, user-language messages)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def _computed_metrics(h, limit: int = 10):
+    at = h.open_page("metrics")
+    at.number_input(key="metrics.limit").set_value(limit).run()
+    if any(b.key == "metrics.compute" for b in at.button):  # not computed by an earlier test of the session
+        at.button(key="metrics.compute").click().run()
+    h.assert_clean(at)
+    return at
+
+
+def _keys(at) -> list[str]:
+    return list(at.sidebar.multiselect(key="sidebar.runs").value)
+
+
+def _md(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+# -- Metrics: item 1 (change against a reference) and item 2 (honest charts) -------------------------
+def test_metrics_verdict_against_the_run_the_others_started_from(h):
+    at = _computed_metrics(h)
+    ref = at.selectbox(key="metrics.reference")
+    assert Path(ref.value).name == "baseline"  # config.json's init of scaat and ece
+    md = _md(at)
+    assert any(s.value == "Did retraining help?" for s in at.subheader)
+    for run in ("scaat", "ece"):
+        assert re.search(rf"\*\*{run}\*\* against baseline \(10 tiles, paired; 95% intervals\)", md), md
+    assert "baseline** against" not in md  # the reference is not compared with itself
+    changes = at.dataframe[0].value
+    assert set(changes["model"]) == {"scaat", "ece"}
+    assert set(changes["verdict"]) <= {"better", "worse", "no clear change"}
+    assert {"accuracy", "worst-group accuracy"} <= {m.lower() for m in changes["metric"]}
+    assert changes["change [95% interval]"].str.fullmatch(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]").all()
+    assert changes["better is"].str.contains("lower is better").any()  # e.g. deletion AUC
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert "Change against baseline" in chart and "95% interval" in chart
+    assert any("bootstrap" in c.value and "one interval in twenty" in c.value for c in at.caption)
+
+
+def test_metrics_reference_can_be_changed(h):
+    at = _computed_metrics(h)
+    ref = at.selectbox(key="metrics.reference")
+    assert ref.options == ["synthetic-he / baseline", "synthetic-he / scaat", "synthetic-he / ece"]
+    ref.set_value(next(k for k in (ref.value, *_keys(at)) if Path(k).name == "scaat")).run()
+    h.assert_clean(at)
+    md = _md(at)
+    assert "**baseline** against scaat" in md and "**ece** against scaat" in md
+    assert set(at.dataframe[0].value["model"]) == {"baseline", "ece"}
+
+
+def test_metrics_values_have_intervals_not_standard_deviations(h):
+    at = _computed_metrics(h)
+    values = at.dataframe[1].value
+    assert list(values.columns[:2]) == ["metric", "better"]
+    acc = values[values["metric"] == "Accuracy"].iloc[0]
+    cells = [acc[c] for c in values.columns[2:]]
+    assert len(cells) == 3 and all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", c) for c in cells), cells
+    assert not any("±" in str(v) for v in values.to_numpy().ravel())
+    text = " ".join(c.value for c in at.caption)
+    assert "Wilson" in text and "not the spread" in text and "always use Grad-CAM" in text
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Explanation consistency" in s and "whatever the method chosen" in s for s in specs)
+    assert not any("standard deviation" in s for s in specs)
+
+
+def test_metrics_messages_speak_the_users_language(h):
+    at = h.open_page("metrics")
+    at.number_input(key="metrics.limit").set_value(6).run()
+    info = " ".join(i.value for i in at.info)
+    assert "resumes where it stopped" in info and "attributions/" not in info and "eval_cache" not in _md(at)
+    at.button(key="metrics.compute").click().run()
+    again = h.open_page("metrics")
+    again.number_input(key="metrics.limit").set_value(6).run()
+    captions = " ".join(c.value for c in again.caption)
+    assert "Saliency maps computed earlier were reused" in captions
+    assert "float16" not in captions and "shard" not in captions
+
+
+def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env):
+    """Maps and results are stored as they are computed: a model finished before the tab closed is not
+    computed again, and its maps are reused."""
+    from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+    runs = app_env / "sample_data" / "runs" / "synthetic-he"
+    data = app_env / "sample_data" / "data" / "synthetic-he"
+    evaluate_with_stored_maps(runs / "scaat", data, EvalSettings(split="test", limit=7))  # "before the tab closed"
+    at = h.open_page("metrics")
+    at.number_input(key="metrics.limit").set_value(7).run()
+    info = " ".join(i.value for i in at.info)
+    assert "baseline" in info and "ece" in info and "scaat" not in info.split("with these settings")[0]
