@@ -140,3 +140,20 @@ def test_evaluate_stores_per_tile_values_and_a_run_compared_with_itself_is_uncha
     changes = V.compare(res, res)
     assert {c.metric for c in changes} >= {"accuracy", "worst_group_accuracy", "sparseness", "deletion_auc"}
     assert all(c.diff == 0 and c.call == "no clear change" for c in changes)
+
+
+def test_report_examples_are_random_but_seeded_and_spread_over_classes():
+    from interp_core.report import example_indices
+    labels = [0] * 50 + [1] * 50
+    a, b = example_indices(labels, 6, seed=0), example_indices(labels, 6, seed=0)
+    assert a == b and a != example_indices(labels, 6, seed=1)
+    assert a != [0, 1, 2, 50, 51, 52]  # not the first files
+    assert sum(i < 50 for i in a) == 3
+
+
+def test_same_partition_detects_groups_equal_to_classes():
+    from interp_core.figures import same_partition
+    cls = {"normal": {"mean": 0.9, "n": 10}, "tumor": {"mean": 0.8, "n": 12}}
+    assert same_partition(cls, {"normal|x": {"mean": 0.8, "n": 12}, "tumor|x": {"mean": 0.9, "n": 10}})
+    assert not same_partition(cls, {"a": {"mean": 0.9, "n": 5}, "b": {"mean": 0.9, "n": 5},
+                                    "c": {"mean": 0.8, "n": 12}})

@@ -94,3 +94,22 @@ def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env)
     at.number_input(key="metrics.limit").set_value(7).run()
     info = " ".join(i.value for i in at.info)
     assert "baseline" in info and "ece" in info and "scaat" not in info.split("with these settings")[0]
+
+
+# -- Report: item 1 (verdict at the top, change table, random examples, colour scales, no paths) ------
+def test_report_opens_with_the_verdict_and_writes_no_machine_path(h, app_env):
+    at = h.open_page("report")
+    assert Path(at.selectbox(key="report.reference").value).name == "baseline"
+    at.number_input(key="report.limit").set_value(10).run()
+    at.button(key="report.build").click().run()
+    h.assert_clean(at)
+    md = _md(at)
+    assert "**scaat** against baseline" in md and "**ece** against baseline" in md
+    doc = at.session_state["report.result"]["html"].decode()
+    top = doc.index("Did retraining help? (against baseline)")
+    assert top < doc.index("<h2>Metrics</h2>") < doc.index("<h2>Examples</h2>")
+    assert "<table class='changes'>" in doc and "change [95% interval]" in doc
+    assert "±" not in doc and re.search(r"<td>\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]</td>", doc)
+    assert str(app_env) not in doc and "/tmp/" not in doc  # no absolute path of this machine
+    assert doc.count("class='cbar'") == 6  # a colour scale on every row of maps
+    assert "drawn at random (seed 0)" in doc
