@@ -135,7 +135,11 @@ class Change:
         return "better" if (self.diff > 0) == self.higher_is_better else "worse"
 
     def text(self, digits: int = 3) -> str:
-        """``+0.051 [+0.043, +0.060]``."""
+        """``+0.051 [+0.043, +0.060]``; tiny changes get more digits (``+0.00012 [+0.00004, +0.00021]``)
+        so an interval that excludes 0 never prints as ``[+0.000, +0.000]``."""
+        big = max(abs(self.diff), abs(self.lo), abs(self.hi)) if math.isfinite(self.lo) else abs(self.diff)
+        while big > 0 and big < 10 ** -digits * 5 and digits < 8:
+            digits += 1
         return f"{self.diff:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
 
     def as_row(self) -> dict[str, Any]:

@@ -157,3 +157,9 @@ def test_same_partition_detects_groups_equal_to_classes():
     assert same_partition(cls, {"normal|x": {"mean": 0.8, "n": 12}, "tumor|x": {"mean": 0.9, "n": 10}})
     assert not same_partition(cls, {"a": {"mean": 0.9, "n": 5}, "b": {"mean": 0.9, "n": 5},
                                     "c": {"mean": 0.8, "n": 12}})
+
+
+def test_tiny_changes_get_enough_digits():
+    c = V.Change("explanation_consistency", "a", "b", 0.9, 0.90012, 0.00012, 0.00004, 0.00021, 80, True)
+    assert c.call == "better" and c.text() == "+0.00012 [+0.00004, +0.00021]"
+    assert V.Change("sparseness", "a", "b", 0.4, 0.45, 0.05, 0.04, 0.06, 9, True).text() == "+0.050 [+0.040, +0.060]"

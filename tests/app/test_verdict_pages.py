@@ -37,7 +37,7 @@ def test_metrics_verdict_against_the_run_the_others_started_from(h):
     assert set(changes["model"]) == {"scaat", "ece"}
     assert set(changes["verdict"]) <= {"better", "worse", "no clear change"}
     assert {"accuracy", "worst-group accuracy"} <= {m.lower() for m in changes["metric"]}
-    assert changes["change [95% interval]"].str.fullmatch(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]").all()
+    assert changes["change [95% interval]"].str.fullmatch(r"[+-]\d\.\d{3,8} \[[+-]\d\.\d{3,8}, [+-]\d\.\d{3,8}\]").all()
     assert changes["better is"].str.contains("lower is better").any()  # e.g. deletion AUC
     chart = at.get("plotly_chart")[0].proto.spec
     assert "Change against baseline" in chart and "95% interval" in chart
