@@ -31,6 +31,7 @@ class ChosenTile:
     split: str | None = None
     index: int | None = None
     notes: list[str] = field(default_factory=list)
+    artifact: np.ndarray | None = None  # known spurious region (e.g. a pen mark), when the dataset marks it
 
 
 def splits_of(path: Path) -> list[str]:
@@ -179,4 +180,11 @@ def dataset_tile(path: Path, dataset_name: str, split: str, index: int) -> Chose
     ds = cache.split(str(path), split)
     img, mask = cache.tile(str(path), split, index)
     return ChosenTile(img, f"{dataset_name} · {split} · {tile_caption(ds, index)}", mask=mask,
-                      label=ds.classes[ds.labels[index]], dataset=dataset_name, split=split, index=index)
+                      label=ds.classes[ds.labels[index]], dataset=dataset_name, split=split, index=index,
+                      artifact=cache.artifact(str(path), split, index))
+
+
+def follow_filter(tile_key: str, indices: list[int]) -> None:
+    """Show the first matching tile when the filters exclude the tile shown (call before ``tile_select``)."""
+    if indices and st.session_state.get(tile_key) not in indices:
+        st.session_state[tile_key] = indices[0]

@@ -113,3 +113,53 @@ def test_report_opens_with_the_verdict_and_writes_no_machine_path(h, app_env):
     assert str(app_env) not in doc and "/tmp/" not in doc  # no absolute path of this machine
     assert doc.count("class='cbar'") == 6  # a colour scale on every row of maps
     assert "drawn at random (seed 0)" in doc
+
+
+# -- Explore: item 1 (change column, relevance shares) and item 4 ---------------------------------------
+def test_explore_shows_a_change_map_per_method_against_the_reference(h):
+    at = h.open_page("explore")
+    caps = [c for img in at.image for c in img.captions]
+    changes = [c for c in caps if c.startswith("change: ")]
+    assert changes == ["change: scaat - baseline", "change: ece - baseline"] * 2  # saliency, gradcam
+    assert caps.count("change in share of max (centred on 0)") == 2
+    assert caps.count("share of the row's largest value") == 2
+    assert any("**Change** columns" in c.value for c in at.caption)
+    assert sum("inside the evidence" in c.value for c in at.caption) >= 3
+
+
+def test_explore_colour_bars_read_as_share_of_max(h):
+    at = h.open_page("explore")
+    bars = [img for img in at.image if "share of the row's largest value" in img.captions]
+    assert bars  # the numbers are shares of the row's maximum, not raw gradients
+
+
+def test_explore_gallery_filter_updates_the_tile_shown(h):
+    at = h.open_page("explore")
+    tile = at.selectbox(key="explore.tile")
+    assert "normal" in tile.options[tile.index]
+    at.multiselect(key="explore.classes").set_value(["tumor"]).run()
+    h.assert_clean(at)
+    tile = at.selectbox(key="explore.tile")
+    assert "tumor" in tile.options[tile.index]
+
+
+def test_explore_occlusion_states_its_neutral_baseline(h):
+    at = h.open_page("explore")
+    at.multiselect(key="explore.methods").set_value(["occlusion"]).run()
+    h.assert_clean(at)
+    assert any("blurred tile" in c.value and "not with black" in c.value for c in at.caption)
+
+
+def test_relevance_shares_and_change_map_by_hand():
+    import numpy as np
+
+    from ui import compute
+    a = np.array([[1.0, 3.0], [0.0, -2.0]], np.float32)
+    ev = np.array([[False, True], [False, False]])
+    art = np.array([[True, False], [False, True]])
+    s = compute.relevance_shares(a, ev, art)
+    assert s["evidence"] == 3 / 4 and s["artifact"] == 1 / 4  # max(a, 0) = [1, 3, 0, 0]
+    assert compute.relevance_shares(a, None, np.zeros((2, 2), bool)) == {"evidence": None, "artifact": None}
+    d = compute.change_map(np.array([[2.0, 0.0]]), np.array([[1.0, 1.0]]))
+    assert d.tolist() == [[0.0, -1.0]]  # [1, 0] - [1, 1]
+
