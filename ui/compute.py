@@ -222,6 +222,16 @@ def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int
                            perturbation=to_u8(amp), max_change=peak * 255.0)
 
 
+def background_view(image: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The tile with its attackable background tinted blue and outlined, so it shows on any stain
+    (white on white did not)."""
+    from interp_core.attribution import draw_contour, mask_contour
+    img = resize_image(image, background.shape[0]).astype(np.float32)
+    tint = np.array([40.0, 110.0, 255.0], np.float32)
+    out = np.where(background[..., None], 0.45 * img + 0.55 * tint, img)
+    return draw_contour(np.clip(out + 0.5, 0, 255).astype(np.uint8), mask_contour(background), (0, 40, 160))
+
+
 # -- ECE side file ---------------------------------------------------------------------------------
 @dataclass
 class ConsistencyHistory:

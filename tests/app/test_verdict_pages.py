@@ -163,3 +163,44 @@ def test_relevance_shares_and_change_map_by_hand():
     d = compute.change_map(np.array([[2.0, 0.0]]), np.array([[1.0, 1.0]]))
     assert d.tolist() == [[0.0, -1.0]]  # [1, 0] - [1, 1]
 
+
+
+# -- Consistency: item 3 ---------------------------------------------------------------------------------
+def test_consistency_ece_section_lists_only_the_selected_datasets_runs(h, app_env):
+    import shutil
+    other = app_env / "sample_data" / "runs" / "plain" / "ece-other"
+    shutil.copytree(app_env / "sample_data" / "runs" / "synthetic-he" / "ece", other,
+                    ignore=shutil.ignore_patterns("eval_cache", "attributions"))
+    import json
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["data"] = str(app_env / "data" / "plain")  # an ECE run of another dataset
+    (other / "config.json").write_text(json.dumps(cfg))
+    try:
+        at = h.open_page("consistency")
+        opts = at.selectbox(key="consistency.ece_run").options
+        assert opts == ["synthetic-he / ece"], opts
+        labels = {m.label: m.value for m in at.metric}
+        lo, hi = (float(v) for v in labels["Weights, last refresh"].split(" to "))
+        assert 0 < lo <= 1 <= hi
+        assert any("tinted blue, outlined" in c for img in at.image for c in img.captions)
+        spec = at.get("plotly_chart")[0].proto.spec
+        assert "axis zoomed to the data" in spec
+    finally:
+        shutil.rmtree(other.parent)
+
+
+def test_background_view_and_consistency_axis_by_hand():
+    import json
+
+    import numpy as np
+
+    from interp_core.figures import consistency_distribution_figure
+    from ui import compute
+    img = np.full((4, 4, 3), 250, np.uint8)  # white tile: a white background mask would not show
+    bg = np.zeros((4, 4), bool)
+    bg[:2] = True
+    out = compute.background_view(img, bg)
+    assert (out[2:] == 250).all() and (out[:2, :, 2] > out[:2, :, 0]).all() and (out[:2] != 250).any()
+    fig = consistency_distribution_figure([0], np.array([[0.98, 0.99, 1.0]]))
+    lo, hi = json.loads(fig.to_json())["layout"]["yaxis"]["range"]
+    assert 0.97 < lo < 0.98 and 1.0 < hi < 1.01
