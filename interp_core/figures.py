@@ -316,6 +316,7 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
     title, unit, better = HISTORY_KEYS.get(key, (key.replace("_", " ").capitalize(), "", None))
     fig = go.Figure()
     last = 1
+    first = top = None
     offsets = offsets or {}
     for i, (full, name, hist) in enumerate(zip(histories, short_labels(list(histories)), histories.values())):
         shift = int(offsets.get(full, 0))
@@ -324,9 +325,16 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
         if not pts:
             continue
         last = max(last, max(int(p[0]) for p in pts))
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
+        lo_e, hi_e = min(int(p[0]) for p in pts), max(int(p[0]) for p in pts)
+        first, top = (lo_e, hi_e) if first is None else (min(first, lo_e), max(top, hi_e))
+        # one point is drawn as a point (a line needs two), large enough to see
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                 mode="lines+markers" if len(pts) > 1 else "markers", name=name,
+                                 marker=dict(size=7 if len(pts) > 1 else 11),
                                  line=dict(color=RUN_COLORS[i % len(RUN_COLORS)])))
     fig.update_xaxes(title_text="epoch", dtick=max(1, math.ceil(last / 10)), rangemode="tozero" if live else None)
+    if first is not None and top - first < 2:  # one or two epochs: a sensible axis of whole epochs around them
+        fig.update_xaxes(range=[first - 1, top + 1], dtick=1)
     fig.update_yaxes(title_text=unit)
     if unit.endswith("0-1"):
         fig.update_yaxes(range=[0, 1.05])

@@ -101,7 +101,8 @@ def draw() -> Selection:
         if not compatible:
             st.sidebar.warning(f"No trained model for **{dataset.name}** yet. Start one on the **Train** page.")
         chosen_keys = st.sidebar.multiselect(
-            "Models to compare", keys, key=S.Sidebar.RUNS, format_func=lambda k: by_key[k].label,
+            "Models to compare", keys, key=S.Sidebar.RUNS,
+            format_func=lambda k: catalog.picker_label(by_key[k], dataset.name),
             help="Trained runs whose classes match the dataset. Pick two or more to compare them side by "
                  "side, e.g. the baseline and its SCAAT and ECE retrains.")
         runs = [by_key[k] for k in chosen_keys if k in by_key]

@@ -204,3 +204,38 @@ def test_background_view_and_consistency_axis_by_hand():
     fig = consistency_distribution_figure([0], np.array([[0.98, 0.99, 1.0]]))
     lo, hi = json.loads(fig.to_json())["layout"]["yaxis"]["range"]
     assert 0.97 < lo < 0.98 and 1.0 < hi < 1.01
+
+
+# -- Train: item 5 ---------------------------------------------------------------------------------------
+def test_train_finished_job_shows_accuracy_and_opens_metrics_against_its_parent(h, app_env):
+    at = h.open_page("train")
+    at.selectbox(key="train.objective").set_value("erm").run()
+    assert at.selectbox(key="train.init").options[1:] == ["baseline", "scaat", "ece"]  # the part that differs
+    at.number_input(key="train.epochs").set_value(1).run()
+    at.number_input(key="train.batch").set_value(8).run()
+    at.text_input(key="train.name.erm").set_value("tuned").run()
+    at.button(key="train.start").click().run()
+    h.assert_clean(at)
+    h.wait_until(at, lambda a: any("Final validation accuracy" in m.value for m in a.markdown), timeout=150, every=2)
+    assert any(re.search(r"Final validation accuracy \*\*\d\.\d{3}\*\*", m.value) for m in at.markdown)
+    button = next(b for b in at.button if b.key and b.key.startswith("train.compare."))
+    assert button.label == "Compare with baseline on Metrics"
+    button.click().run()
+    h.assert_clean(at)
+    assert at.title[0].value == "Metrics across models"
+    runs = at.sidebar.multiselect(key="sidebar.runs").value
+    assert [Path(r).name for r in runs] == ["baseline", "tuned"]
+    assert Path(at.selectbox(key="metrics.reference").value).name == "baseline"
+    assert at.sidebar.multiselect(key="sidebar.runs").options[-1] == "tuned (yours)"
+
+
+def test_history_figure_draws_a_single_epoch_as_a_point_on_a_whole_epoch_axis():
+    import json
+
+    from interp_core.figures import history_figure
+    fig = json.loads(history_figure("val_accuracy", {"a": [{"epoch": 0, "val_accuracy": 0.8}]}).to_json())
+    assert fig["data"][0]["mode"] == "markers"
+    assert fig["layout"]["xaxis"]["range"] == [-1, 1] and fig["layout"]["xaxis"]["dtick"] == 1
+    two = json.loads(history_figure("val_accuracy", {"a": [{"epoch": e, "val_accuracy": 0.8} for e in range(5)]})
+                     .to_json())
+    assert two["data"][0]["mode"] == "lines+markers" and "range" not in two["layout"]["xaxis"]
