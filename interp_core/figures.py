@@ -509,3 +509,78 @@ def same_partition(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[s
     the groups are the classes: then one chart is enough."""
     key = lambda d: sorted((round(float(v.get("mean") or 0.0), 9), int(v.get("n") or 0)) for v in d.values())  # noqa: E731
     return len(a) == len(b) and key(a) == key(b)
+
+
+# -- clickable grids (gallery thumbnails, the tiles of a large upload) --------------------------------
+def mosaic(images: Sequence[np.ndarray], cols: int, cell: int, *, gap: int = 4) -> np.ndarray:
+    """Images side by side, ``cols`` per row, each resized (nearest) to ``cell`` pixels, white gaps."""
+    from PIL import Image
+    rows = max(1, -(-len(images) // cols))
+    out = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap, 3), 255, np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        im = Image.fromarray(_as_rgb_u8(img)).resize((cell, cell), Image.NEAREST)
+        out[r * (cell + gap): r * (cell + gap) + cell, c * (cell + gap): c * (cell + gap) + cell] = np.asarray(im)
+    return out
+
+
+def clickable_grid_figure(image: np.ndarray, grid: tuple[int, int], cell: float, *, labels: Sequence[str],
+                          selected: int | None = None, pitch: float | None = None, height: int | None = None,
+                          lines: bool = False, title: str | None = None) -> Any:
+    """``image`` with one invisible, clickable point per grid cell (``customdata`` = the cell's number,
+    row-major), so a click on a cell selects it (Streamlit ``on_select``); the ``selected`` cell is
+    framed. ``pitch``: distance between cell origins (``cell`` plus any gap); ``lines`` draws the grid
+    (the tiles of an upload)."""
+    import base64
+
+    import plotly.graph_objects as go
+    img = _as_rgb_u8(image)
+    h, w = img.shape[:2]
+    rows, cols = grid
+    pitch = pitch or cell
+    xs, ys, ids = [], [], []
+    for k in range(min(len(labels), rows * cols)):
+        r, c = divmod(k, cols)
+        xs.append(c * pitch + cell / 2)
+        ys.append(r * pitch + cell / 2)
+        ids.append(k)
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+    fig = go.Figure(go.Image(source=uri, hoverinfo="skip"))
+    # several invisible points per cell so a click anywhere in it lands on one
+    sub = [(-0.3, -0.3), (0.3, -0.3), (0.0, 0.0), (-0.3, 0.3), (0.3, 0.3)]
+    fig.add_trace(go.Scatter(
+        x=[x + dx * cell for x in xs for dx, _ in sub], y=[y + dy * cell for y in ys for _, dy in sub],
+        customdata=[k for k in ids for _ in sub], text=[labels[k] for k in ids for _ in sub], mode="markers",
+        marker=dict(size=max(8.0, 0.45 * cell), color="rgba(0,0,0,0.01)", symbol="square"),
+        hovertemplate="%{text}<extra>click to show</extra>", showlegend=False))
+    shapes = []
+    if lines:
+        for c in range(1, cols):
+            shapes.append(dict(type="line", x0=c * pitch - 0.5, x1=c * pitch - 0.5, y0=-0.5, y1=h - 0.5,
+                               line=dict(color="rgba(0,0,0,0.6)", width=1)))
+        for r in range(1, rows):
+            shapes.append(dict(type="line", y0=r * pitch - 0.5, y1=r * pitch - 0.5, x0=-0.5, x1=w - 0.5,
+                               line=dict(color="rgba(0,0,0,0.6)", width=1)))
+    if selected is not None and 0 <= selected < len(ids):
+        r, c = divmod(selected, cols)
+        shapes.append(dict(type="rect", x0=c * pitch - 1.5, x1=c * pitch + cell + 0.5, y0=r * pitch - 1.5,
+                           y1=r * pitch + cell + 0.5, line=dict(color="#7b3f8c", width=3)))
+    fig.update_layout(shapes=shapes, clickmode="event+select", dragmode=False)
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    return _layout(fig, title, height or int(140 * max(1, rows)), showlegend=False)
+
+
+def clicked_cell(event: Any) -> int | None:
+    """The cell number a Streamlit plotly selection event points at (the first selected point), or None."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)):
+            cd = cd[0] if cd else None
+        if cd is not None:
+            return int(cd)
+    return None

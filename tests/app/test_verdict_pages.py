@@ -239,3 +239,42 @@ def test_history_figure_draws_a_single_epoch_as_a_point_on_a_whole_epoch_axis():
     two = json.loads(history_figure("val_accuracy", {"a": [{"epoch": e, "val_accuracy": 0.8} for e in range(5)]})
                      .to_json())
     assert two["data"][0]["mode"] == "lines+markers" and "range" not in two["layout"]["xaxis"]
+
+
+def test_clicking_a_thumbnail_or_an_upload_tile_picks_it(monkeypatch):
+    """A click on a clickable grid (the chart's selection event) becomes the tile shown, once."""
+    import streamlit as st
+
+    from ui import widgets
+    state: dict = {"t": 0}
+    monkeypatch.setattr(st, "session_state", state)
+    reruns = []
+    monkeypatch.setattr(st, "rerun", lambda: reruns.append(1))
+    event = {"selection": {"points": [{"customdata": 2, "point_index": 10}]}}
+    widgets.picked_thumbnail(event, "g", [5, 7, 9], "t")
+    assert state["t"] == 9 and reruns == [1]
+    state["t"] = 5  # picked another way afterwards: the old click does not override it
+    widgets.picked_thumbnail(event, "g", [5, 7, 9], "t")
+    assert state["t"] == 5 and reruns == [1]
+    widgets.picked_thumbnail({"selection": {"points": []}}, "g", [5, 7, 9], "t")  # deselected
+    widgets.picked_thumbnail(event, "g", [5, 7, 9], "t")  # the same thumbnail clicked again
+    assert state["t"] == 9
+
+
+def test_explore_gallery_and_large_upload_are_clickable_grids(h):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    at = h.open_page("explore")
+    grids = [c for c in at.get("plotly_chart") if "click to show" in c.proto.spec]
+    assert len(grids) == 1 and grids[0].proto.selection_mode  # the gallery, selectable by a click
+    at.segmented_control(key="explore.source").set_value("upload").run()
+    big = np.random.default_rng(0).integers(0, 255, (100, 70, 3), dtype=np.uint8)  # 32 px model: 4 x 3 tiles
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    at.file_uploader(key="explore.upload").upload("big.png", buf.getvalue(), "image/png").run()
+    h.assert_clean(at)
+    grids = [c for c in at.get("plotly_chart") if "click to show" in c.proto.spec]
+    assert len(grids) == 1 and "column 3" in grids[0].proto.spec and "row 4" in grids[0].proto.spec
+    assert any("click a tile to explain it" in c.value for c in at.caption)
