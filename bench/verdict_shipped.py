@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interp_core import verdict as V  # noqa: E402
+from interp_core.data import open_split  # noqa: E402
 from interp_core.evaluate import EvalSettings, cached_evaluate  # noqa: E402
 from interp_core.runs import find_runs, read_config  # noqa: E402
 
@@ -39,7 +40,8 @@ def main() -> None:
         data = ROOT / "sample_data" / "data" / name
         runs = {str(r): read_config(r) for r in find_runs(ROOT / "sample_data" / "runs" / name)}
         ref = V.default_reference(runs)
-        s = EvalSettings(split="test", attribution=a.method)
+        # limit = the split's size: the settings the Metrics page uses for "every tile", so it reuses these results
+        s = EvalSettings(split="test", attribution=a.method, limit=len(open_split(data, "test")))
         results = {k: cached_evaluate(k, data, s, progress=False) for k in runs}
         lines += [f"## {name} (reference: {Path(ref).name})", ""]
         for k in runs:

@@ -123,10 +123,12 @@ show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRIC
                          + f"\n\nDeletion is estimated with {compute.TILE_DELETION_STEPS} steps here.", **S.KEEP)
 has_artifact = tile.artifact is not None and bool(tile.artifact.any())
 others = [i for i in range(len(refs)) if i != ref_i] if len(refs) > 1 else []
+st.caption("Colour scale (**share of max**): the maps of a row share one scale, in shares of the row's largest "
+           "value (1 = the strongest pixel of any model in the row).")
 if others:
     st.caption(f"**Change** columns: each retrained model's map minus {sel.runs[ref_i].label}'s (the model it was "
-               "retrained from), both as a share of their own maximum: red where the new map puts more weight, blue "
-               "where it puts less, white where nothing changed.")
+               "retrained from), both as a share of their own maximum, on a scale centred on 0: red where the new "
+               "map puts more weight, blue where it puts less, white where nothing changed.")
 for method in methods:
     if method in compute.METHOD_NOTES:
         st.caption(f":material/info: {compute.METHOD_NOTES[method]}")
@@ -144,7 +146,7 @@ for method in methods:
         maps_n = [a / top for a in maps]  # shares of the row's largest value, so the colour bar reads 0-1
         vmin, vmax = shared_range(maps_n, clip)
         st.markdown(f"#### {method}  \n:gray[{METHODS[method].description}]")
-        cols = st.columns([4] * len(refs) + [4] * len(others) + [1.3] * (2 if others else 1))
+        cols = st.columns([4] * len(refs) + [4] * len(others) + [1.6] * (2 if others else 1))
         row = []
         for r, entry, t, a, col in zip(refs, sel.runs, targets, maps_n, cols):
             size = a.shape[0]
@@ -164,7 +166,7 @@ for method in methods:
             pending.append((col.empty(), panel, r, method, t))
             row.append(panel)
         bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of max", length=200)
-        cols[len(refs) + len(others)].image(bar, caption="share of the row's largest value")
+        cols[len(refs) + len(others)].image(bar, caption="share of max")
         diffs = [compute.change_map(maps[i], maps[ref_i]) for i in others]
         lim = max([float(np.abs(d).max(initial=0.0)) for d in diffs] + [1e-6])  # one scale per row, centred on 0
         for j, (i, d) in enumerate(zip(others, diffs)):
@@ -178,7 +180,7 @@ for method in methods:
         cbar = None
         if others:
             cbar = figures.colorbar_png_array("RdBu_r", -lim, lim, label="change", length=200)
-            cols[-1].image(cbar, caption="change in share of max (centred on 0)")
+            cols[-1].image(cbar, caption="change")
         rows.append(row)
         labels.append(method)
         bars.append(bar if cbar is None else np.hstack([bar, np.full((bar.shape[0], 6, 3), 255, np.uint8),

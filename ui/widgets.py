@@ -91,7 +91,7 @@ def gallery(path: Path, ds, indices: list[int], *, tile_key: str, page_key: str,
     if st.session_state[page_key] > n_pages:
         st.session_state[page_key] = 1
     cols_top = st.columns([3, 1])
-    cols_top[0].caption(f"{len(indices)} tile(s) match. Click the number under a thumbnail to explain it"
+    cols_top[0].caption(f"{len(indices)} tile(s) match. Click a thumbnail (or the number under it) to explain it"
                         + (f"; ✓/✗: right or wrong according to {model_label}." if probs is not None else "."))
     page = cols_top[1].number_input("Gallery page", 1, n_pages, key=page_key, **S.KEEP) if n_pages > 1 else 1
     shown = indices[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
