@@ -432,12 +432,13 @@ def _nice_span(lo: float, hi: float) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, height_per_metric: int = 34) -> Any:
+def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, row_height: int = 30) -> Any:
     """Dot-and-interval plot of paired changes (``interp_core.verdict.Change``) around 0.
 
     One panel per metric, each with its own x axis scaled to that metric's changes (a shared axis
     would let entropy in nats squash the 0-1 metrics); one row per run; the dot is the mean paired
-    change, the bar its 95% interval, coloured and labelled by the call (worse in red).
+    change, the bar its 95% interval, coloured by the call (worse in red), and the call and numbers
+    are written in a column to the right of the panel.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -445,34 +446,40 @@ def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, 
     if not metrics:
         raise InterpError("no changes to draw")
     runs = list(runs or dict.fromkeys(c.run for c in changes))
-    rows_h = [max(1, sum(1 for c in changes if c.metric == m)) for m in metrics]
-    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=False, row_heights=rows_h, vertical_spacing=0.5 / (
-        len(metrics) * 2 + 4), subplot_titles=[metric_title(m) for m in metrics])
+    n_rows = [max(1, sum(1 for c in changes if c.metric == m)) for m in metrics]
+    gap = 64  # pixels between panels: the panel's tick labels and the next one's title
+    plot_h = sum(row_height * n + 16 for n in n_rows)
+    height = plot_h + gap * (len(metrics) - 1) + 70
+    fig = make_subplots(rows=len(metrics), cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.01,
+                        row_heights=[row_height * n + 16 for n in n_rows],
+                        vertical_spacing=gap / (height - 70) if len(metrics) > 1 else 0.0,
+                        subplot_titles=[t for m in metrics for t in (metric_title(m), "")])
     for i, m in enumerate(metrics, start=1):
         cs = sorted((c for c in changes if c.metric == m), key=lambda c: runs.index(c.run) if c.run in runs else 99)
-        lo = min(c.lo for c in cs)
-        hi = max(c.hi for c in cs)
         for c in cs:
             col = CALL_COLORS[c.call]
             fig.add_trace(go.Scatter(
-                x=[c.diff], y=[c.run], mode="markers+text", marker=dict(color=col, size=10),
+                x=[c.diff], y=[c.run], mode="markers", marker=dict(color=col, size=10),
                 error_x=dict(type="data", symmetric=False, array=[c.hi - c.diff], arrayminus=[c.diff - c.lo],
-                             color=col, thickness=2, width=6),
-                text=[f"  {c.call}: {c.text()}"], textposition="middle right", textfont=dict(color=col, size=12),
+                             color=col, thickness=2.5, width=5),
                 hovertemplate=(f"{c.run} - {c.reference}<br>{metric_title(m)}<br>change {c.text(4)}<br>"
                                f"{c.before:.4f} -> {c.after:.4f} on {c.n} tiles<extra></extra>"),
                 showlegend=False), row=i, col=1)
-        a, b = _nice_span(lo, hi)
-        # room on the right for the label
-        fig.update_xaxes(range=[a, b + 1.1 * (b - a)], zeroline=True, zerolinecolor="#333", zerolinewidth=1.5,
-                         row=i, col=1, tickformat=".3~f")
-        fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(runs)), row=i, col=1)
+            fig.add_trace(go.Scatter(x=[0], y=[c.run], mode="text", text=[f"<b>{c.call}</b>  {c.text()}"],
+                                     textposition="middle right", textfont=dict(color=col, size=12),
+                                     hoverinfo="skip", showlegend=False), row=i, col=2)
+        a, b = _nice_span(min(c.lo for c in cs), max(c.hi for c in cs))
+        fig.update_xaxes(range=[a, b], zeroline=True, zerolinecolor="#222", zerolinewidth=1.5, row=i, col=1,
+                         tickformat=".3~f", nticks=7)
+        fig.update_xaxes(visible=False, range=[0, 1], row=i, col=2)
+        for col_ in (1, 2):
+            fig.update_yaxes(categoryorder="array", categoryarray=list(reversed([c.run for c in cs])), row=i,
+                             col=col_, showticklabels=col_ == 1, showgrid=col_ == 1, range=[-0.6, len(cs) - 0.4])
     for ann in fig.layout.annotations:
-        ann.update(x=0, xanchor="left", font=dict(size=12))
-    height = 60 + sum(height_per_metric * r + 42 for r in rows_h)
-    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
-                      title=dict(text=f"Change against {changes[0].reference} (after - before; dot: mean paired "
-                                      "change, bar: 95% interval)", font=dict(size=14)))
+        ann.update(x=0, xanchor="left", font=dict(size=12, color="#333"))
+    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=f"Change against {changes[0].reference} (this model - reference; dot: mean "
+                                      "paired change, bar: 95% interval; left of 0 = lower)", font=dict(size=14)))
     return fig
 
 
