@@ -506,9 +506,15 @@ def value_figure(metric: str, runs: Sequence[str], values: Sequence[tuple[float,
         hi = max(v[2] for v in have)
         pad = max(0.25 * (hi - lo), 1e-3)
         fig.update_xaxes(range=[lo - pad, hi + pad])
-    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)))
-    return _layout(fig, metric_title(metric), height + 22 * max(0, len(runs) - 3),
-                   subtitle=metric_unit(metric) + " · dot: value, bar: 95% interval", showlegend=False)
+    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)), range=[-0.5, len(names) - 0.15])
+    unit = metric_unit(metric)
+    if len(unit) > 50 and " (" in unit:  # a long unit goes on two lines rather than being cut
+        unit = unit.replace(" (", "<br>(", 1)
+    subtitle = unit + "<br>dot: value, bar: 95% interval"
+    fig = _layout(fig, metric_title(metric), height + 22 * max(0, len(runs) - 3), subtitle=subtitle,
+                  showlegend=False)
+    fig.update_layout(margin=dict(t=34 + 15 * subtitle.count("<br>") + 15))
+    return fig
 
 
 def same_partition(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -115,7 +115,8 @@ def _cell(run: str, k: str) -> str:
 
 table = pd.DataFrame([{"metric": figures.METRIC_TEXT.get(k, (k,))[0], "better": arrow[figures.metric_direction(k)],
                        **{run: _cell(run, k) for run in results}} for k in names])
-st.dataframe(table, hide_index=True, column_config={"metric": st.column_config.TextColumn(width="medium")})
+st.dataframe(table, hide_index=True, height=35 * (len(table) + 1) + 3,  # every metric visible, no inner scroll
+             column_config={"metric": st.column_config.TextColumn(width="medium")})
 st.caption("Value [95% interval] over the tiles: a Wilson interval for shares of tiles (accuracy, pointing game, "
            "attack flip rate), a bootstrap interval of the mean otherwise. The interval says how precisely the "
            "tiles pin the value down; it is not the spread of the tiles. Localisation metrics appear only when "

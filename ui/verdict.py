@@ -85,6 +85,7 @@ def show_verdict(results: Mapping[str, dict], reference: str, *, key: str, what:
     st.caption(f"Paired per tile ({what}): each metric's change is `this model - reference` on the same tiles. "
                + V.verdict_note(len({c.metric for c in allc})))
     st.plotly_chart(figures.change_figure(allc), key=f"{key}.chart")
-    st.dataframe(_style_calls(change_table(allc)), hide_index=True, key=f"{key}.table",
+    table = change_table(allc)
+    st.dataframe(_style_calls(table), hide_index=True, key=f"{key}.table", height=min(35 * (len(table) + 1) + 3, 900),
                  column_config={"change [95% interval]": st.column_config.TextColumn(width="medium")})
     return per_run
