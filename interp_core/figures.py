@@ -335,6 +335,8 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
     fig.update_xaxes(title_text="epoch", dtick=max(1, math.ceil(last / 10)), rangemode="tozero" if live else None)
     if first is not None and top - first < 2:  # one or two epochs: a sensible axis of whole epochs around them
         fig.update_xaxes(range=[first - 1, top + 1], dtick=1)
+        if not unit.endswith("0-1"):
+            fig.update_yaxes(rangemode="tozero")  # a loss axis from 0, not around a lone point
     fig.update_yaxes(title_text=unit)
     if unit.endswith("0-1"):
         fig.update_yaxes(range=[0, 1.05])

@@ -92,8 +92,10 @@ ref_label = reference.label if reference is not None else None
 if ref_label in results and len(results) > 1:
     uiv.show_verdict(results, ref_label, key="metrics.verdict",
                      what=f"{next(iter(results.values()))['n_tiles']} {split} tiles, {method} maps")
-elif reference is not None:
+elif reference is not None and ref_label not in results:
     st.info(f"Compute the reference ({reference.label}) to see what changed.", icon=":material/compare_arrows:")
+elif reference is not None:
+    st.info("Compute the other models to see what changed against the reference.", icon=":material/compare_arrows:")
 
 # -- the table -----------------------------------------------------------------------------------
 st.subheader("Values")

@@ -182,7 +182,10 @@ def picker_label(r: RunEntry, dataset: str | None) -> str:
     cut by the picker then loses only the part every run shares."""
     suffix = " (training...)" if r.is_training else ""
     if r.source != "shipped":
-        return f"{r.rel or r.name} (yours){suffix}"
+        name = r.rel or r.name
+        if dataset and name.startswith(f"{dataset}-") and r.dataset == dataset:  # the Train page's default names
+            name = name[len(dataset) + 1:]
+        return f"{name} (yours){suffix}"
     return (r.name if r.dataset == dataset else f"{r.name} ({r.dataset or 'shipped'})") + suffix
 
 

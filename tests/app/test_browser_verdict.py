@@ -272,9 +272,7 @@ def test_train_finished_job_opens_metrics_against_its_parent(server, page):
     page.goto(f"{url}/train")
     settle(page)
     check(page, "train")
-    page.get_by_role("button", name=re.compile("Objective|SCAAT")).first  # the form is there
-    sel = page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from")
-    assert "baseline-erm" in sel.inner_text()
+    assert page.get_by_role("combobox", name="Start from").input_value() == "baseline-erm"  # no dataset prefix
     ep = page.get_by_test_id("stNumberInputField").and_(page.get_by_label("Epochs", exact=True))
     ep.fill("1")
     ep.press("Enter")
@@ -290,6 +288,11 @@ def test_train_finished_job_opens_metrics_against_its_parent(server, page):
     settle(page, timeout=600)
     check(page, "metrics from train")
     assert "Metrics across models" in page.locator("h1").first.inner_text()
-    ref = page.locator('[data-testid="stSelectbox"]').filter(has_text="Compare against").inner_text()
-    assert "baseline-erm" in ref
+    assert page.get_by_role("combobox", name="Compare against (reference)").input_value() == \
+        "synthetic-he / baseline-erm"
+    chips = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').inner_text()
+    assert "baseline-erm" in chips and "(yours)" in chips
+    cut = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stSidebar"] [data-baseweb="tag"] span')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
+    assert not cut, cut  # every run name is shown whole
     shoot(page, "metrics-from-train")

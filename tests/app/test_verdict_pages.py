@@ -279,3 +279,13 @@ def test_explore_gallery_and_large_upload_are_clickable_grids(h):
     grids = [c for c in at.get("plotly_chart") if "click to show" in c.proto.spec]
     assert len(grids) == 1 and "column 3" in grids[0].proto.spec and "row 4" in grids[0].proto.spec
     assert any("click a tile to explain it" in c.value for c in at.caption)
+
+
+def test_picker_labels_lead_with_the_part_that_differs():
+    from ui.catalog import RunEntry, picker_label
+    mk = lambda name, src, ds, rel="": RunEntry(Path("/r") / name, src, {}, ds, None, {}, rel or name)  # noqa: E731
+    assert picker_label(mk("scaat", "shipped", "synthetic-he"), "synthetic-he") == "scaat"
+    assert picker_label(mk("scaat", "shipped", "ihc"), "synthetic-he") == "scaat (ihc)"
+    assert picker_label(mk("synthetic-he-scaat-20261129-2120", "yours", "synthetic-he"), "synthetic-he") == \
+        "scaat-20261129-2120 (yours)"
+    assert picker_label(mk("my-run", "yours", "ihc"), "synthetic-he") == "my-run (yours)"
