@@ -107,9 +107,9 @@ def draw() -> Selection:
                  "side, e.g. the baseline and its SCAAT and ECE retrains.")
         runs = [by_key[k] for k in chosen_keys if k in by_key]
         # chips show the whole run name (wrapping) instead of cutting it where names differ
-        st.html("<style>[data-testid='stSidebar'] [data-baseweb='tag']{max-width:100%;height:auto}"
-                "[data-testid='stSidebar'] [data-baseweb='tag'] span{max-width:none;white-space:normal;"
-                "overflow:visible}</style>")
+        st.html("<style>[data-testid='stSidebar'] [data-tag]{max-width:100%;height:auto}"
+                "[data-testid='stSidebar'] [data-tag] > span{max-width:none;white-space:normal;"
+                "overflow:visible;text-overflow:clip;overflow-wrap:anywhere}</style>")
     device, label = _device_block()
     sel = Selection(dataset, runs, device, label, datasets, all_runs, compatible)
     S.put(S.Sidebar.SELECTION, sel)

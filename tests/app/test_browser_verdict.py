@@ -292,7 +292,8 @@ def test_train_finished_job_opens_metrics_against_its_parent(server, page):
         "synthetic-he / baseline-erm"
     chips = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').inner_text()
     assert "baseline-erm" in chips and "(yours)" in chips
-    cut = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stSidebar"] [data-baseweb="tag"] span')]
-        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
-    assert not cut, cut  # every run name is shown whole
+    widths = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stSidebar"] [data-tag] > span')]
+        .map(e => [e.textContent, e.scrollWidth - e.clientWidth])""")
+    assert len(widths) == 2 and any("(yours)" in t for t, _ in widths), widths
+    assert all(d <= 1 for _, d in widths), widths  # every run name is shown whole, none cut with "..."
     shoot(page, "metrics-from-train")
