@@ -27,7 +27,7 @@ from .attribution import attribute, overlay, seed_option, shared_range
 from .data import open_split
 from .device import pick_device
 from .errors import InterpError
-from .evaluate import EvalSettings, cached_evaluate, stratified_subset
+from .evaluate import EvalSettings, cached_evaluate
 from . import verdict as V
 from .figures import (CALL_COLORS, METRIC_ORDER, change_figure, colorbar_png_array, curves_figure, history_figure,
                       metric_direction, metric_summaries, value_figure)

@@ -127,6 +127,10 @@ st.caption("Value [95% interval] over the tiles: a Wilson interval for shares of
            + (f" Not defined on these tiles (e.g. no marked evidence among them): "
               f"{', '.join(figures.METRIC_TEXT.get(k, (k,))[0] for k in undefined)}." if undefined else ""))
 
+with st.expander("What the metrics mean"):
+    st.markdown("\n".join(f"- **{figures.METRIC_TEXT.get(k, (k,))[0]}**: {text.METRIC_HELP[k]}"
+                           for k in names if k in text.METRIC_HELP))
+
 # -- value charts ----------------------------------------------------------------------------------
 st.subheader("Side by side")
 cols = st.columns(3)
