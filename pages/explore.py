@@ -124,7 +124,8 @@ show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRIC
 has_artifact = tile.artifact is not None and bool(tile.artifact.any())
 others = [i for i in range(len(refs)) if i != ref_i] if len(refs) > 1 else []
 st.caption("Colour scale (**share of max**): the maps of a row share one scale, in shares of the row's largest "
-           "value (1 = the strongest pixel of any model in the row).")
+           "value (1 = the strongest pixel of any model in the row); values above the clip percentile get the top "
+           "colour.")
 if others:
     st.caption(f"**Change** columns: each retrained model's map minus {sel.runs[ref_i].label}'s (the model it was "
                "retrained from), both as a share of their own maximum, on a scale centred on 0: red where the new "

@@ -289,3 +289,31 @@ def test_picker_labels_lead_with_the_part_that_differs():
     assert picker_label(mk("synthetic-he-scaat-20261129-2120", "yours", "synthetic-he"), "synthetic-he") == \
         "scaat-20261129-2120 (yours)"
     assert picker_label(mk("my-run", "yours", "ihc"), "synthetic-he") == "my-run (yours)"
+
+
+def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    src = app_env / "sample_data" / "data" / "synthetic-he"
+    dst = app_env / "data" / "stamped"
+    shutil.copytree(src, dst)
+    try:
+        for f in (dst / "test").rglob("*.png"):  # a "pen mark": the top-left quadrant of every test tile
+            out = dst / "artifact_masks" / f.relative_to(dst)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            m = np.zeros(Image.open(f).size[::-1], np.uint8)
+            m[: m.shape[0] // 2, : m.shape[1] // 2] = 255
+            Image.fromarray(m).save(out)
+        at = h.open_page("explore")
+        at.sidebar.selectbox(key="sidebar.dataset").set_value("stamped").run()
+        at.sidebar.multiselect(key="sidebar.runs").set_value(
+            [str(app_env / "sample_data" / "runs" / "synthetic-he" / r) for r in ("baseline", "scaat")]).run()
+        h.assert_clean(at)
+        assert any("Cyan outline" in c.value for c in at.caption)
+        shares = [c.value for c in at.caption if "on the artifact" in c.value]
+        assert len(shares) == 4, shares  # 2 models x (saliency, gradcam)
+        assert all(re.search(r"\d+% on the artifact", v) for v in shares)
+    finally:
+        shutil.rmtree(dst)
