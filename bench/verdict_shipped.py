@@ -56,7 +56,7 @@ def main() -> None:
                              f"{c.after:.3f} | {c.text()} | {c.n} | {c.call} |")
                 rows.append({"dataset": name, **c.as_row(), "run": Path(k).name, "reference": Path(ref).name})
             lines.append("")
-    lines.append(V.verdict_note(14))
+    lines.append(V.verdict_note(len({r["metric"] for r in rows})))
     Path(a.out).write_text("\n".join(lines) + "\n")
     Path(a.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
