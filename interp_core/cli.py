@@ -177,7 +177,7 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from .report import build_report
     info = build_report(a.runs, a.data, a.out, split=a.split, attribution=a.attribution, limit=a.limit,
-                        device=a.device, progress=not a.quiet, seed=a.seed)
+                        device=a.device, progress=not a.quiet, seed=a.seed, reference=a.reference)
     _emit(info, None)
     return 0
 
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attribution", default="saliency")
     c.add_argument("--limit", type=int, default=200)
     c.add_argument("--out", required=True, help="report.html")
+    c.add_argument("--reference", default=None,
+                   help="the run the others are compared with (default: the one they were fine-tuned from)")
     _common(c)
     c.set_defaults(func=cmd_compare)
     return p

@@ -92,6 +92,8 @@ def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor
         details["group_accuracy"] = per_group
         worst = min((v["mean"] for v in per_group.values() if v["n"]), default=None)
         metrics["worst_group_accuracy"] = {"mean": worst, "std": None, "n": len(per_group)}
+        details["per_tile"] = {"group": g}
+    details.setdefault("per_tile", {})["accuracy"] = correct.tolist()
     return metrics, details
 
 
@@ -143,7 +145,9 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
         from .explanation_metrics import explanation_metrics
         em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps)
         metrics.update(em)
+        details["per_tile"].update(ed.pop("per_tile", {}))
         details.update(ed)
+    details["per_tile"]["file"] = [ds.records[i].file for i in idx]
     result: dict[str, Any] = {
         "run": str(loaded.path), "run_name": loaded.name, "data": str(Path(data).resolve()), "split": s.split,
         "n_tiles": len(idx), "settings": asdict(s),
@@ -181,7 +185,7 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
     a result never stands in for one computed from fresh maps or from another job."""
     run_dir = Path(run_dir)
     payload: dict[str, Any] = {"weights": _file_digest(run_dir / "model.safetensors"),
-                               "data": data_fingerprint(data), "settings": asdict(settings), "version": 1}
+                               "data": data_fingerprint(data), "settings": asdict(settings), "version": 2}
     if maps is not None:
         payload["maps"] = maps
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

@@ -8,6 +8,7 @@ its shards by dataset index instead of computed; every other computation is unch
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Callable
 
@@ -99,7 +100,8 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
             progress(done, total)
     bar.close()
     out = {name: M.summarise(torch.cat(v)) for name, v in values.items()}
-    details: dict[str, Any] = {"attribution": s.attribution}
+    details: dict[str, Any] = {"attribution": s.attribution, "per_tile": {
+        name: [None if math.isnan(x) else x for x in torch.cat(v).double().tolist()] for name, v in values.items()}}
     if maps is not None:
         details["attribution_maps"] = {"folder": str(maps.out), "fingerprint": maps.fingerprint,
                                        "target_mismatches": mismatched, "storage": "float16 * scales"}

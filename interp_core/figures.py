@@ -30,8 +30,10 @@ METRIC_TEXT: dict[str, tuple[str, str]] = {
     "relevance_mass_accuracy": ("Relevance mass", "share of the map inside the marked region, 0-1"),
     "relevance_rank_accuracy": ("Relevance rank", "share of the top pixels inside the marked region, 0-1"),
     "artifact_mass": ("Artifact mass", "share of the map on the pen mark, 0-1"),
-    "explanation_consistency": ("Explanation consistency", "similarity of heatmaps before/after attack, 0-1"),
-    "attack_flip_rate": ("Attack flip rate", "share of tiles whose answer the background attack flipped, 0-1"),
+    "explanation_consistency": ("Explanation consistency", "similarity of Grad-CAM heatmaps before/after attack, "
+                                "0-1 (always Grad-CAM, whatever the method chosen)"),
+    "attack_flip_rate": ("Attack flip rate", "share of tiles whose answer the background attack flipped, 0-1 "
+                         "(attack guided by Grad-CAM, whatever the method chosen)"),
     "max_sensitivity": ("Max-sensitivity", "relative change of the map, ratio"),
     "model_randomisation": ("Model randomisation", "Spearman correlation, -1 to 1"),
 }
@@ -314,6 +316,7 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
     title, unit, better = HISTORY_KEYS.get(key, (key.replace("_", " ").capitalize(), "", None))
     fig = go.Figure()
     last = 1
+    first = top = None
     offsets = offsets or {}
     for i, (full, name, hist) in enumerate(zip(histories, short_labels(list(histories)), histories.values())):
         shift = int(offsets.get(full, 0))
@@ -322,9 +325,18 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
         if not pts:
             continue
         last = max(last, max(int(p[0]) for p in pts))
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
+        lo_e, hi_e = min(int(p[0]) for p in pts), max(int(p[0]) for p in pts)
+        first, top = (lo_e, hi_e) if first is None else (min(first, lo_e), max(top, hi_e))
+        # one point is drawn as a point (a line needs two), large enough to see
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                 mode="lines+markers" if len(pts) > 1 else "markers", name=name,
+                                 marker=dict(size=7 if len(pts) > 1 else 11),
                                  line=dict(color=RUN_COLORS[i % len(RUN_COLORS)])))
     fig.update_xaxes(title_text="epoch", dtick=max(1, math.ceil(last / 10)), rangemode="tozero" if live else None)
+    if first is not None and top - first < 2:  # one or two epochs: a sensible axis of whole epochs around them
+        fig.update_xaxes(range=[first - 1, top + 1], dtick=1)
+        if not unit.endswith("0-1"):
+            fig.update_yaxes(rangemode="tozero")  # a loss axis from 0, not around a lone point
     fig.update_yaxes(title_text=unit)
     if unit.endswith("0-1"):
         fig.update_yaxes(range=[0, 1.05])
@@ -357,7 +369,11 @@ def consistency_distribution_figure(refresh_epochs: Sequence[int], consistency: 
     for e, row in zip(refresh_epochs, np.asarray(consistency)):
         fig.add_trace(go.Box(y=row.astype(float), name=f"epoch {int(e) + 1}", boxpoints="outliers",
                              marker_color="#7b3f8c", line=dict(width=1)))
-    fig.update_yaxes(title_text="explanation consistency, 0-1", range=[-0.02, 1.02])
+    c = np.asarray(consistency, np.float64)
+    lo, hi = (float(np.nanmin(c)), float(np.nanmax(c))) if c.size else (0.0, 1.0)
+    pad = max(0.05 * (hi - lo), 0.002)
+    # the axis spans the data (not 0-1), so a distribution at 0.98-1.0 shows its spread
+    fig.update_yaxes(title_text="explanation consistency (axis zoomed to the data)", range=[lo - pad, hi + pad])
     fig.update_xaxes(title_text="refresh (start of epoch)")
     return _layout(fig, "Per-tile consistency over training (higher is better)", height, showlegend=False)
 
@@ -404,3 +420,182 @@ def finite_range(arrays: Sequence[np.ndarray], symmetric: bool = False) -> tuple
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return lo, lo + 1.0
     return lo, hi
+
+
+# -- changes against a reference run (interp_core.verdict) ------------------------------------------
+#: Colours of the verdict calls: worse in red, better in green, no clear change in grey.
+CALL_COLORS = {"better": "#1a7f37", "worse": "#d62728", "no clear change": "#6e7781", "changed": "#0072B2"}
+
+
+def _nice_span(lo: float, hi: float) -> tuple[float, float]:
+    """An axis range around ``[lo, hi]`` that always includes 0, padded by 15% (at least a small width)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = max(0.15 * (hi - lo), 1e-6)
+    return lo - pad, hi + pad
+
+
+def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, row_height: int = 30) -> Any:
+    """Dot-and-interval plot of paired changes (``interp_core.verdict.Change``) around 0.
+
+    One panel per metric, each with its own x axis scaled to that metric's changes (a shared axis
+    would let entropy in nats squash the 0-1 metrics); one row per run; the dot is the mean paired
+    change, the bar its 95% interval, coloured by the call (worse in red), and the call and numbers
+    are written in a column to the right of the panel.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    metrics = list(dict.fromkeys(c.metric for c in changes))
+    if not metrics:
+        raise InterpError("no changes to draw")
+    runs = list(runs or dict.fromkeys(c.run for c in changes))
+    n_rows = [max(1, sum(1 for c in changes if c.metric == m)) for m in metrics]
+    gap = 64  # pixels between panels: the panel's tick labels and the next one's title
+    plot_h = sum(row_height * n + 16 for n in n_rows)
+    height = plot_h + gap * (len(metrics) - 1) + 70
+    fig = make_subplots(rows=len(metrics), cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.01,
+                        row_heights=[row_height * n + 16 for n in n_rows],
+                        vertical_spacing=gap / (height - 70) if len(metrics) > 1 else 0.0,
+                        subplot_titles=[t for m in metrics for t in (metric_title(m), "")])
+    for i, m in enumerate(metrics, start=1):
+        cs = sorted((c for c in changes if c.metric == m), key=lambda c: runs.index(c.run) if c.run in runs else 99)
+        for c in cs:
+            col = CALL_COLORS[c.call]
+            fig.add_trace(go.Scatter(
+                x=[c.diff], y=[c.run], mode="markers", marker=dict(color=col, size=10),
+                error_x=dict(type="data", symmetric=False, array=[c.hi - c.diff], arrayminus=[c.diff - c.lo],
+                             color=col, thickness=2.5, width=5),
+                hovertemplate=(f"{c.run} - {c.reference}<br>{metric_title(m)}<br>change {c.text(4)}<br>"
+                               f"{c.before:.4f} -> {c.after:.4f} on {c.n} tiles<extra></extra>"),
+                showlegend=False), row=i, col=1)
+            fig.add_trace(go.Scatter(x=[0], y=[c.run], mode="text", text=[f"<b>{c.call}</b>  {c.text()}"],
+                                     textposition="middle right", textfont=dict(color=col, size=12),
+                                     hoverinfo="skip", showlegend=False), row=i, col=2)
+        a, b = _nice_span(min(c.lo for c in cs), max(c.hi for c in cs))
+        fig.update_xaxes(range=[a, b], zeroline=True, zerolinecolor="#222", zerolinewidth=1.5, row=i, col=1,
+                         tickformat=".3~f", nticks=7)
+        fig.update_xaxes(visible=False, range=[0, 1], row=i, col=2)
+        for col_ in (1, 2):
+            fig.update_yaxes(categoryorder="array", categoryarray=list(reversed([c.run for c in cs])), row=i,
+                             col=col_, showticklabels=col_ == 1, showgrid=col_ == 1, range=[-0.6, len(cs) - 0.4])
+    for ann in fig.layout.annotations:
+        ann.update(x=0, xanchor="left", font=dict(size=12, color="#333"))
+    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=f"Change against {changes[0].reference} (this model - reference; dot: mean "
+                                      "paired change, bar: 95% interval; left of 0 = lower)", font=dict(size=14)))
+    return fig
+
+
+def value_figure(metric: str, runs: Sequence[str], values: Sequence[tuple[float, float, float] | None], *,
+                 height: int = 240) -> Any:
+    """One dot per run with its 95% interval (``(mean, lo, hi)``), on an axis scaled to the values,
+    each labelled with its value; replaces bars from 0 whose differences of 0.01 look identical."""
+    import plotly.graph_objects as go
+    names = short_labels(list(runs))
+    fig = go.Figure()
+    have = [v for v in values if v is not None]
+    for i, (name, v) in enumerate(zip(names, values)):
+        if v is None:
+            continue
+        m, lo, hi = v
+        fig.add_trace(go.Scatter(x=[m], y=[name], mode="markers+text", marker=dict(color=RUN_COLORS[i % len(
+            RUN_COLORS)], size=11), error_x=dict(type="data", symmetric=False, array=[hi - m], arrayminus=[m - lo],
+                                                 thickness=2, width=6, color=RUN_COLORS[i % len(RUN_COLORS)]),
+            text=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]"], textposition="top center", textfont=dict(size=12),
+            hovertemplate=f"{name}: %{{x:.4f}} (95% interval {lo:.4f} to {hi:.4f})<extra></extra>",
+            showlegend=False))
+    if have:
+        lo = min(v[1] for v in have)
+        hi = max(v[2] for v in have)
+        pad = max(0.25 * (hi - lo), 1e-3)
+        fig.update_xaxes(range=[lo - pad, hi + pad])
+    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)), range=[-0.5, len(names) - 0.15])
+    unit = metric_unit(metric)
+    if len(unit) > 50 and " (" in unit:  # a long unit goes on two lines rather than being cut
+        unit = unit.replace(" (", "<br>(", 1)
+    subtitle = unit + "<br>dot: value, bar: 95% interval"
+    fig = _layout(fig, metric_title(metric), height + 22 * max(0, len(runs) - 3), subtitle=subtitle,
+                  showlegend=False)
+    fig.update_layout(margin=dict(t=34 + 15 * subtitle.count("<br>") + 15))
+    return fig
+
+
+def same_partition(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when two accuracy breakdowns (e.g. per class and per group) hold the same numbers, i.e.
+    the groups are the classes: then one chart is enough."""
+    key = lambda d: sorted((round(float(v.get("mean") or 0.0), 9), int(v.get("n") or 0)) for v in d.values())  # noqa: E731
+    return len(a) == len(b) and key(a) == key(b)
+
+
+# -- clickable grids (gallery thumbnails, the tiles of a large upload) --------------------------------
+def mosaic(images: Sequence[np.ndarray], cols: int, cell: int, *, gap: int = 4) -> np.ndarray:
+    """Images side by side, ``cols`` per row, each resized (nearest) to ``cell`` pixels, white gaps."""
+    from PIL import Image
+    rows = max(1, -(-len(images) // cols))
+    out = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap, 3), 255, np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        im = Image.fromarray(_as_rgb_u8(img)).resize((cell, cell), Image.NEAREST)
+        out[r * (cell + gap): r * (cell + gap) + cell, c * (cell + gap): c * (cell + gap) + cell] = np.asarray(im)
+    return out
+
+
+def clickable_grid_figure(image: np.ndarray, grid: tuple[int, int], cell: float, *, labels: Sequence[str],
+                          selected: int | None = None, pitch: float | None = None, height: int | None = None,
+                          lines: bool = False, title: str | None = None) -> Any:
+    """``image`` with one invisible, clickable point per grid cell (``customdata`` = the cell's number,
+    row-major), so a click on a cell selects it (Streamlit ``on_select``); the ``selected`` cell is
+    framed. ``pitch``: distance between cell origins (``cell`` plus any gap); ``lines`` draws the grid
+    (the tiles of an upload)."""
+    import base64
+
+    import plotly.graph_objects as go
+    img = _as_rgb_u8(image)
+    h, w = img.shape[:2]
+    rows, cols = grid
+    pitch = pitch or cell
+    xs, ys, ids = [], [], []
+    for k in range(min(len(labels), rows * cols)):
+        r, c = divmod(k, cols)
+        xs.append(c * pitch + cell / 2)
+        ys.append(r * pitch + cell / 2)
+        ids.append(k)
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+    fig = go.Figure(go.Image(source=uri, hoverinfo="skip"))
+    # several invisible points per cell so a click anywhere in it lands on one
+    sub = [(-0.3, -0.3), (0.3, -0.3), (0.0, 0.0), (-0.3, 0.3), (0.3, 0.3)]
+    fig.add_trace(go.Scatter(
+        x=[x + dx * cell for x in xs for dx, _ in sub], y=[y + dy * cell for y in ys for _, dy in sub],
+        customdata=[k for k in ids for _ in sub], text=[labels[k] for k in ids for _ in sub], mode="markers",
+        marker=dict(size=max(8.0, 0.45 * cell), color="rgba(0,0,0,0.01)", symbol="square"),
+        hovertemplate="%{text}<extra>click to show</extra>", showlegend=False))
+    shapes = []
+    if lines:
+        for c in range(1, cols):
+            shapes.append(dict(type="line", x0=c * pitch - 0.5, x1=c * pitch - 0.5, y0=-0.5, y1=h - 0.5,
+                               line=dict(color="rgba(0,0,0,0.6)", width=1)))
+        for r in range(1, rows):
+            shapes.append(dict(type="line", y0=r * pitch - 0.5, y1=r * pitch - 0.5, x0=-0.5, x1=w - 0.5,
+                               line=dict(color="rgba(0,0,0,0.6)", width=1)))
+    if selected is not None and 0 <= selected < len(ids):
+        r, c = divmod(selected, cols)
+        shapes.append(dict(type="rect", x0=c * pitch - 1.5, x1=c * pitch + cell + 0.5, y0=r * pitch - 1.5,
+                           y1=r * pitch + cell + 0.5, line=dict(color="#7b3f8c", width=3)))
+    fig.update_layout(shapes=shapes, clickmode="event+select", dragmode=False)
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    return _layout(fig, title, height or int(140 * max(1, rows)), showlegend=False)
+
+
+def clicked_cell(event: Any) -> int | None:
+    """The cell number a Streamlit plotly selection event points at (the first selected point), or None."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)):
+            cd = cd[0] if cd else None
+        if cd is not None:
+            return int(cd)
+    return None

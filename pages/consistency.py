@@ -74,8 +74,8 @@ for r, entry in zip(refs, sel.runs):
         cols = st.columns(5)
         cols[0].image(overlay(img, res.heatmap, cmap="jet", alpha=0.5, vmin=0, vmax=1), width="stretch",
                       caption="heatmap before")
-        cols[1].image(figures.heat_rgb(res.background.astype(float), "gray"), width="stretch",
-                      caption=f"background (white, {res.background.mean():.0%} of pixels) may change")
+        cols[1].image(compute.background_view(img, res.background), width="stretch",
+                      caption=f"background (tinted blue, outlined; {res.background.mean():.0%} of pixels) may change")
         cols[2].image(res.x_adv, width="stretch", caption="after the background attack")
         cols[3].image(res.perturbation, width="stretch",
                       caption=f"the change, amplified ×{amp:.0f} (max {res.max_change:.1f}/255)")
@@ -84,9 +84,10 @@ for r, entry in zip(refs, sel.runs):
 
 # -- ECE runs: consistency over training ------------------------------------------------------------
 st.header("Consistency during ECE training")
-ece = [r for r in sel.all_runs if (r.path / "consistency.npz").is_file()]
+ece = [r for r in sel.all_runs if (r.path / "consistency.npz").is_file()
+       and (sel.dataset is None or r.dataset == sel.dataset.name)]  # only the selected dataset's runs
 if not ece:
-    st.info("No model trained with ECE was found. ECE training records every tile's consistency at each refresh; "
+    st.info("No model trained with ECE was found for this dataset. ECE training records every tile's consistency at each refresh; "
             "start one on the **Train** page (objective: ECE).")
     st.stop()
 chosen = [r.key for r in sel.runs if r in ece]
@@ -105,6 +106,9 @@ with guard("reading the consistency history"):
     c2.metric("Refreshes", len(hist.refresh_epochs))
     c2.metric("Mean consistency, last refresh", f"{float(np.mean(last)):.3f}")
     c2.metric("Tiles below 0.5", int((last < 0.5).sum()))
+    w = hist.weights[-1]
+    c2.metric("Weights, last refresh", f"{float(w.min()):.2f} to {float(w.max()):.2f}",
+              help="ECE's training weights (mean 1): the least consistent tiles get the largest.")
     st.subheader("Least consistent training tiles (last refresh)")
     st.caption("These tiles get the most weight in ECE training: their heatmap changes most when only their "
                "background is disturbed.")

@@ -5,12 +5,21 @@ import numpy as np
 import streamlit as st
 
 from interp_core import figures
-from interp_core.attribution import COLORMAPS, METHODS, overlay, shared_range
+from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
+from interp_core.verdict import default_reference
 from ui import cache, compute, shell, sidebar, text, widgets
 from ui import state as S
 from ui.errors import guard, need
 
 shell.leave_legacy_pages_mode()
+
+
+def _pad_to(img: np.ndarray, height: int) -> np.ndarray:
+    """``img`` padded with white rows (or cut) to ``height``."""
+    if img.shape[0] >= height:
+        return img[:height]
+    return np.vstack([img, np.full((height - img.shape[0], *img.shape[1:]), 255, np.uint8)])
+
 
 st.title("Explore a tile")
 st.markdown(text.WHAT_IS_SALIENCY)
@@ -43,8 +52,10 @@ if source == "dataset":
         conf = c4.slider("Confidence of the prediction", 0.0, 1.0, key=S.Explore.CONFIDENCE, step=0.05, **S.KEEP)
         probs_split = cache.split_predictions(refs[0], str(path), split) if refs[0].classes == ds.classes else None
         S.init(S.Explore.TILE, 0)
+        matching = widgets.filter_tiles(ds, classes, correctness, conf, probs_split)
+        widgets.follow_filter(S.Explore.TILE, matching)  # a filter that hides the tile shown moves to a match
         with st.expander("Tile gallery", expanded=True):
-            widgets.gallery(path, ds, widgets.filter_tiles(ds, classes, correctness, conf, probs_split),
+            widgets.gallery(path, ds, matching,
                             tile_key=S.Explore.TILE, page_key=S.Explore.PAGE, probs=probs_split,
                             classes_of_probs=ds.classes, model_label=sel.runs[0].label)
         index = widgets.tile_select(S.Explore.TILE, ds, label="Tile shown")
@@ -78,6 +89,8 @@ clip = c3.slider("Clip at percentile", 90.0, 100.0, key=S.Explore.CLIP, step=0.5
 S.init(S.Explore.CMAP, "jet")
 cmap = c4.selectbox("Colours", list(COLORMAPS), key=S.Explore.CMAP, **S.KEEP)
 classes0 = refs[0].classes
+ref_key = default_reference({e.key: e.config for e in sel.runs}) if len(refs) > 1 else None
+ref_i = next((i for i, e in enumerate(sel.runs) if e.key == ref_key), 0)
 S.init(S.Explore.TARGET, "predicted")
 target_choice = c5.selectbox("Explain class", ["predicted", *classes0], key=S.Explore.TARGET,
                              help="Explain each model's own prediction, or the same class for every model.", **S.KEEP)
@@ -108,28 +121,73 @@ S.init(S.Explore.METRICS, True)
 show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRICS,
                          help="\n\n".join(text.METRIC_HELP[k] for k in ("sparseness", "deletion_auc", "pointing_game"))
                          + f"\n\nDeletion is estimated with {compute.TILE_DELETION_STEPS} steps here.", **S.KEEP)
+has_artifact = tile.artifact is not None and bool(tile.artifact.any())
+others = [i for i in range(len(refs)) if i != ref_i] if len(refs) > 1 else []
+st.caption("Colour scale (**share of max**): the maps of a row share one scale, in shares of the row's largest "
+           "value (1 = the strongest pixel of any model in the row); values above the clip percentile get the top "
+           "colour.")
+if others:
+    st.caption(f"**Change** columns: each retrained model's map minus {sel.runs[ref_i].label}'s (the model it was "
+               "retrained from), both as a share of their own maximum, on a scale centred on 0: red where the new "
+               "map puts more weight, blue where it puts less, white where nothing changed.")
+for method in methods:
+    if method in compute.METHOD_NOTES:
+        st.caption(f":material/info: {compute.METHOD_NOTES[method]}")
 rows, labels, bars, pending = [], [], [], []
+tile_row = [figures.Panel(tile.image, "tile", f"true: {tile.label}" if tile.label else "")]
+for r, entry, t in zip(refs, sel.runs, targets):
+    p = cache.probs(r, tile.image)
+    k = int(np.argmax(p))
+    tile_row.append(figures.Panel(tile.image, entry.label, "\n".join(
+        f"{c}: {v:.1%}" + (" (predicted)" if j == k else "") for j, (c, v) in enumerate(zip(r.classes, p)))))
 for method in methods:
     with guard(f"computing {method}"):
         maps = [cache.attribution(r, tile.image, method, t) for r, t in zip(refs, targets)]
-        vmin, vmax = shared_range(maps, clip)
+        top = max(float(np.abs(a).max(initial=0.0)) for a in maps) or 1.0
+        maps_n = [a / top for a in maps]  # shares of the row's largest value, so the colour bar reads 0-1
+        vmin, vmax = shared_range(maps_n, clip)
         st.markdown(f"#### {method}  \n:gray[{METHODS[method].description}]")
-        cols = st.columns([4] * len(refs) + [1])
+        cols = st.columns([4] * len(refs) + [4] * len(others) + [1.6] * (2 if others else 1))
         row = []
-        for r, entry, t, a, col in zip(refs, sel.runs, targets, maps, cols):
+        for r, entry, t, a, col in zip(refs, sel.runs, targets, maps_n, cols):
             size = a.shape[0]
             img = compute.resize_image(tile.image, size)
             mask = compute.resize_mask(tile.mask, size) if has_evidence else None
             ov = overlay(img, a, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, mask=mask)
+            art = compute.resize_mask(tile.artifact, size) if has_artifact else None
+            if art is not None:
+                ov = draw_contour(ov, mask_contour(art), (0, 255, 255))
+            share = compute.relevance_shares(a, tile.mask, tile.artifact)
+            where = " · ".join(f"{v:.0%} {w}" for w, v in (("inside the evidence", share["evidence"]),
+                                                          ("on the artifact", share["artifact"])) if v is not None)
             col.image(ov, caption=f"{entry.label} · explains {r.classes[t]}", width="stretch")
-            panel = figures.Panel(ov, entry.label, "")
+            if where:
+                col.caption(f"Relevance {where}")
+            panel = figures.Panel(ov, entry.label, where.replace(" · ", "\n"))
             pending.append((col.empty(), panel, r, method, t))
             row.append(panel)
-        bar = figures.colorbar_png_array(cmap, vmin, vmax, label=method, length=200)
-        cols[-1].image(bar, caption="shared scale")
+        bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of max", length=200)
+        cols[len(refs) + len(others)].image(bar, caption="share of max")
+        diffs = [compute.change_map(maps[i], maps[ref_i]) for i in others]
+        lim = max([float(np.abs(d).max(initial=0.0)) for d in diffs] + [1e-6])  # one scale per row, centred on 0
+        for j, (i, d) in enumerate(zip(others, diffs)):
+            size = d.shape[0]
+            img = compute.resize_image(tile.image, size)
+            ch = overlay(img, d, cmap="RdBu_r", alpha=max(alpha, 0.7), vmin=-lim, vmax=lim)
+            name = sel.runs[i].label.split(" / ")[-1]
+            cols[len(refs) + j].image(ch, caption=f"change: {name} - {sel.runs[ref_i].label.split(' / ')[-1]}",
+                                      width="stretch")
+            row.append(figures.Panel(ch, f"change {name}", f"red: more weight\nblue: less (±{lim:.2f})"))
+        cbar = None
+        if others:
+            cbar = figures.colorbar_png_array("RdBu_r", -lim, lim, label="change", length=200)
+            cols[-1].image(cbar, caption="change")
         rows.append(row)
         labels.append(method)
-        bars.append(bar)
+        bars.append(bar if cbar is None else np.hstack([bar, np.full((bar.shape[0], 6, 3), 255, np.uint8),
+                                                        _pad_to(cbar, bar.shape[0])]))
+if has_artifact:
+    st.caption("Cyan outline: the artifact (e.g. a pen mark) marked in the dataset; a good map puts little there.")
 
 for slot, panel, r, method, t in pending if show_metrics else []:
     with slot.container(), guard(f"scoring {method}"):
@@ -144,6 +202,7 @@ for slot, panel, r, method, t in pending if show_metrics else []:
 
 if rows:
     with guard("building the PNG"):
-        png = figures.compose_png(rows, row_labels=labels, colorbars=bars, title=tile.title)
+        png = figures.compose_png([tile_row, *rows], row_labels=["predictions", *labels], colorbars=[None, *bars],
+                                  title=tile.title)
         st.download_button("Download this figure (PNG)", png, file_name="explore.png", mime="image/png",
                            icon=":material/download:", on_click="ignore")

@@ -43,7 +43,8 @@ by_key = {r.key: r for r in sel.compatible}
 base = next((r.key for r in sel.compatible if r.objective == "erm" and r.dataset == sel.dataset.name), "")
 S.init(S.Train.INIT, base)
 init = c2.selectbox("Start from", inits, key=S.Train.INIT,
-                    format_func=lambda k: by_key[k].label if k else "scratch (a new, untrained model)",
+                    format_func=lambda k: catalog.picker_label(by_key[k], sel.dataset.name) if k
+                    else "scratch (a new, untrained model)",
                     help="Fine-tune an existing model (recommended for SCAAT and ECE) or train from scratch.", **S.KEEP)
 c1, c2, c3, c4 = st.columns(4)
 S.init(S.Train.EPOCHS, 2)
@@ -156,6 +157,8 @@ def _job_card(job) -> None:
         if job.message:
             (st.error if job.state in ("failed", "diverged") else st.caption)(job.message)
         hist = read_history(job.run_dir)
+        if job.state == "finished" and hist:
+            _finished_summary(job, hist)
         if hist:
             a, b = st.columns(2)
             a.plotly_chart(figures.history_figure("train_loss", {"train": hist}, height=220, live=True),
@@ -167,7 +170,35 @@ def _job_card(job) -> None:
                 st.code(jobs.log_tail(job.id, 15) or "(nothing yet)", language="text")
 
 
+def _open_comparison(run_key: str, init_key: str, dataset: str | None) -> None:
+    """Show the new run and the run it started from on Metrics, the latter as the reference."""
+    if dataset:
+        st.session_state[S.Sidebar.DATASET] = dataset
+        st.session_state[S.Sidebar.RUNS_FOR] = dataset
+    st.session_state[S.Sidebar.RUNS] = [init_key, run_key]
+    st.session_state[S.Metrics.REFERENCE] = init_key
+    S.put(S.Train.OPEN_METRICS, True)
+
+
+def _finished_summary(job, hist: list[dict]) -> None:
+    """Final validation accuracy of a finished job and a button comparing it with the run it started from."""
+    accs = [h["val_accuracy"] for h in hist if h.get("val_accuracy") is not None]
+    c1, c2 = st.columns([3, 2])
+    if accs:
+        c1.markdown(f"Final validation accuracy **{accs[-1]:.3f}**" + (f" (best {max(accs):.3f})" if len(accs) > 1
+                                                                        else ""))
+    entry = cache.run_entry(str(job.run_dir.resolve()))
+    parent = catalog.parent_run(entry, cache.runs()) if entry is not None else None
+    if entry is not None and parent is not None:
+        c2.button(f"Compare with {parent.name} on Metrics", key=f"{S.Train.COMPARE_PREFIX}{job.id}",
+                  icon=":material/compare_arrows:", on_click=_open_comparison,
+                  args=(entry.key, parent.key, entry.dataset or parent.dataset))
+
+
 def jobs_panel() -> None:
+    if S.get(S.Train.OPEN_METRICS):  # the compare button of a finished job (inside this fragment)
+        S.put(S.Train.OPEN_METRICS, False)
+        st.switch_page("pages/metrics.py")
     with guard("listing the jobs"):
         listed = jobs.list()
         seen = S.get(S.Train.SEEN, {})
@@ -189,6 +220,9 @@ def jobs_panel() -> None:
             _job_card(job)
 
 
+if S.get(S.Train.OPEN_METRICS):
+    S.put(S.Train.OPEN_METRICS, False)
+    st.switch_page("pages/metrics.py")
 st.subheader("Jobs")
 any_active = any(j.active for j in jobs.list())
 st.fragment(jobs_panel, run_every=2.0 if any_active else None)()

@@ -128,6 +128,12 @@ def tile(path: str, split_name: str, index: int) -> tuple[np.ndarray, np.ndarray
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
+def artifact(path: str, split_name: str, index: int) -> np.ndarray | None:
+    """Tile ``index``'s artifact mask (bool) when the dataset has artifact masks, else None."""
+    return split(path, split_name).read_artifact(index)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
 def file_image(path: str) -> np.ndarray:
     """Any image file inside a dataset (e.g. a training tile named in consistency.npz)."""
     from interp_core.data import load_rgb

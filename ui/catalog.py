@@ -177,6 +177,19 @@ class RunEntry:
         return f"yours / {self.rel or self.name}{suffix}"
 
 
+def picker_label(r: RunEntry, dataset: str | None) -> str:
+    """A run's name for narrow pickers, the part that differs first: ``scaat`` for a run of the chosen
+    dataset, ``scaat (ihc)`` for another dataset's, ``my-run (yours)`` for the user's; a long label
+    cut by the picker then loses only the part every run shares."""
+    suffix = " (training...)" if r.is_training else ""
+    if r.source != "shipped":
+        name = r.rel or r.name
+        if dataset and name.startswith(f"{dataset}-") and r.dataset == dataset:  # the Train page's default names
+            name = name[len(dataset) + 1:]
+        return f"{name} (yours){suffix}"
+    return (r.name if r.dataset == dataset else f"{r.name} ({r.dataset or 'shipped'})") + suffix
+
+
 def _map_dataset(cfg: dict, run_dir: Path, datasets: list[DatasetEntry], shipped_runs: Path) -> DatasetEntry | None:
     """The known dataset a run was trained on: same path, else same folder name, else the
     ``runs/<dataset>/`` folder the shipped run sits in."""
@@ -251,6 +264,20 @@ def default_runs(runs: list[RunEntry], dataset: str | None, n: int = 3) -> list[
         if r not in picked:
             picked.append(r)
     return picked[:n]
+
+
+def parent_run(r: RunEntry, runs: list[RunEntry]) -> RunEntry | None:
+    """The run ``r`` was fine-tuned from (``config["init"]``) among ``runs``: same path, else the run of
+    the same folder name and dataset (an ``init`` path from another machine); None from scratch."""
+    init = r.config.get("init")
+    if not init:
+        return None
+    p = Path(str(init))
+    try:
+        same = [x for x in runs if x.path == p.resolve()]
+    except OSError:
+        same = []
+    return (same or [x for x in runs if x.name == p.name and x.dataset == r.dataset] or [None])[0]
 
 
 def parent_epochs(r: RunEntry, runs: list[RunEntry]) -> int:

@@ -65,10 +65,45 @@ def predict_probs(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     return torch.softmax(model(x).float(), 1)[0].cpu().numpy()
 
 
+#: Options the dashboard gives a method instead of its library default, and why (said on the page).
+PAGE_METHOD_OPTIONS: dict[str, dict] = {"occlusion": {"baseline": "blur"}}
+METHOD_NOTES: dict[str, str] = {
+    "occlusion": "Occlusion here replaces each window with the same window of the blurred tile (as the deletion "
+                 "metric does), not with black: a black window on pink tissue looks like a nucleus to the model.",
+}
+
+
 def explain_tile(model: nn.Module, image: np.ndarray, size: int, method: str, target: int) -> np.ndarray:
-    """Attribution map ``[size, size]`` (float32) of ``method`` for class ``target``."""
+    """Attribution map ``[size, size]`` (float32) of ``method`` for class ``target`` (with
+    ``PAGE_METHOD_OPTIONS``, e.g. occlusion against the blurred tile)."""
     x = to_tensor(image, size, model_device(model))
-    return attribute(model, x, method, target=int(target))[0].cpu().numpy().astype(np.float32)
+    return attribute(model, x, method, target=int(target), **PAGE_METHOD_OPTIONS.get(method, {}))[0] \
+        .cpu().numpy().astype(np.float32)
+
+
+def relevance_shares(a: np.ndarray, evidence: np.ndarray | None, artifact: np.ndarray | None) -> dict[str, float | None]:
+    """Share of the map's positive relevance inside the marked evidence and inside the artifact
+    (``relevance_mass_accuracy`` and ``artifact_mass`` of ``interp_core.metrics``, on ``max(a, 0)``);
+    None where the tile has no such region (or an empty one). Masks are resized to the map."""
+    at = torch.from_numpy(np.asarray(a, np.float32))[None]
+    out: dict[str, float | None] = {"evidence": None, "artifact": None}
+    for key, mask, fn in (("evidence", evidence, M.relevance_mass_accuracy), ("artifact", artifact, M.artifact_mass)):
+        m = resize_mask(mask, a.shape[0])
+        if m is not None and m.any():
+            v = float(fn(at, torch.from_numpy(m)[None])[0])
+            out[key] = v if math.isfinite(v) else None
+    return out
+
+
+def change_map(after: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """``after / max(after) - before / max(before)`` on ``max(a, 0)``: where the retrained model's map
+    gained (positive) or lost (negative) weight, each map first taken as a share of its own maximum,
+    so two models whose gradients differ in scale compare fairly. In ``[-1, 1]``."""
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(a, np.float64), 0, None)
+        m = a.max(initial=0.0)
+        return a / m if m > 0 else np.zeros_like(a)
+    return (unit(after) - unit(before)).astype(np.float32)
 
 
 def tile_metrics(model: nn.Module, image: np.ndarray, size: int, a: np.ndarray, target: int,
@@ -185,6 +220,16 @@ def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int
                            heatmap_adv=res.heatmap_adv[0].float().cpu().numpy(),
                            background=res.background[0].cpu().numpy().astype(bool), x_adv=to_u8(xa),
                            perturbation=to_u8(amp), max_change=peak * 255.0)
+
+
+def background_view(image: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The tile with its attackable background tinted blue and outlined, so it shows on any stain
+    (white on white did not)."""
+    from interp_core.attribution import draw_contour, mask_contour
+    img = resize_image(image, background.shape[0]).astype(np.float32)
+    tint = np.array([40.0, 110.0, 255.0], np.float32)
+    out = np.where(background[..., None], 0.45 * img + 0.55 * tint, img)
+    return draw_contour(np.clip(out + 0.5, 0, 255).astype(np.uint8), mask_contour(background), (0, 40, 160))
 
 
 # -- ECE side file ---------------------------------------------------------------------------------

@@ -101,10 +101,15 @@ def draw() -> Selection:
         if not compatible:
             st.sidebar.warning(f"No trained model for **{dataset.name}** yet. Start one on the **Train** page.")
         chosen_keys = st.sidebar.multiselect(
-            "Models to compare", keys, key=S.Sidebar.RUNS, format_func=lambda k: by_key[k].label,
+            "Models to compare", keys, key=S.Sidebar.RUNS,
+            format_func=lambda k: catalog.picker_label(by_key[k], dataset.name),
             help="Trained runs whose classes match the dataset. Pick two or more to compare them side by "
                  "side, e.g. the baseline and its SCAAT and ECE retrains.")
         runs = [by_key[k] for k in chosen_keys if k in by_key]
+        # chips show the whole run name (wrapping) instead of cutting it where names differ
+        st.html("<style>[data-testid='stSidebar'] [data-tag]{max-width:100%;height:auto}"
+                "[data-testid='stSidebar'] [data-tag] > span{max-width:none;white-space:normal;"
+                "overflow:visible;text-overflow:clip;overflow-wrap:anywhere}</style>")
     device, label = _device_block()
     sel = Selection(dataset, runs, device, label, datasets, all_runs, compatible)
     S.put(S.Sidebar.SELECTION, sel)

@@ -81,6 +81,7 @@ class Metrics:
     LIMIT = "metrics.limit"
     COMPUTE = "metrics.compute"
     RECOMPUTE = "metrics.recompute"
+    REFERENCE = "metrics.reference"
 
 
 class Train:
@@ -98,6 +99,8 @@ class Train:
     LAST_SUBMIT = "train.last_submit"
     SHOW_FINISHED = "train.show_finished"
     SEEN = "train.seen_states"  # job id -> state at the last poll (to notice a job finishing)
+    COMPARE_PREFIX = "train.compare."  # + job id: the button opening Metrics against the run it started from
+    OPEN_METRICS = "train.open_metrics"  # set by that button: switch to Metrics at the next run
 
 
 class Slide:
@@ -126,6 +129,7 @@ class Report:
     BUILD = "report.build"
     RESULT = "report.result"
     PREVIEW = "report.preview"
+    REFERENCE = "report.reference"
 
 
 def init(key: str, value: Any) -> None:

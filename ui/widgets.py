@@ -31,6 +31,7 @@ class ChosenTile:
     split: str | None = None
     index: int | None = None
     notes: list[str] = field(default_factory=list)
+    artifact: np.ndarray | None = None  # known spurious region (e.g. a pen mark), when the dataset marks it
 
 
 def splits_of(path: Path) -> list[str]:
@@ -90,24 +91,55 @@ def gallery(path: Path, ds, indices: list[int], *, tile_key: str, page_key: str,
     if st.session_state[page_key] > n_pages:
         st.session_state[page_key] = 1
     cols_top = st.columns([3, 1])
-    cols_top[0].caption(f"{len(indices)} tile(s) match. Click the number under a thumbnail to explain it"
+    cols_top[0].caption(f"{len(indices)} tile(s) match. Click a thumbnail (or the number under it) to explain it"
                         + (f"; ✓/✗: right or wrong according to {model_label}." if probs is not None else "."))
     page = cols_top[1].number_input("Gallery page", 1, n_pages, key=page_key, **S.KEEP) if n_pages > 1 else 1
     shown = indices[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
-    cols = st.columns(GALLERY_PAGE, gap="small")
-    current = st.session_state.get(tile_key)
-    for j, i in enumerate(shown):
-        c = cols[j % len(cols)]
-        img, _ = cache.tile(str(path), ds.split, i)
+    caps, tips = [], []
+    for i in shown:
         truth = ds.classes[ds.labels[i]]
         cap, tip = truth, f"Show tile #{i} ({truth})"
         if probs is not None and classes_of_probs is not None:
             k = int(np.argmax(probs[i]))
             cap += " ✓" if classes_of_probs[k] == truth else " ✗"
             tip += f": predicted {classes_of_probs[k]} ({probs[i][k]:.0%}) by {model_label}"
-        c.image(img, caption=cap, width="stretch")
-        c.button(f"#{i}", key=f"{S.Explore.PICK_PREFIX}{ds.split}.{i}", help=tip, on_click=_pick,
-                 args=(tile_key, i), type="primary" if current == i else "secondary", width="stretch")
+        caps.append(cap)
+        tips.append(tip)
+    # the thumbnails themselves are clickable: one picture with a clickable cell per tile
+    from interp_core import figures
+    grid_key = f"{page_key}.grid.{ds.split}.{page}.{len(indices)}"
+    current = st.session_state.get(tile_key)
+    fig = figures.clickable_grid_figure(
+        figures.mosaic([cache.tile(str(path), ds.split, i)[0] for i in shown], GALLERY_PAGE, 64),
+        (1, GALLERY_PAGE), 64, pitch=68, labels=[f"#{i} · {c}" for i, c in zip(shown, caps)],
+        selected=shown.index(current) if current in shown else None, height=110)
+    event = st.plotly_chart(fig, key=grid_key, on_select="rerun", selection_mode="points",
+                            config={"displayModeBar": False})
+    picked_thumbnail(event, grid_key, shown, tile_key)
+    cols = st.columns(GALLERY_PAGE, gap="small")
+    current = st.session_state.get(tile_key)
+    for j, i in enumerate(shown):
+        cols[j % len(cols)].button(f"#{i} {caps[j][-1] if caps[j][-1] in '✓✗' else ''}".strip(),
+                                   key=f"{S.Explore.PICK_PREFIX}{ds.split}.{i}", help=tips[j], on_click=_pick,
+                                   args=(tile_key, i), type="primary" if current == i else "secondary",
+                                   width="stretch")
+
+
+def picked_thumbnail(event, grid_key: str, shown: list[int], tile_key: str) -> int | None:
+    """Apply a click on a clickable grid (``figures.clickable_grid_figure``): the tile clicked becomes the
+    one shown. A selection is applied once (it stays in the chart's state across reruns, and must not
+    override a tile picked another way afterwards). Returns the tile picked by this click, if any."""
+    from interp_core import figures
+    cell = figures.clicked_cell(event)
+    last_key = f"{grid_key}.last"
+    if cell is None:
+        st.session_state[last_key] = None
+        return None
+    if st.session_state.get(last_key) == cell or not 0 <= cell < len(shown):
+        return None
+    st.session_state[last_key] = cell
+    st.session_state[tile_key] = shown[cell]
+    st.rerun()  # redraw the gallery and the tile with the new choice
 
 
 def filter_tiles(ds, classes: list[str], correctness: str, conf_range: tuple[float, float],
@@ -165,6 +197,19 @@ def fitted_upload_tile(image: np.ndarray, name: str, size: int, *, mode_key: str
         S.init(tile_key, best)
         if not 0 <= st.session_state[tile_key] < len(fit.tiles):
             st.session_state[tile_key] = best
+        # the whole image with its tile grid: a click on a tile picks it
+        from interp_core import figures
+        rows, cols = fit.grid
+        cell = max(16, int(size * min(1.0, 720 / (max(rows, cols) * size))))
+        grid_key = f"{tile_key}.grid.{hashlib.sha1(image.tobytes()).hexdigest()[:8]}.{rows}x{cols}"
+        fig = figures.clickable_grid_figure(
+            figures.mosaic(fit.tiles, cols, cell, gap=0), (rows, cols), cell, lines=True,
+            labels=[f"row {r + 1}, column {c + 1} ({t:.0%} tissue)" for (r, c), t in zip(fit.positions, fit.tissue)],
+            selected=st.session_state[tile_key], height=min(720, rows * cell) + 20)
+        st.caption("The whole image with the model's tile grid: click a tile to explain it (framed: the tile shown).")
+        event = st.plotly_chart(fig, key=grid_key, on_select="rerun", selection_mode="points",
+                                config={"displayModeBar": False})
+        picked_thumbnail(event, grid_key, list(range(len(fit.tiles))), tile_key)
         idx = st.selectbox("Tile of the upload", list(range(len(fit.tiles))), key=tile_key,
                            format_func=lambda i: f"row {fit.positions[i][0] + 1}, column {fit.positions[i][1] + 1}"
                            f" ({fit.tissue[i]:.0%} tissue)", **S.KEEP)
@@ -179,4 +224,11 @@ def dataset_tile(path: Path, dataset_name: str, split: str, index: int) -> Chose
     ds = cache.split(str(path), split)
     img, mask = cache.tile(str(path), split, index)
     return ChosenTile(img, f"{dataset_name} · {split} · {tile_caption(ds, index)}", mask=mask,
-                      label=ds.classes[ds.labels[index]], dataset=dataset_name, split=split, index=index)
+                      label=ds.classes[ds.labels[index]], dataset=dataset_name, split=split, index=index,
+                      artifact=cache.artifact(str(path), split, index))
+
+
+def follow_filter(tile_key: str, indices: list[int]) -> None:
+    """Show the first matching tile when the filters exclude the tile shown (call before ``tile_select``)."""
+    if indices and st.session_state.get(tile_key) not in indices:
+        st.session_state[tile_key] = indices[0]

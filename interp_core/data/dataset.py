@@ -96,6 +96,12 @@ class TileDataset(Dataset):
             return None
         return self._side_mask("masks", i, self.read_image(i).shape[:2])
 
+    def read_artifact(self, i: int) -> np.ndarray | None:
+        """Artifact mask of tile ``i`` (e.g. a pen mark) as bool ``[H, W]``, or None without artifact masks."""
+        if not self.has_artifacts:
+            return None
+        return self._side_mask("artifact_masks", i, self.read_image(i).shape[:2])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         arr = self.read_image(i)
         hw = arr.shape[:2]
