@@ -137,7 +137,8 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     loaded = run if isinstance(run, LoadedRun) else load_run(run, dev)
     model = loaded.model.to(dev).eval()
     image_size = int(loaded.config["image_size"])
-    ds = open_split(data, split, image_size=image_size)
+    from .runs import run_interpolation
+    ds = open_split(data, split, image_size=image_size, interpolation=run_interpolation(loaded.config))
     if ds.classes != loaded.classes:
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {loaded.classes}")
     idx = list(range(len(ds))) if limit is None or limit >= len(ds) else stratified_subset(ds.labels, limit)

@@ -38,8 +38,8 @@ from ..data import dataset_classes, infer_image_size, open_split
 from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
-from ..models import create_model
-from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
+from ..models import is_zoo_name, zoo_defaults
+from ..runs import (CONFIG, build_model, run_interpolation, FORMAT_VERSION, HISTORY, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
                     is_temp_file, load_weights_into, read_history, read_json, remove_stale_temp_files,
                     save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -131,12 +131,19 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
     image_size = cfg.image_size or (init_run.config["image_size"] if init_run else None)
     if image_size is None:
         image_size = infer_image_size(open_split(cfg.data, "train"))
+    arch_options = dict(init_run.config.get("arch_options") or {}) if init_run else {}
+    if "image_size" in arch_options:
+        arch_options["image_size"] = int(image_size)
+    if is_zoo_name(arch) and not init_run:  # timm/torchvision: normalisation and interpolation of the architecture
+        d = zoo_defaults(arch)
+        arch_options = {"mean": d["mean"], "std": d["std"], "image_size": int(image_size),
+                        "interpolation": d["interpolation"]}
     lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if init_run else DEFAULT_LR_SCRATCH)
     stored = {
         "format_version": FORMAT_VERSION,
         "interp_core_version": __version__,
         "arch": arch,
-        "arch_options": {},
+        "arch_options": arch_options,
         "num_classes": len(classes),
         "classes": classes,
         "image_size": int(image_size),
@@ -304,15 +311,17 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
 
     seed_everything(cfg.seed)
     image_size = stored_cfg["image_size"]
-    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed,
+    interp = run_interpolation(stored_cfg)
+    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed, interpolation=interp,
                           val_fraction=cfg.val_fraction)
-    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed,
+    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed, interpolation=interp,
                                val_fraction=cfg.val_fraction)
-    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                        interpolation=interp)
     if len(train_ds) < max(2, info.world_size):
         raise InterpError(f"{cfg.data}: the train split needs at least {max(2, info.world_size)} images")
 
-    model = create_model(stored_cfg["arch"], stored_cfg["num_classes"])
+    model = build_model(stored_cfg)
     if init_run is not None:
         model.load_state_dict(init_run.model.state_dict())
     elif cfg.weights:
