@@ -101,7 +101,9 @@ def create_zoo_model(name: str, num_classes: int, *, mean: Sequence[float] | Non
     d = zoo_defaults(name)
     mean_t = _three(mean, "mean") or tuple(d["mean"])
     std_t = _three(std, "std") or tuple(d["std"])
-    size = int(image_size or d["image_size"])
+    size = int(d["image_size"] if image_size is None else image_size)
+    if not 8 <= size <= 4096:
+        raise InterpError(f"image_size must be between 8 and 4096 pixels, got {size}")
     interp = interpolation or d["interpolation"]
     if interp not in INTERPOLATIONS:
         raise InterpError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interp!r}")
