@@ -66,20 +66,18 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def strip_prefixes(tensors: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:
-    """Remove a prefix (``module.``, ``model.``, ``net.``, ...) shared by every key (the project's
-    own ``normalize.*`` buffers aside), repeatedly, as long as that brings more keys into ``wanted``."""
-    best = dict(tensors)
-    changed = True
-    while changed:
-        changed = False
-        keys = [k for k in best if k not in OWN_BUFFERS]
-        for p in PREFIXES:
-            if keys and all(k.startswith(p) for k in keys):
-                cand = {(k[len(p):] if k.startswith(p) else k): v for k, v in best.items()}
-                if len(set(cand) & wanted) > len(set(best) & wanted):
-                    best, changed = cand, True
-                    break
-    return best
+    """Remove prefixes (``module.``, ``model.``, ``net.``, ...) shared by every key (the project's
+    own ``normalize.*`` buffers aside), one after another (``module.model.``); of the versions seen,
+    the one with most keys in ``wanted`` (the first on a tie, so nothing is stripped needlessly)."""
+    seen = [dict(tensors)]
+    for _ in range(4):
+        cur = seen[-1]
+        keys = [k for k in cur if k not in OWN_BUFFERS]
+        p = next((p for p in PREFIXES if keys and all(k.startswith(p) for k in keys)), None)
+        if p is None:
+            break
+        seen.append({(k[len(p):] if k.startswith(p) else k): v for k, v in cur.items()})
+    return max(seen, key=lambda d: len(set(d) & wanted))
 
 
 def classifier_name(net: nn.Module) -> str | None:
