@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, required=True, help="number of epochs")
     t.add_argument("--out", required=True, help="run directory to create or resume")
     t.add_argument("--init", default=None, help="start from this run's weights (fine-tuning; lr default 1e-4)")
-    t.add_argument("--weights", default=None, help="initial weights from your own .safetensors file")
+    t.add_argument("--weights", default=None, help="initial weights from your own .safetensors file (timm/ and "
+                                                   "torchvision/ architectures: also a .pt/.pth/.bin state dict, read "
+                                                   "with weights_only=True; another class count's head is replaced)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 from scratch, 1e-4 with --init)")
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default adamw)")

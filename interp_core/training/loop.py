@@ -324,6 +324,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     model = build_model(stored_cfg)
     if init_run is not None:
         model.load_state_dict(init_run.model.state_dict())
+    elif cfg.weights and hasattr(model, "net"):  # timm/torchvision: the network's own state dict, read safely
+        from ..models.weights import load_into_network, read_state_dict
+        for note in load_into_network(model.net, read_state_dict(cfg.weights), cfg.weights):
+            log(note)
     elif cfg.weights:
         load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
     if cfg.sync_bn and info.enabled:

@@ -72,7 +72,7 @@ def test_import_then_every_command(weight_files, tiny_data, tiny_run, tmp_path, 
     slide = tmp_path / "slide.png"
     Image.fromarray(pattern_image(192, 128, glass_cols=64)).save(slide)
     s = _ok(capsys, "explain-slide", "--run", str(vit), "--slide", str(slide), "--out", str(tmp_path / "sl"),
-            "--attribution", "gradcam", "--quiet")
+            "--attribution", "gradcam", "--cam-layer", "blocks.4.norm1", "--quiet")
     assert sum(s["class_counts"].values()) >= 1 and (tmp_path / "sl" / "summary.json").is_file()
 
     # compare a 32-px project run with the 64-px imported ViT
@@ -90,10 +90,19 @@ def test_import_then_every_command(weight_files, tiny_data, tiny_run, tmp_path, 
 
 
 @pytest.mark.slow
-def test_train_a_timm_architecture_from_scratch(tiny_data, tmp_path, capsys):
-    t = _ok(capsys, "train", "--data", str(tiny_data), "--arch", "timm/test_resnet", "--epochs", "1",
-            "--batch-size", "16", "--out", str(tmp_path / "r"), "--quiet")
-    assert t["epochs"] == 1
+def test_train_a_timm_architecture_with_own_initial_weights(tiny_data, tmp_path, capsys):
+    torch.manual_seed(0)
+    net = create_model("timm/test_resnet", 1000, image_size=32).net
+    torch.save({"model": net.state_dict()}, tmp_path / "init.pth")
+    code, out, err = cli_in_process(capsys, "train", "--data", str(tiny_data), "--arch", "timm/test_resnet",
+                                    "--epochs", "1", "--batch-size", "16", "--weights", str(tmp_path / "init.pth"),
+                                    "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["epochs"] == 1 and "head fc replaced" in err and "1000 classes" in err
+    trained = load_run(tmp_path / "r").model.net.state_dict()
+    init = net.state_dict()["conv1.0.weight"]
+    moved = (trained["conv1.0.weight"] - init).abs().max()
+    assert 0 < moved < 0.01  # started from the file's weights (a few AdamW steps of lr 1e-3 away)
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["arch_options"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 32, "interpolation": "bilinear"}
     code, _, err = cli_in_process(capsys, "train", "--data", str(tiny_data), "--arch", "timm/nope", "--epochs", "1",
