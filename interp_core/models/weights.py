@@ -10,7 +10,6 @@ the first tensor that differs.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         return load_tensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RunError(f"{path}: refused: loading it would need more than tensors (weights_only=True: "
-                       f"{str(e).splitlines()[0][:160]}); save model.state_dict() or a .safetensors file") from None
-    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, ...
-        raise RunError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {str(e)[:160]})") from None
+    except Exception as e:  # noqa: BLE001 - refused by the weights-only unpickler, truncated zip, not a torch file
+        first = (str(e).splitlines() or [""])[0][:160]
+        if type(e).__name__ == "UnpicklingError" or "Weights only load failed" in str(e):
+            raise RunError(f"{path}: refused: loading it would need more than tensors (weights_only=True: "
+                           f"{first}); save model.state_dict() or a .safetensors file") from None
+        raise RunError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {first})") from None
     return _unwrap(obj, path)
 
 
