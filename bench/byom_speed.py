@@ -43,10 +43,12 @@ MODELS = {"resnet50": "timm/resnet50", "vit_s16": "timm/vit_small_patch16_224"}
 METHODS = ("saliency", "gradcam")
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """``(wall seconds, this process's CPU seconds)`` of ``fn()``. With one torch thread the CPU
+    time is the work done, whatever else the machine runs; the wall time is what a user waits."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -92,7 +94,7 @@ def main() -> None:
             _forward(runs[key].model, x1)  # warm-up (and the one-off BatchNorm folding of the gradient pass)
             for method in METHODS:
                 _explore(runs[key].model, x1, method)
-        t: dict[str, dict[str, list[float]]] = {k: {} for k in MODELS}
+        t: dict[str, dict[str, list[tuple[float, float]]]] = {k: {} for k in MODELS}
         for r in range(a.rounds):
             for key, run in runs.items():
                 m = run.model
@@ -104,22 +106,23 @@ def main() -> None:
                     s = EvalSettings(split="test", attribution="saliency", batch_size=a.eval_tiles, seed=0)
                     t[key].setdefault("evaluate", []).append(
                         _timed(lambda: evaluate_run(run, tmp / "data", s, device=dev)))
-                print(f"round {r + 1}/{a.rounds} {key}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t[key].items()),
+                print(f"round {r + 1}/{a.rounds} {key}: " + ", ".join(f"{k} {v[-1][1]:.3f}s cpu" for k, v in t[key].items()),
                       file=sys.stderr, flush=True)
         # SCAAT over ERM, interleaved rounds, ResNet-50
         batches = make_batches(a.train_steps, a.train_batch, a.size, 2, dev, 0)
         model0 = runs["resnet50"].model
-        epochs: dict[str, list[float]] = {"erm": [], "scaat": []}
+        epochs: dict[str, list[tuple[float, float]]] = {"erm": [], "scaat": []}
         for r in range(max(2, a.rounds - 1)):
             for obj in ("erm", "scaat"):
-                wall, _ = run_epoch(obj, {}, model0, batches, dev, tmp, seed=r)
-                epochs[obj].append(wall)
-                print(f"train round {r + 1} {obj}: {wall:.2f}s", file=sys.stderr, flush=True)
+                wall, cpu = run_epoch(obj, {}, model0, batches, dev, tmp, seed=r)
+                epochs[obj].append((wall, cpu))
+                print(f"train round {r + 1} {obj}: {wall:.2f}s wall, {cpu:.2f}s cpu", file=sys.stderr, flush=True)
         # forward of the same training batch, for scale
-        fwd_train = statistics.median(_timed(lambda: _forward(model0, batches[0]["image"])) for _ in range(2))
+        fwd_train = statistics.median(_timed(lambda: _forward(model0, batches[0]["image"]))[1] for _ in range(2))
 
     for key in MODELS:
-        med = {k: statistics.median(v) for k, v in t[key].items()}
+        med = {k: statistics.median(c for _, c in v) for k, v in t[key].items()}  # CPU seconds
+        wall = {k: statistics.median(w for w, _ in v) for k, v in t[key].items()}
         f1 = med["forward_1"]
         per_tile_fwd = med["forward_batch"] / a.eval_tiles
         per_tile_eval = med["evaluate"] / a.eval_tiles
@@ -130,9 +133,12 @@ def main() -> None:
             **{f"explore_{m}_x_forward": med[f"explore_{m}"] / f1 for m in METHODS},
             "evaluate_s_per_tile": per_tile_eval, "evaluate_tiles_per_s": 1 / per_tile_eval,
             "forward_s_per_tile_batch": per_tile_fwd, "evaluate_x_forward": per_tile_eval / per_tile_fwd,
+            "wall_s": wall,
         }
-    erm, scaat = statistics.median(epochs["erm"]), statistics.median(epochs["scaat"])
+    erm = statistics.median(c for _, c in epochs["erm"])
+    scaat = statistics.median(c for _, c in epochs["scaat"])
     results["scaat_resnet50"] = {"erm_epoch_s": erm, "scaat_epoch_s": scaat, "scaat_x_erm": scaat / erm,
+                                 "wall_s": {k: [w for w, _ in v] for k, v in epochs.items()},
                                  "erm_epoch_x_forward": erm / (fwd_train * a.train_steps),
                                  "steps": a.train_steps, "batch": a.train_batch}
     out = Path(a.out)
@@ -140,8 +146,10 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# Bring-your-own-model speed (CPU, {a.threads} thread(s), {a.size} px)", "",
              f"Measured by `bench/byom_speed.py` in one run on {results['device']} (torch {results['torch']}); "
-             f"median of {a.rounds} interleaved rounds; each time is also given as a ratio to a bare forward pass "
-             "(no_grad, eval mode) of the same model. Raw numbers: `byom_speed.json`.", "",
+             f"median of {a.rounds} interleaved rounds (evaluate: one run per model); **CPU seconds of the process** "
+             "with one torch thread (the machine was shared with other jobs, so wall times were noisy; they are in "
+             "the JSON), each also as a ratio to a bare forward pass (no_grad, eval mode) of the same model. "
+             "Raw numbers: `byom_speed.json`.", "",
              "| model | bare forward (1 tile) | Explore: saliency | Explore: Grad-CAM | evaluate, per tile |",
              "|---|---|---|---|---|"]
     for key, r in results["models"].items():
