@@ -75,6 +75,11 @@ def test_add_your_model_then_every_page(h, app_env, weights):
     h.assert_clean(at)
     assert len(at.dataframe[0].value) == 2
 
+    at.switch_page("pages/consistency.py").run()  # background attack + Grad-CAM heatmaps on the ViT too
+    h.assert_clean(at)
+    assert at.image
+    at.switch_page("pages/train.py").run()
+    h.assert_clean(at)
     at.switch_page("pages/slide.py").run()
     h.assert_clean(at)
     at.switch_page("pages/report.py").run()

@@ -174,3 +174,16 @@ def test_build_errors_are_one_line():
     with pytest.raises(RunError):
         load_run("/nonexistent/run")
     assert isinstance(create_model("torchvision/efficientnet_b0", 2, image_size=32), nn.Module)
+
+
+def test_register_tokens_are_dropped_before_the_grid():
+    import timm
+
+    from interp_core.models.zoo import ZooClassifier
+    net = timm.create_model("test_vit", pretrained=False, num_classes=2, img_size=64, reg_tokens=4)
+    m = ZooClassifier(net, "timm", 2, (0.5,) * 3, (0.5,) * 3, 64, "bicubic").eval()
+    assert net.num_prefix_tokens == 5  # class token + 4 registers
+    tokens = torch.randn(1, 5 + 16, 8)
+    torch.testing.assert_close(m.cam_reshape(tokens)[0, :, 0, 1], tokens[0, 5 + 1])
+    a = attribute(m, _images(1, 64), "gradcam", target=0)
+    assert a.shape == (1, 64, 64) and torch.isfinite(a).all()
