@@ -117,7 +117,8 @@ show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRIC
 rows, labels, bars, pending = [], [], [], []
 for method in methods:
     with guard(f"computing {method}"):
-        maps = [compute.map_at(cache.attribution(r, tile.image, method, t, cam_layer), tile.image.shape[:2])
+        layer = cam_layer if method == "gradcam" else None
+        maps = [compute.map_at(cache.attribution(r, tile.image, method, t, layer), tile.image.shape[:2])
                 for r, t in zip(refs, targets)]
         vmin, vmax = shared_range(maps, clip)
         st.markdown(f"#### {method}  \n:gray[{METHODS[method].description}]")
@@ -140,7 +141,7 @@ for method in methods:
 
 for slot, panel, r, method, t in pending if show_metrics else []:
     with slot.container(), guard(f"scoring {method}"):
-        m = cache.tile_metrics(r, tile.image, method, t, tile.mask, cam_layer)
+        m = cache.tile_metrics(r, tile.image, method, t, tile.mask, cam_layer if method == "gradcam" else None)
         pg = m["pointing_game"]
         pg_text = ("n/a (no evidence marked)" if tile.mask is not None else "n/a (no mask)") if pg is None \
             else ("hit" if pg >= 0.5 else "miss")

@@ -45,7 +45,7 @@ def cam_layer_choices(model: nn.Module) -> list[str]:
     """Module names offered for Grad-CAM (timm/torchvision models: their network's names)."""
     if hasattr(model, "layer_choices"):
         return model.layer_choices()
-    return [n for n, _ in model.named_modules() if n and n.count(".") < 2]
+    return [n for n, _ in model.named_modules() if n.startswith("features") and n.count(".") < 2]
 
 
 def has_layer(model: nn.Module, name: str) -> bool:

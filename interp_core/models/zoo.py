@@ -314,10 +314,11 @@ class ZooClassifier(nn.Module):
     def layer_choices(self, max_depth: int = 3) -> list[str]:
         """Module names worth offering for Grad-CAM (automatic choice first): containers and norms
         up to ``max_depth`` dots deep, without activations and dropouts."""
-        skip = (nn.Dropout, nn.ReLU, nn.GELU, nn.SiLU, nn.Identity)
+        skip = (nn.Dropout, nn.ReLU, nn.GELU, nn.SiLU, nn.Identity, *_POOLS)
+        head = {id(m) for m in self.net.modules() if isinstance(m, nn.Linear) and m.out_features == self.num_classes}
         out = [self.auto_cam_layer_name]
         for n, m in self.net.named_modules():
-            if n and n.count(".") < max_depth and not isinstance(m, skip) and n not in out:
+            if n and n.count(".") < max_depth and not isinstance(m, skip) and id(m) not in head and n not in out:
                 out.append(n)
         return out
 
