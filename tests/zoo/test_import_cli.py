@@ -63,6 +63,14 @@ def test_import_then_every_command(weight_files, tiny_data, tiny_run, tmp_path, 
                                   "gradcam", "--cam-layer", "blocks.77", "--out", str(out))
     assert code == 2 and "no module 'blocks.77'" in err
 
+    # dataset mode: the named layer is part of the job, so the same folder refuses the automatic layer
+    shards = tmp_path / "shards"
+    _ok(capsys, "explain", "--run", str(vit), "--data", str(tiny_data), "--limit", "4", "--attribution", "gradcam",
+        "--cam-layer", "blocks.2.norm1", "--out", str(shards), "--quiet")
+    code, _, err = cli_in_process(capsys, "explain", "--run", str(vit), "--data", str(tiny_data), "--limit", "4",
+                                  "--attribution", "gradcam", "--out", str(shards), "--quiet")
+    assert code == 2 and "different method_options" in err
+
     # evaluate (resized tiles, the model's interpolation) with Grad-CAM on a named layer
     m = _ok(capsys, "evaluate", "--run", str(tmp_path / "resnet"), "--data", str(tiny_data), "--limit", "6",
             "--attribution", "gradcam", "--cam-layer", "layer3", "--quiet")
