@@ -22,5 +22,12 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
       --batch-size "$bs" --out "$out/$obj" --seed 0 --device cpu --quiet "${extra[@]}"
   done
 done
+# a timm architecture (bring your own model): MobileNetV3-Small-0.5 from scratch at 128 px, the 64-px tiles
+# upscaled with its bicubic interpolation; the data path is stored relative, as it is shipped
+byom=sample_data/runs/synthetic-he/timm-mobilenetv3-erm
+$PY -m interp_core train --data sample_data/data/synthetic-he --arch timm/mobilenetv3_small_050 --image-size 128 \
+  --objective erm --epochs 12 --batch-size 32 --out "$byom" --seed 0 --device cpu --quiet
+$PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['data']='sample_data/data/synthetic-he'; \
+open(p,'w').write(json.dumps(c, indent=2) + '\n')" "$byom/config.json"
 # the resumable checkpoints are not shipped (the runs are finished)
 find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +

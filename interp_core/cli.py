@@ -1,4 +1,4 @@
-"""``python -m interp_core``: make-data, train, evaluate, explain, explain-slide, compare.
+"""``python -m interp_core``: make-data, train, import-model, evaluate, explain, explain-slide, compare.
 
 Thin: parse flags, call the library, print JSON. Every user mistake becomes a one-line
 ``error: ...`` on stderr and exit code 2; set ``INTERP_DEBUG=1`` to see tracebacks.
@@ -121,14 +121,34 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(a: argparse.Namespace) -> int:
+    from .import_model import import_model
+    if (a.mean is None) != (a.std is None):
+        raise InterpError("give --mean and --std together (or neither: the architecture's own)")
+    _emit(import_model(a.arch, a.weights, a.classes, a.out, image_size=a.image_size, mean=a.mean, std=a.std,
+                       interpolation=a.interpolation), None)
+    return 0
+
+
+def _run_arg(a: argparse.Namespace, device: Any = "cpu") -> Any:
+    """``a.run`` as a path, or loaded with ``--cam-layer`` applied when one is given."""
+    if not getattr(a, "cam_layer", None):
+        return a.run
+    from .device import pick_device
+    from .runs import load_run
+    return load_run(a.run, pick_device(device) if isinstance(device, str) else device, cam_layer=a.cam_layer)
+
+
 # -- evaluate / explain / compare ----------------------------------------------------------
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .device import pick_device
     from .evaluate import EvalSettings, evaluate_run
     settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
                             expensive=a.expensive, seed=a.seed)
-    result = evaluate_run(a.run, a.data, settings, device=pick_device(a.device), progress=not a.quiet,
+    result = evaluate_run(_run_arg(a, a.device), a.data, settings, device=pick_device(a.device), progress=not a.quiet,
                           predictions_csv=a.predictions, attributions=a.attributions)
+    if a.cam_layer:
+        result["cam_layer"] = a.cam_layer
     _emit(result, a.out)
     return 0
 
@@ -136,7 +156,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_explain(a: argparse.Namespace) -> int:
     if a.data is not None:  # dataset mode: sharded, resumable
         from .explain_dataset import explain_dataset
-        info = explain_dataset(a.run, a.data, a.split, a.out, method=a.attribution, shard_size=a.shard_size,
+        info = explain_dataset(_run_arg(a, a.device), a.data, a.split, a.out, method=a.attribution, shard_size=a.shard_size,
                                batch_size=a.batch_size, device=a.device, limit=a.limit, target=a.target,
                                seed=a.seed, workers=a.workers, progress=not a.quiet)
         _emit({"out": str(Path(a.out).resolve()), "n_tiles": info["n_tiles"], "n_shards": info["n_shards"],
@@ -144,7 +164,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
                "seconds": round(info["seconds"], 3)}, None)
         return 0
     from .explain import explain_image
-    info = explain_image(a.run, a.image, a.out, method=a.attribution, target=a.target, device=a.device,
+    info = explain_image(_run_arg(a, a.device), a.image, a.out, method=a.attribution, target=a.target, device=a.device,
                          alpha=a.alpha, seed=a.seed)
     _emit(info, None)
     return 0
@@ -165,7 +185,7 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
         info = explain_slide_file(a.run, a.slide, a.out, level=a.level, tile_size=a.tile_size, stride=a.stride,
                                   method=a.attribution, batch_size=a.batch_size, min_tissue=a.min_tissue,
                                   device=a.device, limit_tiles=a.limit_tiles, map_side=a.map_side,
-                                  workers=a.workers, seed=a.seed, progress=progress)
+                                  workers=a.workers, seed=a.seed, progress=progress, cam_layer=a.cam_layer)
     finally:
         if bar is not None:
             bar.close()
@@ -183,6 +203,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+def _arch_name(name: str) -> str:
+    """argparse type for ``--arch``: a registered name, timm/NAME or torchvision/NAME."""
+    from .models import is_known_arch, list_models
+    if not is_known_arch(name):
+        raise argparse.ArgumentTypeError(f"unknown architecture {name!r}; choose one of "
+                                         f"{', '.join(sorted(list_models()))}, or timm/NAME or torchvision/NAME")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training.objectives import objective_names
     from .models import list_models
@@ -202,12 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train or fine-tune a model (resumes an unfinished --out)")
     t.add_argument("--data", required=True, help="dataset folder (DESIGN.md layout) or MedMNIST .npz")
     t.add_argument("--objective", choices=objective_names(), default="erm", help="training objective (default erm)")
-    t.add_argument("--arch", choices=sorted(list_models()), default=None,
-                   help="architecture (default smallcnn, or the --init run's)")
+    t.add_argument("--arch", type=_arch_name, default=None, metavar="ARCH",
+                   help=f"architecture: {', '.join(sorted(list_models()))}, timm/NAME or torchvision/NAME "
+                        "(random weights, never downloaded) (default smallcnn, or the --init run's)")
     t.add_argument("--epochs", type=int, required=True, help="number of epochs")
     t.add_argument("--out", required=True, help="run directory to create or resume")
     t.add_argument("--init", default=None, help="start from this run's weights (fine-tuning; lr default 1e-4)")
-    t.add_argument("--weights", default=None, help="initial weights from your own .safetensors file")
+    t.add_argument("--weights", default=None, help="initial weights from your own .safetensors file (timm/ and "
+                                                   "torchvision/ architectures: also a .pt/.pth/.bin state dict, read "
+                                                   "with weights_only=True; another class count's head is replaced)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 from scratch, 1e-4 with --init)")
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default adamw)")
@@ -231,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_objective_flags(t)
     t.set_defaults(func=cmd_train)
 
+    im = sub.add_parser("import-model", help="a run directory from your own weights for a timm or torchvision "
+                                             "architecture (then explain, evaluate, train --init, ... accept it)")
+    im.add_argument("--arch", required=True, type=_arch_name, help="timm/NAME or torchvision/NAME, e.g. timm/resnet50")
+    im.add_argument("--weights", required=True, help="state dict: .safetensors, or .pt/.pth/.bin (read with "
+                                                     "torch.load(weights_only=True): no code is run)")
+    im.add_argument("--classes", nargs="+", required=True, help="class names in the order of the model's outputs")
+    im.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the architecture's)")
+    im.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean, 1 or 3 values "
+                                                                        "(default: timm's pretrained_cfg)")
+    im.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std, 1 or 3 values")
+    im.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), default=None,
+                    help="how tiles of another size are resized (default: the architecture's)")
+    im.add_argument("--out", required=True, help="run directory to create")
+    _common(im)
+    im.set_defaults(func=cmd_import_model)
+
     e = sub.add_parser("evaluate", help="accuracy and explanation-quality metrics of a run on a dataset")
     e.add_argument("--run", required=True)
     e.add_argument("--data", required=True)
@@ -241,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--expensive", action="store_true",
                    help="also compute the slow metrics (max-sensitivity, model randomisation)")
+    e.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
+                        "(e.g. blocks.11.norm1; default: found automatically)")
     e.add_argument("--out", default=None, help="write metrics.json here instead of stdout")
     e.add_argument("--predictions", default=None, help="also write per-tile predictions to this CSV")
     e.add_argument("--attributions", default=None, metavar="DIR",
@@ -260,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--attribution", default="saliency")
     x.add_argument("--target", default=None, help="class name or index (default: predicted)")
     x.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (PNG, --image)")
+    x.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
+                        "(e.g. blocks.11.norm1; default: found automatically)")
     x.add_argument("--shard-size", type=int, default=256, help="tiles per shard (--data; default 256)")
     x.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (--data; default 64)")
     x.add_argument("--limit", type=int, default=None, help="only a stratified subset of N tiles (--data)")
@@ -279,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tile side in pixels of that level (default: the run's input size; else resized to it)")
     ws.add_argument("--stride", type=int, default=None, help="step between tiles (default: the tile size)")
     ws.add_argument("--attribution", default="saliency")
+    ws.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
+                        "(e.g. blocks.11.norm1; default: found automatically)")
     ws.add_argument("--batch-size", type=int, default=64)
     ws.add_argument("--min-tissue", type=float, default=0.1,
                     help="skip tiles with less than this share of tissue (default 0.1)")

@@ -31,7 +31,7 @@ from .device import pick_device
 from .errors import DataError
 from .metrics import summarise
 from .predict import predict_loader
-from .runs import LoadedRun, load_run
+from .runs import LoadedRun, load_run, run_interpolation
 
 
 @dataclass
@@ -49,7 +49,7 @@ class EvalSettings:
 
 
 def _open(run: LoadedRun, data: str | Path, s: EvalSettings):
-    ds = open_split(data, s.split, image_size=run.config["image_size"])
+    ds = open_split(data, s.split, image_size=run.config["image_size"], interpolation=run_interpolation(run.config))
     if ds.classes != run.classes:
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {run.classes}")
     if s.limit is None or s.limit >= len(ds):

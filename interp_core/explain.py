@@ -23,26 +23,39 @@ from .runs import LoadedRun, load_run
 
 @dataclass
 class PreparedImage:
-    """An image as the model sees it: ``tensor`` ``[1,3,S,S]`` in [0,1] and the uint8 ``array``."""
+    """An image as the model sees it: ``tensor`` ``[1,3,S,S]`` in [0,1] and the uint8 ``array``;
+    ``original`` is the tile as read (``[H, W, 3]`` uint8), at its own resolution."""
 
     tensor: torch.Tensor
     array: np.ndarray
     notes: list[str] = field(default_factory=list)
+    original: np.ndarray | None = None
 
 
-def prepare_image(source: str | Path | bytes, image_size: int, name: str | None = None) -> PreparedImage:
-    """Read an image safely and resize it to ``image_size`` (square), noting any change."""
+def prepare_image(source: str | Path | bytes, image_size: int, name: str | None = None,
+                  interpolation: str = "bilinear") -> PreparedImage:
+    """Read an image safely and resize it to ``image_size`` (square) with ``interpolation`` (the
+    model's: bilinear, bicubic or nearest), noting any change."""
     loaded = load_rgb(source, name=name)
     arr, notes = loaded.array, list(loaded.notes)
+    original = arr
     h, w = arr.shape[:2]
     t = torch.from_numpy(arr).permute(2, 0, 1).float().div(255.0)[None]
     if (h, w) != (image_size, image_size):
-        notes.append(f"resized from {w}x{h} to the model's input {image_size}x{image_size}"
+        notes.append(f"resized from {w}x{h} to the model's input {image_size}x{image_size} ({interpolation})"
                      + (" (aspect ratio changed)" if h != w else ""))
-        t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", antialias=True,
-                          align_corners=False).clamp(0, 1)
+        t = F.interpolate(t, size=(image_size, image_size), mode=interpolation,
+                          **({} if interpolation == "nearest" else {"antialias": True, "align_corners": False})
+                          ).clamp(0, 1)
         arr = (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    return PreparedImage(t, arr, notes)
+    return PreparedImage(t, arr, notes, original)
+
+
+def map_to_tile(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A map ``[H, W]`` at the model's input resized (bilinear) to the tile's ``(h, w)``."""
+    if tuple(a.shape[-2:]) == tuple(size):
+        return a
+    return F.interpolate(a[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
 def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
@@ -64,7 +77,8 @@ def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
 def explain_image(run: str | Path | LoadedRun, image: str | Path, out: str | Path, *, method: str = "saliency",
                   target: str | int | None = None, device: str = "auto", alpha: float = 0.5,
                   seed: int = 0) -> dict[str, Any]:
-    """Write the attribution map of ``image`` to ``out`` (.png overlay or .npy float32 ``[H,W]``)."""
+    """Write the attribution map of ``image`` to ``out`` (.png overlay or .npy float32 ``[H,W]``), at
+    the tile's own resolution (computed at the model's input size, resized back bilinearly)."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".npy"):
         raise InterpError(f"--out must end in .png or .npy (got {out.name!r})")
@@ -72,18 +86,21 @@ def explain_image(run: str | Path | LoadedRun, image: str | Path, out: str | Pat
     dev = pick_device(device)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, dev)
     model = loaded.model.to(dev)
-    prep = prepare_image(image, loaded.config["image_size"], name=str(image))
+    from .runs import run_interpolation
+    prep = prepare_image(image, loaded.config["image_size"], name=str(image), interpolation=run_interpolation(loaded.config))
     k = resolve_target(target, loaded.classes)
     x = prep.tensor.to(dev)
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), 1)[0].cpu()
     tgt = int(probs.argmax()) if k is None else k
     a = attribute(model, x, method, target=tgt, **seed_option(method, seed))[0].cpu()
+    tile = prep.original if prep.original is not None else prep.array
+    a = map_to_tile(a, tuple(tile.shape[:2]))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npy":
         np.save(out, a.numpy().astype(np.float32), allow_pickle=False)
     else:
-        Image.fromarray(overlay(prep.array, a.numpy(), alpha=alpha)).save(out)
+        Image.fromarray(overlay(tile, a.numpy(), alpha=alpha)).save(out)
     return {"out": str(out), "run": loaded.name, "method": method, "prediction": loaded.classes[int(probs.argmax())],
             "probabilities": {c: float(p) for c, p in zip(loaded.classes, probs)},
             "target": loaded.classes[tgt], "notes": prep.notes}

@@ -137,12 +137,15 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     loaded = run if isinstance(run, LoadedRun) else load_run(run, dev)
     model = loaded.model.to(dev).eval()
     image_size = int(loaded.config["image_size"])
-    ds = open_split(data, split, image_size=image_size)
+    from .runs import run_interpolation
+    ds = open_split(data, split, image_size=image_size, interpolation=run_interpolation(loaded.config))
     if ds.classes != loaded.classes:
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {loaded.classes}")
     idx = list(range(len(ds))) if limit is None or limit >= len(ds) else stratified_subset(ds.labels, limit)
     tgt = resolve_target(target, loaded.classes)
     opts = seed_option(method, seed)
+    if method == "gradcam" and getattr(model, "cam_layer_name", None):  # a named layer is part of the job
+        opts = {**opts, "layer": model.cam_layer_name}
     n = len(idx)
     n_shards = math.ceil(n / shard_size)
     files = [ds.records[i].file for i in idx] if hasattr(ds, "records") else [str(i) for i in idx]

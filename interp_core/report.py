@@ -153,6 +153,18 @@ def _display_names(paths: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{p.parent.name}/{n}" for n, p in zip(names, paths)]
 
 
+def _resize_for(x: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Images ``x`` resized to a run's input size with its interpolation (unchanged when equal)."""
+    from .runs import run_interpolation
+    size = int(cfg["image_size"])
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    mode = run_interpolation(cfg)
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode=mode, **({} if mode == "nearest" else {"align_corners": False, "antialias": True})
+    ).clamp(0, 1)
+
+
 def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, split: str = "test",
                  attribution: str = "saliency", limit: int | None = 200, device: str = "auto",
                  progress: bool | Callable[[int, int], None] = False, seed: int = 0,
@@ -182,10 +194,16 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
     ds = open_split(data, split, image_size=loaded[0].config["image_size"])
     idx = example_indices(ds.labels, seed=seed)
     x = torch.stack([ds[i]["image"] for i in idx]).to(dev)
-    maps = {n: attribute(lr.model, x, attribution, **seed_option(attribution, seed)).cpu().numpy()
-            for n, lr in zip(names, loaded)}
-    with torch.no_grad():
-        preds = {n: torch.softmax(lr.model(x), 1).cpu() for n, lr in zip(names, loaded)}
+    maps, preds = {}, {}
+    for n, lr in zip(names, loaded):  # each run at its own input size; maps shown at the first run's
+        xr = _resize_for(x, lr.config)
+        a = attribute(lr.model, xr, attribution, **seed_option(attribution, seed))
+        if a.shape[-2:] != x.shape[-2:]:
+            a = torch.nn.functional.interpolate(a[:, None], size=tuple(x.shape[-2:]), mode="bilinear",
+                                                align_corners=False)[:, 0]
+        maps[n] = a.cpu().numpy()
+        with torch.no_grad():
+            preds[n] = torch.softmax(lr.model(xr), 1).cpu()
     grid = ["<table class='grid'><tr><th>tile</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
             + "<th>colour scale</th></tr>"]
     for j, i in enumerate(idx):

@@ -22,7 +22,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from .errors import RunError
-from .models import create_model, list_models
+from .models import create_model, is_known_arch, list_models
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -220,8 +220,9 @@ def validate_config(cfg: Any, where: str = CONFIG) -> dict:
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in cfg]
     if missing:
         raise RunError(f"{where}: missing key(s) {', '.join(missing)}")
-    if cfg["arch"] not in list_models():
-        raise RunError(f"{where}: unknown architecture {cfg['arch']!r} (known: {', '.join(sorted(list_models()))})")
+    if not isinstance(cfg["arch"], str) or not is_known_arch(cfg["arch"]):
+        raise RunError(f"{where}: unknown architecture {cfg['arch']!r} (known: {', '.join(sorted(list_models()))}, "
+                       "timm/NAME, torchvision/NAME)")
     classes = cfg["classes"]
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise RunError(f"{where}: 'classes' must be a list of class names")
@@ -230,6 +231,12 @@ def validate_config(cfg: Any, where: str = CONFIG) -> dict:
     if not isinstance(cfg["image_size"], int) or not 8 <= cfg["image_size"] <= 4096:
         raise RunError(f"{where}: image_size must be an integer between 8 and 4096")
     return cfg
+
+
+def run_interpolation(cfg: dict) -> str:
+    """How tiles of another size are resized for this run's model (``arch_options.interpolation``
+    for timm/torchvision models, from timm's ``pretrained_cfg``; bilinear otherwise)."""
+    return str((cfg.get("arch_options") or {}).get("interpolation") or "bilinear")
 
 
 def build_model(cfg: dict) -> nn.Module:
@@ -298,12 +305,16 @@ def read_history(run_dir: str | Path) -> list[dict]:
     return out
 
 
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a run's model from config.json + model.safetensors; eval mode, on ``device``."""
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", cam_layer: str | None = None) -> LoadedRun:
+    """Rebuild a run's model from config.json + model.safetensors; eval mode, on ``device``.
+    ``cam_layer`` names the module Grad-CAM uses (as in ``named_modules()`` of the timm or
+    torchvision network; default: found automatically)."""
     run_dir = Path(run_dir).resolve()
     cfg = read_config(run_dir)
     model = build_model(cfg)
     load_weights_into(model, load_tensors(run_dir / WEIGHTS), str(run_dir / WEIGHTS))
+    if cam_layer:
+        model.set_cam_layer(cam_layer)
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, model, read_history(run_dir))
 

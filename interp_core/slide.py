@@ -400,8 +400,10 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
                   progress: Callable[[int, int], None] | None = None, classes: list[str] | None = None,
                   input_size: int | None = None, normalize: str = "slide", min_tissue: float = 0.1,
                   method_options: dict[str, Any] | None = None, max_tiles: int = MAX_TILES,
-                  workers: int = 0, limit: int | None = None) -> SlideResult:
+                  workers: int = 0, limit: int | None = None, interpolation: str = "bilinear") -> SlideResult:
     """Tile ``slide``, predict and attribute every tile, stitch the maps (see the module docstring).
+
+    ``interpolation`` (bilinear, bicubic, nearest): how tiles are resized to ``input_size``.
 
     ``tile_size``: tile side in slide pixels (the model's input size, unless ``input_size`` is
     given: then each tile is resized to ``input_size`` for the model, e.g. a model trained on
@@ -472,8 +474,9 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     for idx, batch in _tile_batches(slide, todo, stride, tile_size, batch_size, int(workers)):
         x = batch.to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         if input_size is not None and input_size != tile_size:
-            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
-                              antialias=input_size < tile_size).clamp_(0.0, 1.0)
+            x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
+                              **({} if interpolation == "nearest" else
+                                 {"align_corners": False, "antialias": input_size < tile_size})).clamp_(0.0, 1.0)
         with attribution_state(work):
             with torch.no_grad():
                 p = torch.softmax(work(x).float(), dim=1)

@@ -54,25 +54,27 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
                        batch_size: int = 64, min_tissue: float = 0.1, device: str = "auto",
                        limit_tiles: int | None = None, map_side: int = 1024, workers: int = 0,
                        normalize: str = "slide", seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[int, int], None] | None = None,
+                       cam_layer: str | None = None) -> dict[str, Any]:
     """Explain ``slide`` with ``run`` tile by tile and write the maps and ``summary.json`` to ``out``.
 
     ``tile_size``: tile side in pixels of the chosen ``level`` (default: the run's input size;
     another size is resized to the run's input for the model). Other options as
     ``slide.explain_slide``; ``limit_tiles`` computes only the first N tissue tiles. Returns the
-    summary (also written to ``out/summary.json``).
+    summary (also written to ``out/summary.json``). ``cam_layer``: Grad-CAM's module name (see
+    ``runs.load_run``).
     """
     from .attribution import seed_option
     from .device import pick_device
     from .explain_dataset import run_identity
-    from .runs import load_run, write_json
+    from .runs import load_run, run_interpolation, write_json
     from .slide import explain_slide, open_slide
     t0 = time.perf_counter()
     slide_path = Path(slide)
     if not slide_path.is_file():
         raise InterpError(f"{slide_path}: no such slide file")
     dev = pick_device(device)
-    loaded = load_run(run, dev)
+    loaded = load_run(run, dev, cam_layer=cam_layer)
     input_size = int(loaded.config["image_size"])
     tile = input_size if tile_size is None else int(tile_size)
     reader = open_slide(slide_path, level=level)
@@ -82,7 +84,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
                         downsample=d, device=dev, progress=progress, classes=loaded.classes,
                         input_size=input_size if tile != input_size else None, normalize=normalize,
                         min_tissue=min_tissue, method_options=seed_option(method, seed), workers=workers,
-                        limit=limit_tiles)
+                        limit=limit_tiles, interpolation=run_interpolation(loaded.config))
     close = getattr(reader, "close", None)
     if callable(close):
         close()

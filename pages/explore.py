@@ -95,6 +95,12 @@ S.init(S.Explore.TARGET, "predicted")
 target_choice = c5.selectbox("Explain class", ["predicted", *classes0], key=S.Explore.TARGET,
                              help="Explain each model's own prediction, or the same class for every model.", **S.KEEP)
 need(bool(methods), "Choose at least one attribution method.")
+cam_layer = None
+if "gradcam" in methods:  # Grad-CAM's layer, by module name; a model without that name keeps its own
+    layer_names = list(dict.fromkeys(n for r in refs for n in cache.cam_layers(r)))
+    S.init(S.Explore.CAM_LAYER, "")
+    cam_layer = st.selectbox("Grad-CAM layer", ["", *layer_names], key=S.Explore.CAM_LAYER,
+                             format_func=lambda n: n or "automatic (last spatial feature map)", **S.KEEP) or None
 
 # -- predictions ---------------------------------------------------------------------------------
 st.subheader(tile.title)
@@ -142,7 +148,9 @@ for r, entry, t in zip(refs, sel.runs, targets):
         f"{c}: {v:.1%}" + (" (predicted)" if j == k else "") for j, (c, v) in enumerate(zip(r.classes, p)))))
 for method in methods:
     with guard(f"computing {method}"):
-        maps = [cache.attribution(r, tile.image, method, t) for r, t in zip(refs, targets)]
+        layer = cam_layer if method == "gradcam" else None
+        maps = [compute.map_at(cache.attribution(r, tile.image, method, t, layer), tile.image.shape[:2])
+                for r, t in zip(refs, targets)]
         top = max(float(np.abs(a).max(initial=0.0)) for a in maps) or 1.0
         maps_n = [a / top for a in maps]  # shares of the row's largest value, so the colour bar reads 0-1
         vmin, vmax = shared_range(maps_n, clip)
@@ -191,7 +199,7 @@ if has_artifact:
 
 for slot, panel, r, method, t in pending if show_metrics else []:
     with slot.container(), guard(f"scoring {method}"):
-        m = cache.tile_metrics(r, tile.image, method, t, tile.mask)
+        m = cache.tile_metrics(r, tile.image, method, t, tile.mask, cam_layer if method == "gradcam" else None)
         pg = m["pointing_game"]
         pg_text = ("n/a (no evidence marked)" if tile.mask is not None else "n/a (no mask)") if pg is None \
             else ("hit" if pg >= 0.5 else "miss")

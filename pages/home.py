@@ -1,11 +1,13 @@
 """Home: what the tool does, the device in use, what was found on disk, a one-click guided example."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui import cache, catalog, shell, sidebar, text
+from ui import byom, cache, catalog, shell, sidebar, text
 from ui import state as S
 from ui.errors import guard
 
@@ -103,6 +105,43 @@ else:
     with guard("listing the models"):
         st.dataframe(pd.DataFrame([catalog.run_summary_row(r) for r in sel.all_runs]), hide_index=True)
         st.caption("Shipped models live in `sample_data/runs/`; the ones you train go to `runs/`.")
+
+st.subheader("Add your model")
+st.markdown("Any **timm** or **torchvision** classifier with your own weights (`.safetensors`, or a PyTorch "
+            "state dict `.pt`/`.pth`/`.bin`, read without running any code). Nothing is downloaded. The model then "
+            "appears in every page, and the Train page can fine-tune it with SCAAT, SGT or ECE.")
+with st.form(S.Home.IMPORT + ".form"):
+    k = S.Home.IMPORT
+    f1, f2 = st.columns(2)
+    arch = f1.text_input("Architecture", placeholder="timm/resnet50", key=k + ".arch",
+                         help="timm/NAME or torchvision/NAME, e.g. " + ", ".join(byom.EXAMPLES))
+    run_name = f2.text_input("Name of the new model", placeholder="my-resnet50", key=k + ".name")
+    upload = st.file_uploader("Weights file", type=["safetensors", "pt", "pth", "bin", "ckpt"], key=k + ".upload")
+    wpath = st.text_input("...or the weights file's path on this machine", key=k + ".path")
+    classes_text = st.text_input("Class names, in the order of the model's outputs (comma-separated)",
+                                 placeholder="normal, tumor", key=k + ".classes")
+    g1, g2, g3, g4 = st.columns(4)
+    size = g1.number_input("Input size (px; 0: the architecture's)", 0, 4096, 0, key=k + ".size")
+    mean_text = g2.text_input("Mean (optional)", placeholder="0.485 0.456 0.406", key=k + ".mean")
+    std_text = g3.text_input("Std (optional)", placeholder="0.229 0.224 0.225", key=k + ".std")
+    interp = g4.selectbox("Resize tiles with", ["", "bilinear", "bicubic", "nearest"], key=k + ".interp",
+                          format_func=lambda v: v or "the architecture's")
+    if st.form_submit_button("Add model", icon=":material/add:"):
+        with guard("adding your model"), st.spinner("Building the model and loading the weights..."):
+            info = byom.import_from_form(name=run_name, arch=arch, classes=classes_text, weights_path=wpath,
+                                         upload_name=upload.name if upload else "",
+                                         upload_bytes=upload.getvalue() if upload else None,
+                                         image_size=int(size), mean=mean_text, std=std_text, interpolation=interp)
+            S.put(k, info)
+            cache.runs.clear()
+            st.rerun()
+added = S.get(S.Home.IMPORT)
+if isinstance(added, dict):
+    st.success(f"Added **{Path(added['run']).name}** ({added['arch']}, {added['image_size']} px, "
+               f"{added['interpolation']} resizing; Grad-CAM layer `{added['cam_layer']}`). It is listed under "
+               "Trained models and selectable in the sidebar.")
+    for note in added.get("notes", []):
+        st.info(note)
 
 st.subheader("Pages")
 st.markdown(

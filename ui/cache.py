@@ -160,19 +160,24 @@ def probs(r: ModelRef, image: np.ndarray) -> np.ndarray:
     return compute.predict_probs(loaded.model, image, loaded.config["image_size"])
 
 
+def cam_layers(r: ModelRef) -> list[str]:
+    """Grad-CAM layer names of a cached model (``ui.compute.cam_layer_choices``)."""
+    return compute.cam_layer_choices(r.load().model)
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
-def attribution(r: ModelRef, image: np.ndarray, method: str, target: int) -> np.ndarray:
-    """Attribution map ``[S, S]`` of one tile at the model's input size ``S``."""
+def attribution(r: ModelRef, image: np.ndarray, method: str, target: int, cam_layer: str | None = None) -> np.ndarray:
+    """Attribution map ``[S, S]`` of one tile at the model's input size ``S`` (``cam_layer``: Grad-CAM's module)."""
     loaded = r.load()
-    return compute.explain_tile(loaded.model, image, loaded.config["image_size"], method, target)
+    return compute.explain_tile(loaded.model, image, loaded.config["image_size"], method, target, cam_layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def tile_metrics(r: ModelRef, image: np.ndarray, method: str, target: int,
-                 mask: np.ndarray | None) -> dict[str, float | None]:
+                 mask: np.ndarray | None, cam_layer: str | None = None) -> dict[str, float | None]:
     """Per-tile metrics of one map (``ui.compute.tile_metrics``); the map itself comes from the cache."""
     loaded = r.load()
-    a = attribution(r, image, method, target)
+    a = attribution(r, image, method, target, cam_layer)
     return compute.tile_metrics(loaded.model, image, loaded.config["image_size"], a, target, mask)
 
 

@@ -25,12 +25,46 @@ TILE_INSTEAD_OF_RESIZE = 2.0
 TILE_DELETION_STEPS = 16
 
 
-def to_tensor(image: np.ndarray, size: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` -> float ``[1, 3, size, size]`` in [0, 1] (resized with antialiasing if needed)."""
+def to_tensor(image: np.ndarray, size: int | None = None, device: torch.device | str = "cpu",
+              mode: str = "bilinear") -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float ``[1, 3, size, size]`` in [0, 1] (resized with ``mode``, the model's
+    interpolation, antialiased, if needed)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)[None]
     if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+        kw = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+        x = F.interpolate(x, size=(size, size), mode=mode, **kw).clamp_(0, 1)
     return x.to(device)
+
+
+def _mode(model: nn.Module) -> str:
+    """The interpolation a model's tiles are resized with (timm/torchvision models carry theirs)."""
+    return str(getattr(model, "interpolation", "bilinear"))
+
+
+def cam_layer_choices(model: nn.Module) -> list[str]:
+    """Module names offered for Grad-CAM (timm/torchvision models: their network's names)."""
+    if hasattr(model, "layer_choices"):
+        return model.layer_choices()
+    return [n for n, _ in model.named_modules() if n.startswith("features") and n.count(".") < 2]
+
+
+def has_layer(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` names a module of ``model`` (see ``cam_layer_choices``)."""
+    if hasattr(model, "resolve_layer"):
+        try:
+            model.resolve_layer(name)
+            return True
+        except Exception:  # noqa: BLE001 - InterpError: not this model's
+            return False
+    return name in dict(model.named_modules())
+
+
+def map_at(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A map resized (bilinear) to the tile's ``(h, w)``: Explore shows maps at the tile's resolution."""
+    if tuple(a.shape) == tuple(shape):
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def resize_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
@@ -61,7 +95,7 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def predict_probs(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     """Softmax probabilities ``[C]`` of one tile (model in eval mode; it is never put in train mode)."""
-    x = to_tensor(image, size, model_device(model))
+    x = to_tensor(image, size, model_device(model), _mode(model))
     return torch.softmax(model(x).float(), 1)[0].cpu().numpy()
 
 
@@ -73,12 +107,16 @@ METHOD_NOTES: dict[str, str] = {
 }
 
 
-def explain_tile(model: nn.Module, image: np.ndarray, size: int, method: str, target: int) -> np.ndarray:
+def explain_tile(model: nn.Module, image: np.ndarray, size: int, method: str, target: int,
+                 cam_layer: str | None = None) -> np.ndarray:
     """Attribution map ``[size, size]`` (float32) of ``method`` for class ``target`` (with
-    ``PAGE_METHOD_OPTIONS``, e.g. occlusion against the blurred tile)."""
-    x = to_tensor(image, size, model_device(model))
-    return attribute(model, x, method, target=int(target), **PAGE_METHOD_OPTIONS.get(method, {}))[0] \
-        .cpu().numpy().astype(np.float32)
+    ``PAGE_METHOD_OPTIONS``, e.g. occlusion against the blurred tile); ``cam_layer`` (Grad-CAM only,
+    when the model has a module of that name) replaces the automatic layer."""
+    x = to_tensor(image, size, model_device(model), _mode(model))
+    opts = dict(PAGE_METHOD_OPTIONS.get(method, {}))
+    if cam_layer and method == "gradcam" and has_layer(model, cam_layer):
+        opts["layer"] = cam_layer
+    return attribute(model, x, method, target=int(target), **opts)[0].cpu().numpy().astype(np.float32)
 
 
 def relevance_shares(a: np.ndarray, evidence: np.ndarray | None, artifact: np.ndarray | None) -> dict[str, float | None]:
@@ -114,7 +152,7 @@ def tile_metrics(model: nn.Module, image: np.ndarray, size: int, a: np.ndarray, 
     ``deletion_steps`` chunks (see ``TILE_DELETION_STEPS``).
     """
     dev = model_device(model)
-    x = to_tensor(image, size, dev)
+    x = to_tensor(image, size, dev, _mode(model))
     at = torch.from_numpy(a)[None].to(dev)
     out: dict[str, float | None] = {"sparseness": float(M.sparseness(at)[0])}
     m = resize_mask(mask, size)

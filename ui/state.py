@@ -36,12 +36,14 @@ class Home:
     """Keys of the Home page."""
 
     GUIDED = "home.guided"
+    IMPORT = "home.import"  # "Add your model" form (widget keys home.import.*) and its last result
 
 
 class Explore:
     """Keys of the Explore page."""
 
     SOURCE = "explore.source"
+    CAM_LAYER = "explore.cam_layer"  # Grad-CAM's module name ("" = automatic)
     SPLIT = "explore.split"
     CLASSES = "explore.classes"
     CORRECTNESS = "explore.correctness"

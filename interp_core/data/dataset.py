@@ -40,7 +40,13 @@ class TileRecord:
 
 
 class TileDataset(Dataset):
-    """A split of a tile dataset; images are read from disk when an item is requested."""
+    """A split of a tile dataset; images are read from disk when an item is requested.
+
+    Tiles of another side than ``image_size`` are resized with ``interpolation`` (the model's:
+    ``bilinear``, ``bicubic`` or ``nearest``; antialiased), masks with nearest neighbours.
+    """
+
+    interpolation: str = "bilinear"
 
     def __init__(self, root: Path, split: str, classes: list[str], records: list[TileRecord], *,
                  image_size: int | None = None, augment: bool = False, seed: int = 0,
@@ -113,7 +119,8 @@ class TileDataset(Dataset):
             extra["artifact"] = torch.from_numpy(self._side_mask("artifact_masks", i, hw)).float()[None]
         if self.image_size is not None and hw != (self.image_size, self.image_size):
             size = [self.image_size, self.image_size]
-            image = TF.resize(image, size, antialias=True).clamp_(0, 1)
+            mode = TF.InterpolationMode(self.interpolation)
+            image = TF.resize(image, size, interpolation=mode, antialias=mode != TF.InterpolationMode.NEAREST).clamp_(0, 1)
             extra = {k: (TF.resize(v, size, interpolation=TF.InterpolationMode.NEAREST) > 0.5).float()
                      for k, v in extra.items()}
         if self.augment:

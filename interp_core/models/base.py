@@ -35,10 +35,20 @@ class TileClassifier(nn.Module):
         self.head = nn.Linear(feature_channels, num_classes)
         self.num_classes = num_classes
 
+    cam_layer_name: str | None = None  # set_cam_layer(); None: ``features``
+
+    def set_cam_layer(self, name: str | None) -> None:
+        """Use the module called ``name`` (as in ``named_modules()``) for Grad-CAM; None: ``features``."""
+        if name:
+            from ..errors import InterpError
+            if name not in dict(self.named_modules()):
+                raise InterpError(f"no module {name!r} in {self.arch} (names as in named_modules())")
+        self.cam_layer_name = name or None
+
     @property
     def cam_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (for Grad-CAM/CAM)."""
-        return self.features
+        return self.get_submodule(self.cam_layer_name) if self.cam_layer_name else self.features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, C, h, w]`` of images ``x`` in ``[0, 1]``."""

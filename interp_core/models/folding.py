@@ -55,6 +55,8 @@ class _FoldedConvBN(nn.Module):
         return conv._conv_forward(x, weight.to(conv.weight.dtype), bias.to(conv.weight.dtype))
 
 
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 _FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
 
 
@@ -83,6 +85,8 @@ def eval_forward_module(model: nn.Module) -> nn.Module:
 
 
 def _fold_conv_bn(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no BatchNorm (LayerNorm, GroupNorm: ViT, Swin, ConvNeXt) or
+    cannot be traced; else the traced module with every plain Conv2d -> BatchNorm pair fused."""
     if not any(isinstance(m, _BatchNorm) for m in model.modules()):
         return model
     try:
@@ -93,7 +97,8 @@ def _fold_conv_bn(model: nn.Module) -> nn.Module:
     modules = dict(gm.named_modules())
     count = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
+        # exactly a BatchNorm: subclasses such as timm's BatchNormAct2d add an activation after it
+        if node.op != "call_module" or type(modules.get(node.target)) not in _PLAIN_BN:
             continue
         prev = node.args[0] if node.args else None
         if not (isinstance(prev, torch.fx.Node) and prev.op == "call_module" and len(prev.users) == 1

@@ -29,10 +29,22 @@ def list_models() -> dict[str, str]:
     return dict(_DESCRIPTIONS)
 
 
+def is_known_arch(name: str) -> bool:
+    """A registered name, or ``timm/NAME`` / ``torchvision/NAME`` of an existing architecture."""
+    from .zoo import zoo_exists
+    return name in _REGISTRY or zoo_exists(name)
+
+
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered architecture with freshly initialised weights."""
-    if name not in _REGISTRY:
-        raise InterpError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    """Build an architecture with freshly initialised weights: a registered name, or any timm or
+    torchvision classifier as ``timm/NAME`` / ``torchvision/NAME`` (never downloaded; ``kwargs``
+    are then ``mean``, ``std``, ``image_size``, ``interpolation``)."""
+    from .zoo import create_zoo_model, is_zoo_name
     if int(num_classes) < 2:
         raise InterpError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if is_zoo_name(name):
+        return create_zoo_model(name, int(num_classes), **kwargs)
+    if name not in _REGISTRY:
+        raise InterpError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(_REGISTRY))}, "
+                          "or timm/NAME or torchvision/NAME")
     return _REGISTRY[name](num_classes=int(num_classes), **kwargs)

@@ -38,10 +38,10 @@ from ..data import dataset_classes, infer_image_size, open_split
 from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
-from ..models import create_model
-from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, load_run, load_tensors,
-                    is_temp_file, load_weights_into, portable_path, read_history, read_json, recorded_path,
-                    remove_stale_temp_files,
+from ..models import is_zoo_name, zoo_defaults
+from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, build_model, load_run,
+                    load_tensors, is_temp_file, load_weights_into, portable_path, read_history, read_json,
+                    recorded_path, remove_stale_temp_files, run_interpolation,
                     save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,
@@ -132,12 +132,19 @@ def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
     image_size = cfg.image_size or (init_run.config["image_size"] if init_run else None)
     if image_size is None:
         image_size = infer_image_size(open_split(cfg.data, "train"))
+    arch_options = dict(init_run.config.get("arch_options") or {}) if init_run else {}
+    if "image_size" in arch_options:
+        arch_options["image_size"] = int(image_size)
+    if is_zoo_name(arch) and not init_run:  # timm/torchvision: normalisation and interpolation of the architecture
+        d = zoo_defaults(arch)
+        arch_options = {"mean": d["mean"], "std": d["std"], "image_size": int(image_size),
+                        "interpolation": d["interpolation"]}
     lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if init_run else DEFAULT_LR_SCRATCH)
     stored = {
         "format_version": FORMAT_VERSION,
         "interp_core_version": __version__,
         "arch": arch,
-        "arch_options": {},
+        "arch_options": arch_options,
         "num_classes": len(classes),
         "classes": classes,
         "image_size": int(image_size),
@@ -308,17 +315,23 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
 
     seed_everything(cfg.seed)
     image_size = stored_cfg["image_size"]
-    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed,
+    interp = run_interpolation(stored_cfg)
+    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed, interpolation=interp,
                           val_fraction=cfg.val_fraction)
-    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed,
+    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed, interpolation=interp,
                                val_fraction=cfg.val_fraction)
-    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                        interpolation=interp)
     if len(train_ds) < max(2, info.world_size):
         raise InterpError(f"{cfg.data}: the train split needs at least {max(2, info.world_size)} images")
 
-    model = create_model(stored_cfg["arch"], stored_cfg["num_classes"])
+    model = build_model(stored_cfg)
     if init_run is not None:
         model.load_state_dict(init_run.model.state_dict())
+    elif cfg.weights and hasattr(model, "net"):  # timm/torchvision: the network's own state dict, read safely
+        from ..models.weights import load_into_network, read_state_dict
+        for note in load_into_network(model.net, read_state_dict(cfg.weights), cfg.weights):
+            log(note)
     elif cfg.weights:
         load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
     if cfg.sync_bn and info.enabled:
