@@ -101,6 +101,9 @@ if "gradcam" in methods:  # Grad-CAM's layer, by module name; a model without th
     S.init(S.Explore.CAM_LAYER, "")
     cam_layer = st.selectbox("Grad-CAM layer", ["", *layer_names], key=S.Explore.CAM_LAYER,
                              format_func=lambda n: n or "automatic (last spatial feature map)", **S.KEEP) or None
+    lacking = [e.label for r, e in zip(refs, sel.runs) if cam_layer and cam_layer not in cache.cam_layers(r)]
+    if lacking:
+        st.caption(f"No module `{cam_layer}` in {', '.join(lacking)}: Grad-CAM uses its automatic layer there.")
 
 # -- predictions ---------------------------------------------------------------------------------
 st.subheader(tile.title)

@@ -117,7 +117,8 @@ with st.form(S.Home.IMPORT + ".form"):
                          help="timm/NAME or torchvision/NAME, e.g. " + ", ".join(byom.EXAMPLES))
     run_name = f2.text_input("Name of the new model", placeholder="my-resnet50", key=k + ".name")
     upload = st.file_uploader("Weights file", type=["safetensors", "pt", "pth", "bin", "ckpt"], key=k + ".upload")
-    wpath = st.text_input("...or the weights file's path on this machine", key=k + ".path")
+    wpath = st.text_input("...or the weights file's path on this machine", key=k + ".path",
+                          help="For files larger than the upload limit shown above.")
     classes_text = st.text_input("Class names, in the order of the model's outputs (comma-separated)",
                                  placeholder="normal, tumor", key=k + ".classes")
     g1, g2, g3, g4 = st.columns(4)

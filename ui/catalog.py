@@ -302,7 +302,8 @@ def run_summary_row(r: RunEntry) -> dict[str, Any]:
     return {"run": r.label, "trained on": r.dataset or "unknown", "objective": r.objective.upper(),
             "model": r.arch, "epochs": len(hist) or r.config.get("epochs"),
             "best val. accuracy": None if best is None else round(float(best), 3),
-            "started from": Path(r.config["init"]).name if r.config.get("init") else "scratch",
+            "started from": Path(r.config["init"]).name if r.config.get("init") else
+            (r.config.get("imported_from") or {}).get("file", "scratch"),
             "state": r.status.get("state", "finished"), "last epoch": last.get("epoch")}
 
 

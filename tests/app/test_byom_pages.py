@@ -68,6 +68,7 @@ def test_add_your_model_then_every_page(h, app_env, weights):
     box.set_value("blocks.2.norm1").run()
     h.assert_clean(at)
     assert len(_overlays(at)) == 4 and _vit_gradcam(at) != before  # the ViT's Grad-CAM map changed
+    assert any("No module `blocks.2.norm1` in" in c.value and "my-resnet" in c.value for c in at.caption)
 
     at.switch_page("pages/metrics.py").run()
     at.number_input(key="metrics.limit").set_value(6).run()

@@ -138,3 +138,21 @@ def test_cnn_grad_cam_agrees_with_pytorch_grad_cam():
     with GradCAM(model=model, target_layers=[model.net.layer4]) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(0)])
     np.testing.assert_allclose(_minmax(ours), ref, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_swin_grad_cam_agrees_with_pytorch_grad_cam():
+    """Swin's blocks give ``[B, H, W, C]`` maps (timm's NHWC layout): the tutorial's transform only
+    moves the channels first."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    torch.manual_seed(0)
+    model = create_model("timm/swin_tiny_patch4_window7_224", 2, image_size=224).eval()
+    assert model.auto_cam_layer_name == "layers.3.blocks.1.norm1"
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    ours = attribute(model, x, "gradcam", target=[1]).numpy()
+    with GradCAM(model=model, target_layers=[model.net.layers[-1].blocks[-1].norm1],
+                 reshape_transform=lambda t: t.transpose(2, 3).transpose(1, 2)) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
+    assert ref.max() > 0
+    np.testing.assert_allclose(_minmax(ours), ref, atol=2e-3)
