@@ -25,7 +25,9 @@ def test_explain_slide_writes_maps_and_summary(slide_tiff, fake_run, tmp_path, c
     assert json.loads(stdout)["tiles"] == {"total": 35, "tissue": 24, "computed": 24, "skipped": 11}
     names = {p.name for p in out.iterdir()}
     assert names == {"thumbnail.png", "tissue.png", "saliency.png", "saliency.npy", "probs.npy", "prediction.npy",
-                     "prediction.png", "probability_normal.png", "probability_tumor.png", "summary.json"}
+                     "prediction.png", "probability_normal.png", "probability_tumor.png", "summary.json",
+                     "saliency_slide.npy", "saliency_tile.npy", "entropy.npy", "tiles.geojson", "plan.json",
+                     "progress.json", "tissue_tiles.npy", "pieces"}
     s = json.loads((out / "summary.json").read_text())
     assert s["slide_size"] == [200, 136] and s["level"] == 0 and s["grid"] == [5, 7] and s["downsample"] == 4
     assert s["slide"]["vendor"] == "generic-tiff" and s["slide"]["mpp"] == [0.5, 0.5]
