@@ -316,3 +316,134 @@ def render_overlay_tile(values: np.ndarray, map_scale: float, dz: DeepZoomSlide,
     ``values`` (see ``sample_map``, ``colorize_rgba``)."""
     region = dz.tile_region(level, col, row)
     return colorize_rgba(sample_map(values, map_scale, region, dz.level_scale(level)), vmin, vmax, cmap)
+
+
+# -- service -------------------------------------------------------------------------------------
+@dataclass
+class Overlay:
+    """A map registered for the viewer: ``values`` (one pixel = ``map_scale`` level-0 pixels), colours."""
+
+    slide_id: str
+    values: np.ndarray
+    map_scale: float
+    vmin: float
+    vmax: float
+    cmap: str
+
+
+class TileService:
+    """The tile source behind the viewer: slides and overlays registered by id, tiles made on request.
+
+    ``register_slide(path)`` admits only slides under ``roots`` (``SlideRoots.resolve``) and returns
+    an opaque id; tile requests name that id, never a path, so a request cannot reach another
+    file. ``handle(parts)`` answers a request path split on ``/`` (``[id, "info.json"]``,
+    ``[id, "tiles", level, "COL_ROW.jpeg"]``, ``[id, "overlay", oid, level, "COL_ROW.png"]``) with
+    ``(status, content type, body)``; errors are 4xx with a one-line text message.
+    """
+
+    def __init__(self, roots: SlideRoots | None = None, *, cache_bytes: int = CACHE_BYTES, max_overlays: int = 48,
+                 tile_size: int = DZ_TILE, overlap: int = DZ_OVERLAP):
+        self.roots = roots or SlideRoots.from_env()
+        self.tile_size, self.overlap = int(tile_size), int(overlap)
+        self.cache = TileCache(cache_bytes)
+        self._slides: dict[str, DeepZoomSlide] = {}
+        self._overlays: OrderedDict[str, Overlay] = OrderedDict()
+        self._max_overlays = int(max_overlays)
+        self._lock = threading.Lock()
+
+    def register_slide(self, path: str | Path) -> str:
+        """The id of slide ``path`` (opened once); ``SlideAccessError`` outside the roots."""
+        import hashlib
+        real = self.roots.resolve(path)
+        st = real.stat()
+        sid = hashlib.sha1(f"{real}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
+        with self._lock:
+            if sid not in self._slides:
+                self._slides[sid] = DeepZoomSlide(real, tile_size=self.tile_size, overlap=self.overlap)
+        return sid
+
+    def slide(self, sid: str) -> DeepZoomSlide:
+        """The registered slide ``sid`` or ``TileRequestError``."""
+        with self._lock:
+            dz = self._slides.get(sid)
+        if dz is None:
+            raise TileRequestError(f"unknown slide id {str(sid)[:40]!r} (open the slide on the Slide page first)")
+        return dz
+
+    def register_overlay(self, sid: str, values: np.ndarray, map_scale: float, *, vmin: float, vmax: float,
+                         cmap: str) -> str:
+        """The id of a map drawn over slide ``sid`` (the same inputs give the same id)."""
+        import hashlib
+        self.slide(sid)
+        colormap_lut(cmap)
+        v = np.ascontiguousarray(values, dtype=np.float32)
+        if v.ndim != 2 or not v.size:
+            raise InterpError(f"an overlay must be a 2-D map, got shape {list(v.shape)}")
+        h = hashlib.sha1(v.tobytes())
+        h.update(f"{sid}:{v.shape}:{map_scale}:{vmin}:{vmax}:{cmap}".encode())
+        oid = h.hexdigest()[:16]
+        with self._lock:
+            self._overlays[oid] = Overlay(sid, v, float(map_scale), float(vmin), float(vmax), cmap)
+            self._overlays.move_to_end(oid)
+            while len(self._overlays) > self._max_overlays:
+                self._overlays.popitem(last=False)
+        return oid
+
+    def slide_tile(self, sid: str, level: Any, col: Any, row: Any, fmt: str = "jpeg") -> bytes:
+        """Encoded slide tile (cached)."""
+        level, col, row = parse_tile_request(level, col, row)
+        dz = self.slide(sid)
+        dz.check(level, col, row)
+        key = ("s", sid, level, col, row, fmt)
+        data = self.cache.get(key)
+        if data is None:
+            data = encode_image(dz.tile(level, col, row), fmt)
+            self.cache.put(key, data)
+        return data
+
+    def overlay_tile(self, sid: str, oid: str, level: Any, col: Any, row: Any) -> bytes:
+        """Encoded RGBA overlay tile (PNG, cached)."""
+        level, col, row = parse_tile_request(level, col, row)
+        dz = self.slide(sid)
+        dz.check(level, col, row)
+        with self._lock:
+            ov = self._overlays.get(oid)
+        if ov is None or ov.slide_id != sid:
+            raise TileRequestError(f"unknown overlay id {str(oid)[:40]!r} for this slide")
+        key = ("o", oid, level, col, row)
+        data = self.cache.get(key)
+        if data is None:
+            rgba = render_overlay_tile(ov.values, ov.map_scale, dz, level, col, row, vmin=ov.vmin, vmax=ov.vmax,
+                                       cmap=ov.cmap)
+            data = encode_image(rgba, "png")
+            self.cache.put(key, data)
+        return data
+
+    def handle(self, parts: list[str]) -> tuple[int, str, bytes]:
+        """``(status, content type, body)`` for a request path split into ``parts`` (see the class docstring)."""
+        import json
+        try:
+            if len(parts) == 2 and parts[1] == "info.json":
+                return 200, "application/json", json.dumps(self.slide(parts[0]).info()).encode()
+            if len(parts) == 4 and parts[1] == "tiles":
+                col, row, fmt = _split_tile_name(parts[3], ("jpeg", "png"))
+                return 200, f"image/{fmt}", self.slide_tile(parts[0], parts[2], col, row, fmt)
+            if len(parts) == 5 and parts[1] == "overlay":
+                col, row, _ = _split_tile_name(parts[4], ("png",))
+                return 200, "image/png", self.overlay_tile(parts[0], parts[2], parts[3], col, row)
+            raise TileRequestError("not a tile path: expected ID/info.json, ID/tiles/LEVEL/COL_ROW.jpeg or "
+                                   "ID/overlay/OID/LEVEL/COL_ROW.png")
+        except TileRequestError as e:
+            status = 404 if str(e).startswith("unknown") else 400
+            return status, "text/plain; charset=utf-8", str(e).encode()
+        except InterpError as e:
+            return 500, "text/plain; charset=utf-8", str(e).encode()
+
+
+def _split_tile_name(name: str, formats: tuple[str, ...]) -> tuple[str, str, str]:
+    """``"COL_ROW.FMT"`` -> ``(col, row, fmt)`` as strings (checked later), or ``TileRequestError``."""
+    stem, dot, fmt = name.rpartition(".")
+    col, sep, row = stem.partition("_")
+    if not dot or not sep or fmt not in formats:
+        raise TileRequestError(f"malformed tile name {name[:40]!r}: expected COL_ROW.{'|'.join(formats)}")
+    return col, row, fmt

@@ -464,3 +464,62 @@ def _write_maps(res: Any, out: Path) -> list[str]:
 def _safe_name(name: str) -> str:
     """A class name as a file-name fragment (letters, digits, ``-``, ``_``; others become ``_``)."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "class"
+
+
+def results_dir(run: str | Path, slide: str | Path, *, level: int = 0, method: str = "saliency",
+                tile_size: int | None = None, stride: int | None = None) -> Path:
+    """Where ``explain-slide`` writes by default, and where the Slide page looks:
+    ``RUN/slides/<slide stem>-<8 hex of its real path>/L<level>-<method>-t<tile>-s<stride>``.
+
+    ``tile_size`` defaults to the run's input size and ``stride`` to the tile size, so the page and
+    the command land in the same folder for the same settings and reuse each other's results.
+    """
+    import hashlib
+
+    from .runs import read_json
+    run, slide = Path(run), Path(slide)
+    if tile_size is None:
+        tile_size = int(read_json(run / "config.json")["image_size"])
+    stride = tile_size if stride is None else stride
+    tag = hashlib.sha1(str(slide.resolve()).encode()).hexdigest()[:8]
+    return run / "slides" / f"{slide.stem}-{tag}" / f"L{int(level)}-{method}-t{int(tile_size)}-s{int(stride)}"
+
+
+def start_background(run: str | Path, slide: str | Path, out: str | Path, *, level: int = 0,
+                     method: str = "saliency", stride: int | None = None, device: str = "cpu",
+                     extra: list[str] | None = None) -> int:
+    """Start ``python -m interp_core explain-slide`` for ``out`` in a detached process; return its pid.
+
+    The process takes the folder's lock while it works (``job_running``), writes its pieces as it
+    goes (``read_progress``, ``assemble`` show them) and its stderr to ``.<out name>.log`` beside
+    ``out``. Nothing is started when a job already holds the folder (returns 0).
+    """
+    import subprocess
+    import sys
+    out = Path(out)
+    if job_running(out):
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "interp_core", "explain-slide", "--run", str(Path(run).resolve()),
+            "--slide", str(Path(slide).resolve()), "--out", str(out.resolve()), "--level", str(int(level)),
+            "--attribution", method, "--device", device, "--quiet"]
+    if stride is not None:
+        args += ["--stride", str(int(stride))]
+    args += list(extra or [])
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])
+    with open(out.parent / f".{out.name}.log", "ab") as log:
+        proc = subprocess.Popen(args, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
+    return proc.pid
+
+
+def job_log_tail(out: str | Path, n: int = 5) -> str:
+    """The last ``n`` lines of a background job's log (its one-line error when it failed)."""
+    out = Path(out)
+    log = out.parent / f".{out.name}.log"
+    try:
+        return "\n".join(log.read_text(errors="replace").strip().splitlines()[-n:])
+    except OSError:
+        return ""
