@@ -2,6 +2,7 @@
 explain-slide in the background, a tile's detail on click, GeoJSON export for QuPath."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,7 @@ if missing and b1.button("Explain the slide", key=S.Slide.COMPUTE, type="primary
         stride = sizes[i] if stride_mode == "tile" else max(1, sizes[i] // 2)
         start_background(by_key[keys[i]].path, slide_path, outs[i], level=level, method=method, stride=stride,
                          device="cpu" if sel.device in ("auto", "cpu") else sel.device)
+    S.put(S.Slide.STARTED, time.time())
     st.rerun()
 for i, p in enumerate(progs):
     if not p["complete"] and not p["running"] and p.get("done"):
@@ -138,7 +140,8 @@ def job_progress() -> None:
         st.rerun()
 
 
-if any(p["running"] for p in progs):
+just_started = time.time() - S.get(S.Slide.STARTED, 0.0) < 60 and not all(p["complete"] for p in progs)
+if any(p["running"] for p in progs) or just_started:
     job_progress()
 
 # -- overlays ------------------------------------------------------------------------------------

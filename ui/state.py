@@ -127,6 +127,7 @@ class Slide:
     TILE = "slide.tile"          # (row, col) of the tile shown in detail
     DETAIL_METHOD = "slide.detail_method"
     TO_EXPLORE = "slide.to_explore"
+    STARTED = "slide.started"    # when this session last started explain-slide jobs (time.time())
 
 
 class Report:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import warnings
 from typing import Any
 
 from interp_core.deepzoom import TileService
@@ -65,7 +66,9 @@ def ensure_routes() -> bool:
             from starlette.routing import Route
         except ImportError:
             return False
-        apps = [o for o in gc.get_objects() if isinstance(o, Starlette)]
+        with warnings.catch_warnings():  # isinstance on every object touches lazy modules' deprecated names
+            warnings.simplefilter("ignore")
+            apps = [o for o in gc.get_objects() if isinstance(o, Starlette)]
         path = _base_path() + PREFIX + "/{path:path}"
         for app in apps:
             routes = app.router.routes
