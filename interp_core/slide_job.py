@@ -149,21 +149,24 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
             "tile_size": tile, "stride": stride, "input_size": input_size, "tile_map_size": m, "grid": [rows, cols],
             "downsample": d, "method": method, "seed": seed, "min_tissue": float(min_tissue),
             "limit_tiles": limit_tiles, "piece_tiles": piece_tiles, "classes": loaded.classes}
-    old = read_json(out / PLAN) if (out / PLAN).is_file() else None
-    if old != plan:
-        _clear(out)
-    (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete
     thumb = read_thumbnail(reader, d)
     tissue_px = tissue_mask(thumb)
     tissue = tile_tissue_fraction(tissue_px, (rows, cols), tile, stride, d) >= float(min_tissue)
     cells = np.argwhere(tissue)
     if limit_tiles is not None:
         cells = cells[:limit_tiles]
+    plan["n_todo"] = int(len(cells))
+    plan["n_pieces"] = -(-len(cells) // piece_tiles)
+    try:
+        old = read_json(out / PLAN) if (out / PLAN).is_file() else None
+    except (OSError, ValueError, InterpError):
+        old = None
+    if old != plan:
+        _clear(out)
+    (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete
     Image.fromarray(thumb).save(out / "thumbnail.png")
     Image.fromarray(tissue_px.astype(np.uint8) * 255).save(out / "tissue.png")
     np.save(out / "tissue_tiles.npy", tissue, allow_pickle=False)
-    plan["n_todo"] = int(len(cells))
-    plan["n_pieces"] = -(-len(cells) // piece_tiles)
     write_json(out / PLAN, plan)
     t_open = time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ rather than the hours of 100,000 fresh tiles; tile borders show as seams.
 Ground truth written beside the slide:
 
 - ``NAME.lesion_cells.png``: one pixel per cell, white = a lesion cell (a tumor tile there);
-- ``NAME.lesion_mask.png``: level-0 pixel mask, white = lesion evidence (the union of the tumor
+- ``NAME.lesion_mask.png``: level-0 pixel mask (or ``1/mask_downsample`` of it), white = lesion evidence (the union of the tumor
   tiles' own lesion masks: the enlarged, irregular nuclei and the region around them);
 - ``NAME.lesions.geojson``: one Feature per connected lesion, a ``MultiPolygon`` of its cells in
   level-0 pixels, ``classification.name = "Tumor"`` (QuPath imports it as annotations);
@@ -139,11 +139,13 @@ def _level_tiles(layout: SlideLayout, bank: TileBank, level: int, tile: int) -> 
 
 def write_synthetic_wsi(path: str | Path, *, width: int, height: int, seed: int = 0, cell: int = 64,
                         mpp: float = 0.5, n_lesions: int | None = None, bank: int = 64, quality: int = 85,
-                        tile: int = 256, n_levels: int | None = None) -> dict[str, Any]:
+                        tile: int = 256, n_levels: int | None = None, mask_downsample: int = 1) -> dict[str, Any]:
     """Write the synthetic slide ``path`` (``.tiff``) and its ground truth beside it; return the metadata.
 
     ``width``/``height`` are rounded down to whole cells. ``n_lesions``: default one per 6,000,000
     pixels, at least 2. ``n_levels``: default until the smallest level is under 1,024 pixels.
+    ``mask_downsample``: the lesion mask PNG has ``1/mask_downsample`` of the slide's side (a pixel
+    is lesion when at least half of its block is), to keep it small on a very large slide.
     Deterministic in ``seed``.
     """
     import tifffile
@@ -187,14 +189,21 @@ def write_synthetic_wsi(path: str | Path, *, width: int, height: int, seed: int 
     stem = path.with_suffix("")
     lesion_cells = layout.kind == 1
     Image.fromarray(lesion_cells.astype(np.uint8) * 255).save(f"{stem}.lesion_cells.png")
-    mask = np.zeros((H, W), bool)
-    for y0 in range(0, H, 4096):
-        mask[y0:y0 + 4096] = render_region(layout, bank_, 0, y0, W, min(4096, H - y0), mask=True)
+    k = int(mask_downsample)
+    if k < 1 or cell % k:
+        raise InterpError(f"mask_downsample must divide the cell size {cell}, got {mask_downsample}")
+    mask = np.zeros((H // k, W // k), bool)
+    lesion_px = 0
+    step = 16 * cell
+    for y0 in range(0, H, step):
+        strip = render_region(layout, bank_, 0, y0, W, min(step, H - y0), mask=True)
+        lesion_px += int(strip.sum())
+        mask[y0 // k:(y0 + strip.shape[0]) // k] = strip.reshape(strip.shape[0] // k, k, W // k, k).mean(axis=(1, 3)) >= 0.5
     Image.fromarray(mask).save(f"{stem}.lesion_mask.png", optimize=True)
     Path(f"{stem}.lesions.geojson").write_text(json.dumps(lesions_geojson(lesion_cells, cell)))
     meta = {"slide": path.name, "size": [W, H], "cell": cell, "mpp": mpp, "seed": seed, "levels": n_levels,
             "lesions": int(ndimage.label(lesion_cells)[1]), "tissue_cells": int((layout.kind >= 0).sum()),
-            "lesion_cells": int(lesion_cells.sum()), "lesion_pixels": int(mask.sum()), "jpeg_quality": quality,
+            "lesion_cells": int(lesion_cells.sum()), "lesion_pixels": lesion_px, "mask_downsample": k, "jpeg_quality": quality,
             "bank": bank, "files": {"lesion_cells": f"{stem.name}.lesion_cells.png",
                                     "lesion_mask": f"{stem.name}.lesion_mask.png",
                                     "lesions": f"{stem.name}.lesions.geojson"}}
