@@ -221,6 +221,9 @@ for k, m, p in zip(keys, maps, progs):
     state = "done" if p["complete"] else (f"{p['done']:,}/{p['total']:,} tiles" if p["total"] else "not explained yet")
     titles.append(f"{by_key[k].label} · {state}")
 selected = S.get(S.Slide.TILE)
+if not tile_server.viewer_installed():
+    st.warning("The deep-zoom viewer (OpenSeadragon) is not installed: run `make viewer` (npm) once.",
+               icon=":material/warning:")
 if not served:
     st.info("The tile server is not running in this session (the page is being tested without a server).")
 click = tile_server.viewer(
@@ -239,12 +242,12 @@ if isinstance(click, dict) and grid and click.get("n") != S.get(S.Slide.CLICK_N)
 
 # -- exports ---------------------------------------------------------------------------------------
 ex = st.columns(len(keys))
-for col, k, o, p in zip(ex, keys, outs, progs):
+for i, (col, k, o, p) in enumerate(zip(ex, keys, outs, progs)):
     gj = o / "tiles.geojson"
     if p["complete"] and gj.is_file():
         col.download_button(f"GeoJSON for QuPath: {by_key[k].label}", gj.read_bytes(),
                             file_name=f"{slide_path.stem}-{Path(by_key[k].rel or by_key[k].path.name).name}-tiles.geojson",
-                            mime="application/geo+json", key=f"slide.geojson.{k}",
+                            mime="application/geo+json", key=f"slide.geojson.{i}",
                             help="One polygon per computed tile in level-0 pixels; class = predicted class; "
                                  "measurements = class probabilities, entropy and saliency mass (File > Import).")
 

@@ -83,6 +83,14 @@ def ensure_routes() -> bool:
 
 
 _COMPONENT: Any = None
+#: OpenSeadragon as ``make viewer`` installs it (npm, into the component's folder).
+VIEWER_JS = ("node_modules", "openseadragon", "build", "openseadragon", "openseadragon.min.js")
+
+
+def viewer_installed() -> bool:
+    """True when ``make viewer`` has installed OpenSeadragon next to the component."""
+    from pathlib import Path
+    return Path(__file__).resolve().parent.joinpath("slide_viewer", *VIEWER_JS).is_file()
 
 
 def viewer(args: dict, *, key: str) -> Any:
