@@ -18,6 +18,7 @@ behind a proxy cannot be made to read arbitrary files of its host.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -275,8 +276,9 @@ class TileCache:
 
 
 # -- overlays ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
-    """uint8 ``[256, 3]`` lookup table of matplotlib colour map ``name``."""
+    """uint8 ``[256, 3]`` lookup table of matplotlib colour map ``name`` (cached; do not modify it)."""
     if name not in COLORMAPS:
         raise TileRequestError(f"unknown colour map {name!r}; choose one of {', '.join(COLORMAPS)}")
     from matplotlib import colormaps
@@ -318,10 +320,66 @@ def render_overlay_tile(values: np.ndarray, map_scale: float, dz: DeepZoomSlide,
     return colorize_rgba(sample_map(values, map_scale, region, dz.level_scale(level)), vmin, vmax, cmap)
 
 
+@dataclass
+class TileMaps:
+    """Per-tile maps as computed: ``maps`` float ``[n, m, m]`` of the grid tiles ``cells`` ``[n, 2]``
+    (row, col); grid tile ``(r, c)`` covers level-0 pixels ``[c*stride, c*stride + tile)`` x
+    ``[r*stride, r*stride + tile)`` (``tile``, ``stride`` in level-0 pixels)."""
+
+    cells: np.ndarray
+    maps: np.ndarray
+    tile: float
+    stride: float
+    grid: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.index = np.full(self.grid, -1, np.int64)
+        if len(self.cells):
+            self.index[self.cells[:, 0], self.cells[:, 1]] = np.arange(len(self.cells))
+
+
+def sample_tile_maps(tm: TileMaps, region: tuple[int, int, int, int], scale: float) -> np.ndarray:
+    """float ``[h, w]``: the per-tile maps at the centres of the pixels of ``region`` (a level with
+    ``scale`` level-0 pixels per pixel): each tile map is stretched over its footprint (nearest
+    neighbour, so each map pixel shows as computed); where tiles overlap their values are averaged;
+    NaN where no computed tile covers."""
+    x, y, w, h = region
+    X = (np.arange(w) + x + 0.5) * scale
+    Y = (np.arange(h) + y + 0.5) * scale
+    rows, cols = tm.grid
+    m = tm.maps.shape[-1]
+    acc = np.zeros((h, w), np.float64)
+    cnt = np.zeros((h, w), np.int32)
+    reach = int(np.ceil(tm.tile / tm.stride))
+    r0, c0 = np.floor(Y / tm.stride).astype(np.int64), np.floor(X / tm.stride).astype(np.int64)
+    for kr in range(reach):
+        r = r0 - kr
+        ly = Y - r * tm.stride
+        okr = (r >= 0) & (r < rows) & (ly < tm.tile)
+        iy = np.clip((ly / tm.tile * m).astype(np.int64), 0, m - 1)
+        for kc in range(reach):
+            c = c0 - kc
+            lx = X - c * tm.stride
+            okc = (c >= 0) & (c < cols) & (lx < tm.tile)
+            ix = np.clip((lx / tm.tile * m).astype(np.int64), 0, m - 1)
+            idx = np.full((h, w), -1, np.int64)
+            if okr.any() and okc.any():
+                sub = tm.index[np.ix_(np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1))]
+                idx = np.where(okr[:, None] & okc[None, :], sub, -1)
+            ok = idx >= 0
+            if ok.any():
+                vals = tm.maps[idx[ok], np.broadcast_to(iy[:, None], (h, w))[ok], np.broadcast_to(ix[None, :], (h, w))[ok]]
+                acc[ok] += vals
+                cnt[ok] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan).astype(np.float32)
+
+
 # -- service -------------------------------------------------------------------------------------
 @dataclass
 class Overlay:
-    """A map registered for the viewer: ``values`` (one pixel = ``map_scale`` level-0 pixels), colours."""
+    """A map registered for the viewer: ``values`` (one pixel = ``map_scale`` level-0 pixels), colours;
+    ``native``: the per-tile maps as computed, drawn instead at levels finer than ``map_scale``."""
 
     slide_id: str
     values: np.ndarray
@@ -329,6 +387,7 @@ class Overlay:
     vmin: float
     vmax: float
     cmap: str
+    native: TileMaps | None = None
 
 
 class TileService:
@@ -371,8 +430,9 @@ class TileService:
         return dz
 
     def register_overlay(self, sid: str, values: np.ndarray, map_scale: float, *, vmin: float, vmax: float,
-                         cmap: str) -> str:
-        """The id of a map drawn over slide ``sid`` (the same inputs give the same id)."""
+                         cmap: str, native: TileMaps | None = None) -> str:
+        """The id of a map drawn over slide ``sid`` (the same inputs give the same id); with ``native``,
+        levels finer than the map show the per-tile maps at the resolution they were computed."""
         import hashlib
         self.slide(sid)
         colormap_lut(cmap)
@@ -381,9 +441,13 @@ class TileService:
             raise InterpError(f"an overlay must be a 2-D map, got shape {list(v.shape)}")
         h = hashlib.sha1(v.tobytes())
         h.update(f"{sid}:{v.shape}:{map_scale}:{vmin}:{vmax}:{cmap}".encode())
+        if native is not None:
+            h.update(np.ascontiguousarray(native.maps, np.float32).tobytes())
+            h.update(np.ascontiguousarray(native.cells).tobytes())
+            h.update(f"{native.tile}:{native.stride}:{native.grid}".encode())
         oid = h.hexdigest()[:16]
         with self._lock:
-            self._overlays[oid] = Overlay(sid, v, float(map_scale), float(vmin), float(vmax), cmap)
+            self._overlays[oid] = Overlay(sid, v, float(map_scale), float(vmin), float(vmax), cmap, native)
             self._overlays.move_to_end(oid)
             while len(self._overlays) > self._max_overlays:
                 self._overlays.popitem(last=False)
@@ -413,8 +477,13 @@ class TileService:
         key = ("o", oid, level, col, row)
         data = self.cache.get(key)
         if data is None:
-            rgba = render_overlay_tile(ov.values, ov.map_scale, dz, level, col, row, vmin=ov.vmin, vmax=ov.vmax,
-                                       cmap=ov.cmap)
+            scale = dz.level_scale(level)
+            if ov.native is not None and scale < ov.map_scale:
+                vals = sample_tile_maps(ov.native, dz.tile_region(level, col, row), scale)
+                rgba = colorize_rgba(vals, ov.vmin, ov.vmax, ov.cmap)
+            else:
+                rgba = render_overlay_tile(ov.values, ov.map_scale, dz, level, col, row, vmin=ov.vmin,
+                                           vmax=ov.vmax, cmap=ov.cmap)
             data = encode_image(rgba, "png")
             self.cache.put(key, data)
         return data

@@ -315,10 +315,23 @@ class SlideMaps:
     pieces_done: int
     n_pieces: int
     plan: dict[str, Any]
+    tile_cells: np.ndarray | None = None
+    tile_maps: np.ndarray | None = None
+    slide_scale: float = 1.0
 
     @property
     def complete(self) -> bool:
         return self.pieces_done == self.n_pieces
+
+    def native_maps(self, normalize: str = "slide") -> np.ndarray:
+        """float32 ``[n, m, m]``: each computed tile's own map as computed (``tile_cells`` gives its
+        ``(row, col)``), on the same scale as ``saliency[normalize]``: divided by the slide-wide
+        divisor of the stitched map (``"slide"``) or by its own maximum ``|value|`` (``"tile"``)."""
+        maps = self.tile_maps if self.tile_maps is not None else np.zeros((0, 1, 1), np.float32)
+        if normalize == "tile":
+            top = np.abs(maps).reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
+            return (maps / np.where(top > 0, top, 1.0)[:, None, None]).astype(np.float32)
+        return (maps / self.slide_scale).astype(np.float32) if self.slide_scale > 0 else maps
 
 
 def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
@@ -348,6 +361,7 @@ def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
     acc = {"slide": np.zeros((ht, wt), np.float64), "tile": np.zeros((ht, wt), np.float64)}
     cnt = {"slide": np.zeros((ht, wt), np.float32), "tile": np.zeros((ht, wt), np.float32)}
     done = 0
+    all_cells, all_maps = [], []
     T, S, d = int(plan["tile_size"]), int(plan["stride"]), int(plan["downsample"])
     for k in range(int(plan["n_pieces"])):
         f = out / PIECES / _piece_name(k)
@@ -361,6 +375,8 @@ def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
         _stitch(normalize_max(mt), idx, S, T, d, acc["tile"], cnt["tile"])
         probs[cells[:, 0], cells[:, 1]] = p
         tile_sal[cells[:, 0], cells[:, 1]] = np.abs(maps).reshape(len(maps), -1).mean(1)
+        all_cells.append(cells)
+        all_maps.append(maps)
         done += 1
     sal = {}
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -381,8 +397,12 @@ def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
     with np.errstate(invalid="ignore", divide="ignore"):
         ent = -np.nansum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0.0), axis=-1)
     ent = np.where(np.isfinite(probs[..., 0]), ent, np.nan).astype(np.float32)
+    m = int(plan["tile_map_size"])
     return SlideMaps(result=res, saliency=sal, entropy=res.tile_value_map(ent), tile_saliency=tile_sal,
-                     pieces_done=done, n_pieces=int(plan["n_pieces"]), plan=plan)
+                     pieces_done=done, n_pieces=int(plan["n_pieces"]), plan=plan,
+                     tile_cells=np.concatenate(all_cells) if all_cells else np.zeros((0, 2), np.int32),
+                     tile_maps=np.concatenate(all_maps) if all_maps else np.zeros((0, m, m), np.float32),
+                     slide_scale=top if top > 0 else 1.0)
 
 
 def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import METHODS
-from interp_core.deepzoom import COLORMAPS, SlideAccessError, SlideRoots, colormap_lut
+from interp_core.deepzoom import COLORMAPS, SlideAccessError, SlideRoots, TileMaps, colormap_lut
 from interp_core.errors import InterpError
 from interp_core.slide import open_slide
 from interp_core.slide_job import assemble, job_log_tail, read_progress, results_dir, start_background
@@ -24,9 +24,9 @@ OVERLAYS = {"none": "no overlay", "probability": "class probability per tile", "
             "entropy": "uncertainty (predictive entropy)", "tissue": "tissue mask"}
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def slide_maps(out: str, pieces_done: int, complete: bool, normalize: str):
-    """The maps of a job folder so far (re-read when a piece lands or the job completes)."""
+    """The maps of a job folder so far (re-read when a piece lands or the job completes); shared, read-only."""
     return assemble(out, normalize=normalize)
 
 
@@ -205,8 +205,13 @@ for v, m in zip(values, maps):
     if v is None:
         oids.append(None)
         continue
-    scale = float(m.plan["level_downsample"]) * int(m.plan["downsample"])
-    oids.append(svc.register_overlay(sid, v, scale, vmin=vmin, vmax=vmax, cmap=cmap))
+    ds = float(m.plan["level_downsample"])
+    native = None
+    if show == "saliency":  # deeper than the stitched map, each tile's map as computed
+        native = TileMaps(m.tile_cells, m.native_maps(normalize), m.plan["tile_size"] * ds, m.plan["stride"] * ds,
+                          tuple(m.plan["grid"]))
+    oids.append(svc.register_overlay(sid, v, ds * int(m.plan["downsample"]), vmin=vmin, vmax=vmax, cmap=cmap,
+                                     native=native))
 
 ref_plan = next((m.plan for m in maps if m is not None), None)
 grid = None

@@ -141,3 +141,22 @@ def test_slide_roots_refuse_paths_outside(tmp_path, root, monkeypatch):
     monkeypatch.setenv("INTERP_SLIDES_DIR", str(outside))
     monkeypatch.setenv("INTERP_SAMPLE_DATA", str(tmp_path / "nothing"))
     assert SlideRoots.from_env().resolve(str(outside / "secret.tiff")) == (outside / "secret.tiff").resolve()
+
+
+def test_tile_maps_are_drawn_as_computed_and_overlaps_averaged():
+    from interp_core.deepzoom import TileMaps, sample_tile_maps
+    maps = np.array([[[1, 2], [3, 4]], [[10, 20], [30, 40]]], np.float32)
+    # two 4-pixel tiles side by side (stride 4), each map 2x2: a map pixel covers 2x2 level-0 pixels
+    tm = TileMaps(np.array([[0, 0], [0, 1]]), maps, tile=4.0, stride=4.0, grid=(1, 2))
+    got = sample_tile_maps(tm, (0, 0, 8, 5), 1.0)
+    want = np.array([[1, 1, 2, 2, 10, 10, 20, 20], [1, 1, 2, 2, 10, 10, 20, 20],
+                     [3, 3, 4, 4, 30, 30, 40, 40], [3, 3, 4, 4, 30, 30, 40, 40]], np.float32)
+    np.testing.assert_array_equal(got[:4], want)
+    assert np.isnan(got[4]).all()  # below the grid: no tile
+    # a coarser level (2 level-0 pixels per pixel) samples the centres: one map pixel each
+    np.testing.assert_array_equal(sample_tile_maps(tm, (0, 0, 4, 2), 2.0), [[1, 2, 10, 20], [3, 4, 30, 40]])
+    # stride 2: tile 1 starts at x = 2; where both cover (x in [2, 4)) the values are averaged
+    tm2 = TileMaps(np.array([[0, 0], [0, 1]]), maps, tile=4.0, stride=2.0, grid=(1, 2))
+    row = sample_tile_maps(tm2, (0, 0, 7, 1), 1.0)[0]
+    np.testing.assert_allclose(row[:6], [1, 1, (2 + 10) / 2, (2 + 10) / 2, 20, 20])
+    assert np.isnan(row[6])
