@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -413,7 +414,8 @@ def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
     slide. ``properties``: ``objectType`` "tile", ``classification`` ``{name, color}`` (predicted
     class), ``measurements``: ``prob_<class>`` per class, ``entropy`` (nats), ``saliency_mean_abs``
     (mean ``|map|`` of the tile, raw) and ``saliency_mass`` (the tile's share of the slide's total
-    ``|map|``, so the masses sum to 1), and ``row``/``col`` of the grid.
+    ``|map|``, so the masses sum to 1), and ``row``/``col`` of the grid. ``id``: a UUID (QuPath reads
+    the object id as one), the same for the same grid tile.
     """
     res = maps.result
     ds = float(plan["level_downsample"])
@@ -434,7 +436,7 @@ def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
                      "saliency_mass": float(maps.tile_saliency[r, c]) / total if total > 0 else 0.0,
                      "row": r, "col": c})
         color = list(CLASS_COLORS[k % len(CLASS_COLORS)])
-        feats.append({"type": "Feature", "id": f"tile-{r}-{c}",
+        feats.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"interp-core/tile/{r}/{c}")),
                       "geometry": {"type": "Polygon", "coordinates": [ring]},
                       "properties": {"objectType": "tile", "classification": {"name": res.classes[k], "color": color},
                                      "measurements": meas}})

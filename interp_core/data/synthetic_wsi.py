@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -220,7 +221,7 @@ def lesions_geojson(lesion_cells: np.ndarray, cell: int) -> dict[str, Any]:
         for gy, gx in zip(*np.nonzero(labels == i)):
             x0, y0 = int(gx) * cell, int(gy) * cell
             polys.append([[[x0, y0], [x0 + cell, y0], [x0 + cell, y0 + cell], [x0, y0 + cell], [x0, y0]]])
-        feats.append({"type": "Feature", "id": f"lesion-{i}",
+        feats.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"interp-core/lesion/{i}")),
                       "geometry": {"type": "MultiPolygon", "coordinates": polys},
                       "properties": {"objectType": "annotation",
                                      "classification": {"name": "Tumor", "color": [200, 0, 0]}}})

@@ -73,3 +73,18 @@ def test_explain_slide_level_limit_and_errors(slide_tiff, fake_run, tmp_path, ca
 def test_help(cmd, capsys):
     code, stdout, _ = _cli(capsys, cmd, "--help")
     assert code == 0 and "--device" in stdout and "--seed" in stdout
+
+
+def test_explain_slide_default_out_is_where_the_page_looks(slide_tiff, helpers, tmp_path, capsys):
+    from interp_core.slide_job import read_progress, results_dir
+    run = helpers.make_run(tmp_path / "run")
+    code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
+                                "--attribution", "gradcam", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    out = results_dir(run, slide_tiff, level=0, method="gradcam")
+    assert json.loads(stdout)["out"] == str(out.resolve()) and out.parent.parent == run / "slides"
+    assert read_progress(out)["complete"] and (out / "tiles.geojson").is_file()
+    # run again: the finished folder is reused, nothing recomputed
+    code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
+                                "--attribution", "gradcam", "--device", "cpu", "--quiet")
+    assert code == 0 and json.loads((out / "summary.json").read_text())["timings"]["tiles_computed_now"] == 0

@@ -24,8 +24,10 @@ def wsi(tmp_path_factory) -> Path:
 def _assert_geojson(obj: dict) -> None:
     """RFC 7946 structure: a FeatureCollection of Features with closed, 4+-position Polygon rings of numbers."""
     assert obj["type"] == "FeatureCollection" and isinstance(obj["features"], list)
+    import uuid
     for f in obj["features"]:
         assert f["type"] == "Feature" and isinstance(f["properties"], dict)
+        uuid.UUID(f["id"])  # QuPath reads the id as a UUID
         g = f["geometry"]
         polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
         assert g["type"] in ("Polygon", "MultiPolygon")
