@@ -117,11 +117,11 @@ if missing and b1.button("Explain the slide", key=S.Slide.COMPUTE, type="primary
     for i in missing:
         stride = sizes[i] if stride_mode == "tile" else max(1, sizes[i] // 2)
         start_background(by_key[keys[i]].path, slide_path, outs[i], level=level, method=method, stride=stride,
-                         device="cpu" if sel.device in ("auto", "cpu") else sel.device)
+                         device=sel.device)
     S.put(S.Slide.STARTED, time.time())
     st.rerun()
 for i, p in enumerate(progs):
-    if not p["complete"] and not p["running"] and p.get("done"):
+    if not p["complete"] and not p["running"]:
         tail = job_log_tail(outs[i])
         if tail:
             b2.warning(f"{by_key[keys[i]].label}: the last job stopped: {tail.splitlines()[-1]}", icon=":material/error:")
