@@ -400,7 +400,7 @@ class TileService:
     ``(status, content type, body)``; errors are 4xx with a one-line text message.
     """
 
-    def __init__(self, roots: SlideRoots | None = None, *, cache_bytes: int = CACHE_BYTES, max_overlays: int = 48,
+    def __init__(self, roots: SlideRoots | None = None, *, cache_bytes: int = CACHE_BYTES, max_overlays: int = 12,
                  tile_size: int = DZ_TILE, overlap: int = DZ_OVERLAP):
         self.roots = roots or SlideRoots.from_env()
         self.tile_size, self.overlap = int(tile_size), int(overlap)
