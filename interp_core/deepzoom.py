@@ -226,7 +226,7 @@ class DeepZoomSlide:
 
 
 def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
-    """``img`` (PIL image or uint8 array) encoded as JPEG or PNG bytes."""
+    """``img`` (PIL image or uint8 array) encoded as JPEG, PNG or lossless WebP bytes."""
     from PIL import Image
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
@@ -235,8 +235,10 @@ def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
         img.convert("RGB").save(buf, format="JPEG", quality=quality)
     elif fmt == "png":
         img.save(buf, format="PNG", compress_level=1)
+    elif fmt == "webp":  # lossless: exact colours and alpha, about twice as fast as PNG and half the size
+        img.save(buf, format="WEBP", lossless=True, method=0)
     else:
-        raise TileRequestError(f"tile format must be jpeg or png, got {fmt!r}")
+        raise TileRequestError(f"tile format must be jpeg, png or webp, got {fmt!r}")
     return buf.getvalue()
 
 
@@ -396,7 +398,7 @@ class TileService:
     ``register_slide(path)`` admits only slides under ``roots`` (``SlideRoots.resolve``) and returns
     an opaque id; tile requests name that id, never a path, so a request cannot reach another
     file. ``handle(parts)`` answers a request path split on ``/`` (``[id, "info.json"]``,
-    ``[id, "tiles", level, "COL_ROW.jpeg"]``, ``[id, "overlay", oid, level, "COL_ROW.png"]``) with
+    ``[id, "tiles", level, "COL_ROW.jpeg"]``, ``[id, "overlay", oid, level, "COL_ROW.webp"]``) with
     ``(status, content type, body)``; errors are 4xx with a one-line text message.
     """
 
@@ -466,7 +468,7 @@ class TileService:
         return data
 
     def overlay_tile(self, sid: str, oid: str, level: Any, col: Any, row: Any) -> bytes:
-        """Encoded RGBA overlay tile (PNG, cached)."""
+        """Encoded RGBA overlay tile (lossless WebP, cached)."""
         level, col, row = parse_tile_request(level, col, row)
         dz = self.slide(sid)
         dz.check(level, col, row)
@@ -484,7 +486,7 @@ class TileService:
             else:
                 rgba = render_overlay_tile(ov.values, ov.map_scale, dz, level, col, row, vmin=ov.vmin,
                                            vmax=ov.vmax, cmap=ov.cmap)
-            data = encode_image(rgba, "png")
+            data = encode_image(rgba, "webp")
             self.cache.put(key, data)
         return data
 
@@ -498,10 +500,10 @@ class TileService:
                 col, row, fmt = _split_tile_name(parts[3], ("jpeg", "png"))
                 return 200, f"image/{fmt}", self.slide_tile(parts[0], parts[2], col, row, fmt)
             if len(parts) == 5 and parts[1] == "overlay":
-                col, row, _ = _split_tile_name(parts[4], ("png",))
-                return 200, "image/png", self.overlay_tile(parts[0], parts[2], parts[3], col, row)
+                col, row, _ = _split_tile_name(parts[4], ("webp",))
+                return 200, "image/webp", self.overlay_tile(parts[0], parts[2], parts[3], col, row)
             raise TileRequestError("not a tile path: expected ID/info.json, ID/tiles/LEVEL/COL_ROW.jpeg or "
-                                   "ID/overlay/OID/LEVEL/COL_ROW.png")
+                                   "ID/overlay/OID/LEVEL/COL_ROW.webp")
         except TileRequestError as e:
             status = 404 if str(e).startswith("unknown") else 400
             return status, "text/plain; charset=utf-8", str(e).encode()

@@ -149,7 +149,7 @@ def test_linked_deep_zoom_viewers(server):
         bad: list[str] = []
 
         def on_response(r):
-            m = re.search(r"/_interp/wsi/[0-9a-f]+/(tiles|overlay/[0-9a-f]+)/(\d+)/\d+_\d+\.(jpeg|png)", r.url)
+            m = re.search(r"/_interp/wsi/[0-9a-f]+/(tiles|overlay/[0-9a-f]+)/(\d+)/\d+_\d+\.(jpeg|webp)", r.url)
             if m:
                 tiles.append((int(m.group(2)), m.group(1).split("/")[0]))
                 if r.status != 200:

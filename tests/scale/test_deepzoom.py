@@ -66,12 +66,13 @@ def test_service_serves_tiles_and_refuses_malformed_requests(root, slide_image):
         (sid, "tiles", "-1", "0_0.jpeg"): "level must be a non-negative integer",
         (sid, "tiles", str(top), "a_0.jpeg"): "column must be a non-negative integer",
         (sid, "tiles", str(top), "0_0.gif"): "malformed tile name",
+        (sid, "overlay", "ffffffffffffffff", str(top), "0_0.png"): "malformed tile name",
         (sid, "tiles", str(top), "00.jpeg"): "malformed tile name",
         (sid, "tiles", str(top), "1e3_0.jpeg"): "column must be a non-negative integer",
         (sid, "tiles", "..", "0_0.jpeg"): "level must be a non-negative integer",
         (sid, "..", "..", "etc", "passwd"): "not a tile path",
         ("0123456789abcdef", "tiles", "0", "0_0.jpeg"): "unknown slide id",
-        (sid, "overlay", "ffffffffffffffff", str(top), "0_0.png"): "unknown overlay id",
+        (sid, "overlay", "ffffffffffffffff", str(top), "0_0.webp"): "unknown overlay id",
     }
     for parts, msg in bad.items():
         status, ctype, body = svc.handle(list(parts))
@@ -90,19 +91,19 @@ def test_overlay_tile_shows_the_map_values(root):
     oid = svc.register_overlay(sid, vals, 4.0, vmin=0.0, vmax=1.0, cmap="viridis")
     assert svc.register_overlay(sid, vals, 4.0, vmin=0.0, vmax=1.0, cmap="viridis") == oid  # same inputs, same id
     top = dz.max_level
-    status, _, body = svc.handle([sid, "overlay", oid, str(top), "0_0.png"])
+    status, ctype, body = svc.handle([sid, "overlay", oid, str(top), "0_0.webp"])
     rgba = _png(body)
     x, y, w, h = dz.tile_region(top, 0, 0)
-    assert status == 200 and rgba.shape == (h, w, 4)
+    assert status == 200 and ctype == "image/webp" and rgba.shape == (h, w, 4)
     lut = colormap_lut("viridis")
     np.testing.assert_array_equal(rgba[5, 5], [*lut[255], 255])
     np.testing.assert_array_equal(rgba[31, 31], [*lut[255], 255])
     assert rgba[32, 32, 3] == 0 and rgba[5, 40, 3] == 0  # NaN: transparent
     # tile (1, 0) starts at level-0 x = 63 (overlap): its pixel (27, 50) is level-0 (90, 50) -> map (22, 12): 0.25
-    rgba = _png(svc.handle([sid, "overlay", oid, str(top), "1_0.png"])[2])
+    rgba = _png(svc.handle([sid, "overlay", oid, str(top), "1_0.webp"])[2])
     np.testing.assert_array_equal(rgba[50, 27], [*lut[64], 255])
     # one level up a pixel covers 2 level-0 pixels: (45, 25) -> level-0 (91, 51) -> map (22, 12)
-    rgba1 = _png(svc.handle([sid, "overlay", oid, str(top - 1), "0_0.png"])[2])
+    rgba1 = _png(svc.handle([sid, "overlay", oid, str(top - 1), "0_0.webp"])[2])
     np.testing.assert_array_equal(rgba1[25, 45], [*lut[64], 255])
     assert rgba1[10, 10, 3] == 255 and rgba1[17, 17, 3] == 0
 

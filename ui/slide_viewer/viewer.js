@@ -114,7 +114,7 @@ function applyOverlay(i) {
     cur.oid = want;
     if (want) {
       viewer.addTiledImage({
-        tileSource: tileSource(args.base, args.slide, `overlay/${want}`, "png"), index: 1, opacity: args.opacity,
+        tileSource: tileSource(args.base, args.slide, `overlay/${want}`, "webp"), index: 1, opacity: args.opacity,
         success: function (ev) { if (cur.oid === want) cur.item = ev.item; else viewer.world.removeItem(ev.item); },
       });
     }
