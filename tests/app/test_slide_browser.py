@@ -3,7 +3,7 @@ shipped sample data) and Debian's chromium. It opens the shipped synthetic slide
 default pair of runs in the background, zooms one viewer with the mouse wheel (deeper Deep Zoom
 tiles are requested from the tile route and drawn), checks the other viewer followed, pans the
 other one, clicks a tile for its detail and saves screenshots (``tests/app/screenshots/slide-*.png``;
-the linked viewers also to ``docs/screenshots/slide-viewer.png``)."""
+the zoomed, linked viewers also to ``docs/screenshots/slide-viewer.png``)."""
 from __future__ import annotations
 
 import os
@@ -194,7 +194,7 @@ def test_linked_deep_zoom_viewers(server):
         assert max(frame.evaluate(DRAWN, 0)) > top and max(frame.evaluate(DRAWN, 1)) > top
         other = frame.evaluate(VIEW, 1)  # the right viewer followed
         assert other == pytest.approx(after, rel=1e-6, abs=1e-9)
-        shoot(page, "zoomed")
+        zoomed = shoot(page, "zoomed")
 
         # pan the right viewer by dragging: the left one follows
         box1 = frame.locator("#osd-1").bounding_box()
@@ -217,7 +217,7 @@ def test_linked_deep_zoom_viewers(server):
             time.sleep(0.4)
         wait_for(lambda: frame.evaluate(FULLY, 0) and frame.evaluate(FULLY, 1), 60, "tiles after zooming out")
         time.sleep(1.5)
-        shot = shoot(page, "linked")
+        shoot(page, "linked")
         page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
         settle(page)
         check(page, "tile detail")
@@ -232,4 +232,4 @@ def test_linked_deep_zoom_viewers(server):
     print(f"\nslide page: first view of the slide {first_view:.1f} s")
     from PIL import Image
     DOCS.mkdir(parents=True, exist_ok=True)
-    Image.open(shot).convert("RGB").save(DOCS / "slide-viewer.png", optimize=True)
+    Image.open(zoomed).convert("RGB").save(DOCS / "slide-viewer.png", optimize=True)
