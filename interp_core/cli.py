@@ -177,7 +177,7 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     _emit({"out": str(Path(a.out).resolve()), "tiles": info["tiles"], "class_counts": info["class_counts"],
-           "tiles_per_second": info["timings"]["tiles_per_second"]}, None)
+           "tiles_per_second": info["timings"]["tiles_per_second"], "reused": bool(info.get("reused"))}, None)
     return 0
 
 

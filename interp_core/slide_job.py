@@ -80,7 +80,8 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     piece's probabilities and tile maps go to ``out/pieces/NNNNN.npz`` as soon as it is done, and
     a call on a folder holding pieces of the same plan (same run weights, slide file, level,
     grid, method, tissue threshold, limit) computes only the missing ones; another plan starts
-    over. ``out/plan.json`` is written first, ``out/progress.json`` after each piece and
+    over; a folder already complete with the same plan is returned as it is (its summary, with
+    ``"reused": True``). ``out/plan.json`` is written first, ``out/progress.json`` after each piece and
     ``summary.json`` last (its presence means the folder is complete). One job per folder at a
     time (``explain_dataset.job_lock``; ``job_running`` tells whether one holds it).
 
@@ -162,6 +163,14 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
         old = read_json(out / PLAN) if (out / PLAN).is_file() else None
     except (OSError, ValueError, InterpError):
         old = None
+    if old == plan and (out / "summary.json").is_file():  # finished with the same plan: reuse it as it is
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+        try:
+            return {**read_json(out / "summary.json"), "reused": True}
+        except (OSError, ValueError, InterpError):
+            pass
     if old != plan:
         _clear(out)
     (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete

@@ -120,8 +120,9 @@ def test_explain_slide_resumes_from_its_pieces(wsi, tmp_path, helpers):
     np.testing.assert_array_equal(np.load(out / "probs.npy"), probs)
     assert (out / "tiles.geojson").read_text() == gj
     # a finished folder: nothing recomputed; another plan (method) starts over
-    assert explain_slide_file(run, wsi, out, device="cpu", piece_tiles=16, method="gradcam")["timings"][
-        "tiles_computed_now"] == 0
+    stamp = (out / "saliency.npy").stat().st_mtime_ns
+    assert explain_slide_file(run, wsi, out, device="cpu", piece_tiles=16, method="gradcam")["reused"] is True
+    assert (out / "saliency.npy").stat().st_mtime_ns == stamp  # not even rewritten
     other = explain_slide_file(run, wsi, out, device="cpu", piece_tiles=16, method="saliency")
     assert other["timings"]["tiles_computed_now"] == n and other["method"] == "saliency"
     assert read_progress(out) | {"time": 0} == {"done": n, "total": n, "pieces": first["pieces"]["count"],
