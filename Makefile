@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 PORT ?= 8501
 SEED ?= 0
 
-.PHONY: setup app test test-fast chromium sample-data sample-runs bench clean-venv
+.PHONY: setup app test test-fast chromium viewer sample-data sample-runs bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-app: setup
+app: setup viewer
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 # Debian's chromium for the browser tests (never `playwright install`: no downloads here).
@@ -29,7 +29,19 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: setup chromium
+# The Slide page's deep-zoom viewer (OpenSeadragon, pinned in ui/slide_viewer/package-lock.json), installed
+# once with npm into ui/slide_viewer/node_modules and served from there: works offline afterwards.
+VIEWER_JS := ui/slide_viewer/node_modules/openseadragon/build/openseadragon/openseadragon.min.js
+$(VIEWER_JS): ui/slide_viewer/package.json ui/slide_viewer/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq npm >/dev/null; }
+	cd ui/slide_viewer && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+viewer: $(VIEWER_JS)
+
+test: setup chromium viewer
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -41,6 +53,7 @@ sample-data: setup
 	$(PY) -m interp_core make-data synthetic-he-biased --out sample_data/data/synthetic-he-biased --seed $(SEED) --quiet
 	$(PY) -m interp_core make-data ihc --out sample_data/data/ihc --seed $(SEED) --quiet
 	$(PY) -c "from interp_core.wsi import write_sample_slide; write_sample_slide('sample_data/slides/ihc.tiff')"
+	$(PY) -c "from interp_core.data.synthetic_wsi import write_sample_wsi; write_sample_wsi('sample_data/slides/synthetic-he.tiff')"
 
 # Retrain the shipped runs with the project's own commands (see bench/ship_runs.sh).
 sample-runs: setup

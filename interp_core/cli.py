@@ -182,15 +182,23 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
     try:
+        from .slide_job import results_dir
+        if a.out is None:
+            if not Path(a.run, "config.json").is_file():
+                raise InterpError(f"{a.run}: not a run folder (no config.json)")
+            a.out = str(results_dir(a.run, a.slide, level=a.level, method=a.attribution, tile_size=a.tile_size,
+                                    stride=a.stride))
         info = explain_slide_file(a.run, a.slide, a.out, level=a.level, tile_size=a.tile_size, stride=a.stride,
                                   method=a.attribution, batch_size=a.batch_size, min_tissue=a.min_tissue,
                                   device=a.device, limit_tiles=a.limit_tiles, map_side=a.map_side,
-                                  workers=a.workers, seed=a.seed, progress=progress, cam_layer=a.cam_layer)
+                                  workers=a.workers, seed=a.seed, normalize=a.normalize,
+                                  tile_map_size=a.tile_map_size, piece_tiles=a.piece_tiles, progress=progress,
+                                  cam_layer=a.cam_layer)
     finally:
         if bar is not None:
             bar.close()
     _emit({"out": str(Path(a.out).resolve()), "tiles": info["tiles"], "class_counts": info["class_counts"],
-           "tiles_per_second": info["timings"]["tiles_per_second"]}, None)
+           "tiles_per_second": info["timings"]["tiles_per_second"], "reused": bool(info.get("reused"))}, None)
     return 0
 
 
@@ -325,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "write per-tile prediction and stitched saliency maps")
     ws.add_argument("--run", required=True)
     ws.add_argument("--slide", required=True, help=".svs, .ndpi, .mrxs, tiled .tif/.tiff, ... or a plain image")
-    ws.add_argument("--out", required=True, help="output folder (PNG and .npy maps, summary.json)")
+    ws.add_argument("--out", default=None, help="output folder (PNG and .npy maps, tiles.geojson, summary.json); "
+                    "default RUN/slides/<slide>-<hash>/L<level>-<method>-t<tile>-s<stride>, where the Slide page "
+                    "looks too. Rerunning on a folder resumes it")
     ws.add_argument("--level", type=int, default=0, help="pyramid level to tile (default 0, full resolution)")
     ws.add_argument("--tile-size", type=int, default=None,
                     help="tile side in pixels of that level (default: the run's input size; else resized to it)")
@@ -339,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--limit-tiles", type=int, default=None, help="compute only the first N tissue tiles")
     ws.add_argument("--map-side", type=int, default=1024, help="longer side of the output maps in pixels (default 1024)")
     ws.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading tiles (default 0)")
+    ws.add_argument("--normalize", choices=["slide", "tile", "none"], default="slide",
+                    help="saliency.npy/png: one scale for the slide (default) or each tile's own max "
+                         "(both are written as saliency_slide.npy and saliency_tile.npy)")
+    ws.add_argument("--tile-map-size", type=int, default=None,
+                    help="keep each tile's map at this side (default: as computed, the model's input size)")
+    ws.add_argument("--piece-tiles", type=int, default=512, help="tissue tiles per resumable piece (default 512)")
     _common(ws)
     ws.set_defaults(func=cmd_explain_slide)
 

@@ -287,6 +287,12 @@ class SlideResult:
         so it overlays the thumbnail like ``saliency``."""
         if not 0 <= int(class_index) < self.probs.shape[-1]:
             raise InterpError(f"class index {class_index} out of range 0..{self.probs.shape[-1] - 1}")
+        return self.tile_value_map(self.probs[..., class_index])
+
+    def tile_value_map(self, values: np.ndarray) -> np.ndarray:
+        """float32 ``[ceil(H/d), ceil(W/d)]``: per-tile ``values`` ``[rows, cols]`` drawn at the saliency map's
+        resolution; where tiles overlap (stride < tile) the values of the computed tiles covering a
+        pixel are averaged; NaN where no computed tile covers."""
         ht, wt = self.saliency.shape
         acc = np.zeros((ht, wt), np.float64)
         cnt = np.zeros((ht, wt), np.int32)
@@ -294,7 +300,7 @@ class SlideResult:
         for r, c in zip(*np.nonzero(~np.isnan(self.probs[..., 0]))):
             fy0, fy1 = _footprint(int(r) * self.stride, self.tile_size, d)
             fx0, fx1 = _footprint(int(c) * self.stride, self.tile_size, d)
-            acc[fy0:fy1, fx0:fx1] += self.probs[r, c, class_index]
+            acc[fy0:fy1, fx0:fx1] += values[r, c]
             cnt[fy0:fy1, fx0:fx1] += 1
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan).astype(np.float32)
@@ -419,7 +425,7 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     decoding a compressed whole-slide file is the bottleneck. ``limit``: compute only the first
     ``limit`` tiles to do (raster order), a quick look at a large slide; the rest count as skipped.
     """
-    from .attribution import attribute, attribution_state, get_method, normalize_max
+    from .attribution import get_method, normalize_max
     t0 = time.perf_counter()
     tile_size = _positive_int(tile_size, "tile_size")
     stride = tile_size if stride is None else _positive_int(stride, "stride")
@@ -469,23 +475,14 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     cnt = np.zeros((ht, wt), np.float32)
     if progress is not None:
         progress(0, n_tiles)
-    opts = dict(method_options or {})
     n_done, reported = 0, 0
-    for idx, batch in _tile_batches(slide, todo, stride, tile_size, batch_size, int(workers)):
-        x = batch.to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-        if input_size is not None and input_size != tile_size:
-            x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
-                              **({} if interpolation == "nearest" else
-                                 {"align_corners": False, "antialias": input_size < tile_size})).clamp_(0.0, 1.0)
-        with attribution_state(work):
-            with torch.no_grad():
-                p = torch.softmax(work(x).float(), dim=1)
-            tgt = p.argmax(1) if target is None else torch.full((len(idx),), int(target), device=dev)
-            maps = attribute(work, x, method, tgt, **opts)
+    for idx, p_np, maps in explain_tiles(work, slide, np.argwhere(todo), stride=stride, tile_size=tile_size,
+                                         method=method, target=target, batch_size=batch_size,
+                                         input_size=input_size, method_options=method_options,
+                                         workers=int(workers), device=dev, interpolation=interpolation):
         if normalize == "tile":
             maps = normalize_max(maps)
-        p_np = p.cpu().numpy()
-        _stitch(maps.float().cpu(), idx, stride, tile_size, d, acc, cnt)
+        _stitch(maps, idx, stride, tile_size, d, acc, cnt)
         for k, (r, c) in enumerate(idx):
             probs[r, c] = p_np[k]
         n_done += len(idx)
@@ -506,6 +503,42 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
                        tissue=tissue, downsample=d, classes=class_names, seconds=time.perf_counter() - t0,
                        n_tiles=n_tiles, n_computed=n_done, slide_size=(W, H), method=method,
                        normalize=normalize, input_size=input_size, thumbnail=thumb, tissue_map=tissue_px)
+
+
+def explain_tiles(model: nn.Module, slide: SlideReader, cells: np.ndarray, *, stride: int, tile_size: int,
+                  method: str = "saliency", target: int | None = None, batch_size: int = 64,
+                  input_size: int | None = None, method_options: dict[str, Any] | None = None, workers: int = 0,
+                  device: torch.device | None = None,
+                  interpolation: str = "bilinear") -> Iterator[tuple[list[tuple[int, int]], np.ndarray, torch.Tensor]]:
+    """Predict and attribute the tiles ``cells`` (int ``[n, 2]`` of ``(row, col)``, in that order), in batches.
+
+    Yields ``(indices [(r, c)], probs float32 [b, C], maps float32 CPU tensor [b, S, S])`` with
+    ``S`` the model's input side (``input_size`` or ``tile_size``); each map explains ``target``
+    (None: the tile's predicted class). The model is used as given (``device``: where it lives),
+    in eval mode per batch (``attribution_state``). ``interpolation`` (bilinear, bicubic, nearest):
+    how tiles are resized to ``input_size`` (the run's own, ``runs.run_interpolation``).
+    """
+    from .attribution import attribute, attribution_state
+    dev = _model_device(model) if device is None else device
+    opts = dict(method_options or {})
+    todo = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    if not len(todo):
+        return
+    loader = DataLoader(SlideTiles(slide, todo, stride, tile_size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, persistent_workers=False)
+    for batch, ks in loader:
+        idx = [(int(todo[k, 0]), int(todo[k, 1])) for k in ks.tolist()]
+        x = batch.to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        if input_size is not None and input_size != tile_size:
+            x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
+                              **({} if interpolation == "nearest" else
+                                 {"align_corners": False, "antialias": input_size < tile_size})).clamp_(0.0, 1.0)
+        with attribution_state(model):
+            with torch.no_grad():
+                p = torch.softmax(model(x).float(), dim=1)
+            tgt = p.argmax(1) if target is None else torch.full((len(idx),), int(target), device=dev)
+            maps = attribute(model, x, method, tgt, **opts)
+        yield idx, p.cpu().numpy(), maps.float().cpu()
 
 
 def _stitch(maps: torch.Tensor, idx: list[tuple[int, int]], stride: int, tile_size: int, d: int,

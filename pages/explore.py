@@ -65,6 +65,8 @@ if source == "dataset":
 else:
     with guard("reading the upload"):
         up = widgets.upload_picker(S.Explore.UPLOAD)
+        if up is None and S.get(S.Explore.FROM_SLIDE) is not None:  # a tile opened from the Slide page
+            up = S.get(S.Explore.FROM_SLIDE)
         if up is None:
             st.info("Upload a PNG, JPEG or TIFF image of tissue. Large images are cut into tiles of the "
                     f"model's input size ({size0}x{size0} pixels); small ones are resized.")

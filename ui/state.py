@@ -53,6 +53,7 @@ class Explore:
     UPLOAD = "explore.upload"
     FIT_MODE = "explore.fit_mode"
     UPLOAD_TILE = "explore.upload_tile"
+    FROM_SLIDE = "explore.from_slide"  # (image, name, notes) handed over by the Slide page
     METHODS = "explore.methods"
     ALPHA = "explore.alpha"
     CLIP = "explore.clip"
@@ -120,6 +121,18 @@ class Slide:
     PATH = "slide.path"          # or typed as a path
     LEVEL = "slide.level"        # pyramid level read
     MAX_TILES = "slide.max_tiles"
+    RUN_A = "slide.run_a"        # left viewer's run
+    RUN_B = "slide.run_b"        # right viewer's run
+    STRIDE = "slide.stride"      # "tile" or "half"
+    NORMALIZE = "slide.normalize"
+    CMAP = "slide.cmap"
+    CMAP_FOR = "slide.cmap_for"  # the overlay the colour map was chosen for
+    VIEWER = "slide.viewer"      # the deep-zoom component (its value: the last click)
+    CLICK_N = "slide.click_n"    # the click counter last handled
+    TILE = "slide.tile"          # (row, col) of the tile shown in detail
+    DETAIL_METHOD = "slide.detail_method"
+    TO_EXPLORE = "slide.to_explore"
+    STARTED = "slide.started"    # when this session last started explain-slide jobs (time.time())
 
 
 class Report:

@@ -246,13 +246,19 @@ def test_train_refuses_bad_run_name(h):
 
 
 # -- Slide and Report --------------------------------------------------------------------------------
-def test_slide_page_two_runs_and_switch_map(h):
+def test_slide_page_explains_in_the_background(h, app_env):
+    from interp_core.data.synthetic_wsi import write_synthetic_wsi
+    slide = app_env / "sample_data" / "slides" / "syn.tiff"
+    if not slide.is_file():
+        write_synthetic_wsi(slide, width=512, height=512, seed=0, n_lesions=2, bank=4)
     at = h.open_page("slide")
-    assert len(at.get("plotly_chart")) == 2
-    assert any("tiles computed" in c.value for c in at.caption)
-    at.selectbox(key="slide.show").set_value("saliency").run()
+    assert not at.error, [e.value for e in at.error] + [i.value for i in at.info]
+    assert "baseline" in at.selectbox(key="slide.run_a").value and "scaat" in at.selectbox(key="slide.run_b").value
+    at.button(key="slide.compute").click().run()
     h.assert_clean(at)
-    assert len(at.get("plotly_chart")) == 2
+    h.wait_until(at, lambda a: len(a.get("download_button")) == 2, timeout=300)  # both GeoJSON exports
+    at.selectbox(key="slide.show").set_value("probability").run()
+    h.assert_clean(at)
 
 
 def test_report_build_and_download(h):

@@ -25,7 +25,9 @@ def test_explain_slide_writes_maps_and_summary(slide_tiff, fake_run, tmp_path, c
     assert json.loads(stdout)["tiles"] == {"total": 35, "tissue": 24, "computed": 24, "skipped": 11}
     names = {p.name for p in out.iterdir()}
     assert names == {"thumbnail.png", "tissue.png", "saliency.png", "saliency.npy", "probs.npy", "prediction.npy",
-                     "prediction.png", "probability_normal.png", "probability_tumor.png", "summary.json"}
+                     "prediction.png", "probability_normal.png", "probability_tumor.png", "summary.json",
+                     "saliency_slide.npy", "saliency_tile.npy", "entropy.npy", "tiles.geojson", "plan.json",
+                     "progress.json", "tissue_tiles.npy", "pieces"}
     s = json.loads((out / "summary.json").read_text())
     assert s["slide_size"] == [200, 136] and s["level"] == 0 and s["grid"] == [5, 7] and s["downsample"] == 4
     assert s["slide"]["vendor"] == "generic-tiff" and s["slide"]["mpp"] == [0.5, 0.5]
@@ -71,3 +73,19 @@ def test_explain_slide_level_limit_and_errors(slide_tiff, fake_run, tmp_path, ca
 def test_help(cmd, capsys):
     code, stdout, _ = _cli(capsys, cmd, "--help")
     assert code == 0 and "--device" in stdout and "--seed" in stdout
+
+
+def test_explain_slide_default_out_is_where_the_page_looks(slide_tiff, helpers, tmp_path, capsys):
+    from interp_core.slide_job import read_progress, results_dir
+    run = helpers.make_run(tmp_path / "run")
+    code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
+                                "--attribution", "gradcam", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    out = results_dir(run, slide_tiff, level=0, method="gradcam")
+    assert json.loads(stdout)["out"] == str(out.resolve()) and out.parent.parent == run / "slides"
+    assert json.loads(stdout)["reused"] is False
+    assert read_progress(out)["complete"] and (out / "tiles.geojson").is_file()
+    # run again: the finished folder is reused, nothing recomputed
+    code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
+                                "--attribution", "gradcam", "--device", "cpu", "--quiet")
+    assert code == 0 and json.loads(stdout)["reused"] is True

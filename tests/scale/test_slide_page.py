@@ -42,30 +42,43 @@ def _clean(at):
     assert not at.exception, [e.value for e in at.exception]
 
 
-def test_slide_page_tiles_a_whole_slide_file(app_tree):
+def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp_path):
     from streamlit.testing.v1 import AppTest
+
+    from interp_core.slide_job import explain_slide_file, results_dir
+    slide = app_tree / "slides" / "case.tiff"
+    run = app_tree / "runs" / "ihc" / "fake"
     at = AppTest.from_file(str(APP), default_timeout=180).run()
     _clean(at)
     at.switch_page("pages/slide.py").run()
     _clean(at)
-    at.segmented_control(key="slide.source").set_value("file").run()
+    assert at.selectbox(key="slide.file").value == str(slide.resolve())
+    assert at.selectbox(key="slide.level").options == ["0 (200x136)", "1 (100x68)"]
+    assert at.selectbox(key="slide.run_a").value == str(run.resolve()) or at.selectbox(key="slide.run_a").value
+    assert [b.label for b in at.button] == ["Explain the slide"]
+    # results computed by the command in the folder the page looks in are reused (no button, overlays, export)
+    out = results_dir(run, slide, level=0, method="saliency", tile_size=16, stride=16)
+    explain_slide_file(run, slide, out, device="cpu")
+    at.run()
     _clean(at)
-    assert at.selectbox(key="slide.file").value == str(app_tree / "slides" / "case.tiff")
-    assert at.selectbox(key="slide.level").options == ["0: 200x136 px", "1: 100x68 px"]
-    at.selectbox(key="slide.method").set_value("saliency").run()
+    assert not [b for b in at.button if b.label == "Explain the slide"]
+    assert any("200x136 px at level 0, no microns-per-pixel" in c.value for c in at.caption)
+    for show in ("probability", "entropy", "tissue", "saliency"):
+        at.selectbox(key="slide.show").set_value(show).run()
+        _clean(at)
+    at.selectbox(key="slide.normalize").set_value("tile").run()
     _clean(at)
-    captions = " ".join(c.value for c in at.caption)
-    # 16-pixel tiles (the run's input): 9 x 13 = 117; glass for x < 72 leaves columns 4..12 (column 4
-    # holds 8 of 16 tissue columns, above min_tissue 10%) in all 9 rows: 81 tissue tiles
-    assert "case.tiff: 200x136 pixels" in captions and "81 of 117 tiles computed" in captions
-    assert len(at.get("plotly_chart")) == 1
-    at.selectbox(key="slide.level").set_value(1).run()
+    # a click on a tile (the component's value) opens its detail
+    at.session_state["slide.tile"] = (4, 8)
+    at.run()
     _clean(at)
-    captions = " ".join(c.value for c in at.caption)
-    assert "case.tiff: 100x68 pixels" in captions and "of 35 tiles computed" in captions
-    at.number_input(key="slide.max_tiles").set_value(5).run()
-    _clean(at)
-    assert "5 of 35 tiles computed" in " ".join(c.value for c in at.caption)
-    at.text_input(key="slide.path").input(str(app_tree / "missing.svs")).run()
-    _clean(at)
-    assert any("no such" in e.value for e in at.error)
+    assert any("Tile row 4, column 8" in m.value for m in at.subheader)
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 2
+    # paths outside the slide folders are refused with a message
+    outside = tmp_path / "elsewhere.tiff"
+    outside.write_bytes(slide.read_bytes())
+    for typed, msg in ((str(outside), "outside the slide folders"), ("../slides/case.tiff", "'..' segments"),
+                       ("missing.svs", "no such slide file")):
+        at.text_input(key="slide.path").input(typed).run()
+        _clean(at)
+        assert any(msg in e.value for e in at.error), (typed, [e.value for e in at.error])
