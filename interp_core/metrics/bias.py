@@ -103,3 +103,77 @@ def auroc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.nd
         ranks[order[a:b]] = 0.5 * (a + 1 + b)
     u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
+
+
+def refresh_minority_auroc(consistency: np.ndarray, sample_ids: Sequence[str], refresh_epochs: Sequence[int],
+                           group_of: dict[str, str], label_of: dict[str, int], aligned: dict[int, str],
+                           weights: np.ndarray | None = None) -> list[dict]:
+    """Per ECE refresh (a row of ``consistency.npz``): how well ``1 - E`` flags the training tiles
+    of minority (bias-conflicting) groups.
+
+    ``consistency`` is ``[R, N]`` (``E`` per refresh and sample), ``sample_ids`` the ``N`` ids
+    (paths relative to the dataset root, as in ``groups.csv``), ``group_of`` / ``label_of`` map an
+    id to its group and class. Returns one dict per refresh: ``refresh_epoch``,
+    ``auroc_1_minus_E`` (:func:`auroc`), ``E_mean_minority``, ``E_mean_aligned``, the 5th / 50th /
+    95th percentiles of ``E`` and, with ``weights`` ``[R, N]``, the mean weight of each side.
+    Ids without a group are left out.
+    """
+    e_all = np.asarray(consistency, dtype=np.float64)
+    if e_all.ndim != 2 or e_all.shape[1] != len(sample_ids) or e_all.shape[0] != len(refresh_epochs):
+        raise InterpError(f"consistency {list(e_all.shape)} does not match {len(refresh_epochs)} refreshes "
+                          f"x {len(sample_ids)} samples")
+    keep = np.array([str(i) in group_of for i in sample_ids], dtype=bool)
+    ids = [str(i) for i, k in zip(sample_ids, keep) if k]
+    minority = minority_mask([label_of[i] for i in ids], [group_of[i] for i in ids], aligned)
+    rows = []
+    for r, epoch in enumerate(refresh_epochs):
+        e = e_all[r, keep]
+        row = {
+            "refresh_epoch": int(epoch),
+            "auroc_1_minus_E": auroc(1 - e, minority),
+            "E_mean_minority": float(e[minority].mean()) if minority.any() else math.nan,
+            "E_mean_aligned": float(e[~minority].mean()) if (~minority).any() else math.nan,
+            "E_p05": float(np.quantile(e, 0.05)), "E_p50": float(np.quantile(e, 0.5)),
+            "E_p95": float(np.quantile(e, 0.95)),
+        }
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)[r, keep]
+            row["weight_mean_minority"] = float(w[minority].mean()) if minority.any() else math.nan
+            row["weight_mean_aligned"] = float(w[~minority].mean()) if (~minority).any() else math.nan
+            row["weight_min"], row["weight_max"] = float(w.min()), float(w.max())
+        rows.append(row)
+    return rows
+
+
+def consistency_groups(run_dir, data) -> dict | None:
+    """Read ``RUN/consistency.npz`` and the dataset's ``groups.csv``: ``{"aligned": {class: group},
+    "groups": [group per sample], "minority": bool [N], "consistency": [R, N], "refresh_epochs": [R],
+    "per_refresh": refresh_minority_auroc(...)}``, or None when the run has no refresh or the data's
+    groups mark no look. ``data`` is the dataset folder the run was trained on."""
+    from pathlib import Path
+
+    from ..data import open_split
+    path = Path(run_dir) / "consistency.npz"
+    if not path.is_file():
+        return None
+    train = open_split(data, "train")
+    if train.groups is None:
+        return None
+    aligned = aligned_groups(train.labels, train.groups)
+    if aligned is None:
+        return None
+    group_of = dict(zip(train.ids, train.groups))
+    label_of = dict(zip(train.ids, train.labels))
+    with np.load(path, allow_pickle=False) as z:
+        ids = [str(i) for i in z["sample_ids"]]
+        cons, epochs, weights = z["consistency"], z["refresh_epochs"], z["weights"]
+    if len(epochs) == 0:
+        return None
+    groups = [group_of.get(i) for i in ids]
+    labels = [label_of.get(i, -1) for i in ids]
+    return {
+        "aligned": aligned, "sample_ids": ids, "groups": groups,
+        "minority": minority_mask(labels, groups, aligned),
+        "consistency": np.asarray(cons, dtype=np.float64), "refresh_epochs": [int(x) for x in epochs],
+        "per_refresh": refresh_minority_auroc(cons, ids, epochs, group_of, label_of, aligned, weights),
+    }
