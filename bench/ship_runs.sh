@@ -22,5 +22,17 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
       --batch-size "$bs" --out "$out/$obj" --seed 0 --device cpu --quiet "${extra[@]}"
   done
 done
+# synthetic-he-bgbias (background bias, issue 13): an ERM baseline, then ECE (a refresh per epoch) and
+# JTT (the baseline's own training errors upweighted; lambda_up 3 chosen on validation accuracy
+# without group labels: docs/results/ece_study/synthetic-he-bgbias/finetune/jtt_selection.json)
+data=sample_data/data/synthetic-he-bgbias
+out=sample_data/runs/synthetic-he-bgbias
+rm -rf "$out"
+$PY -m interp_core train --data "$data" --objective erm --epochs "$N" --batch-size 64 --out "$out/baseline-erm" \
+  --seed 0 --device cpu --quiet
+$PY -m interp_core train --data "$data" --objective ece --init "$out/baseline-erm" --epochs "$M" --batch-size 64 \
+  --out "$out/ece" --seed 0 --device cpu --quiet --refresh-every 1
+$PY -m interp_core train --data "$data" --objective jtt --init "$out/baseline-erm" --epochs "$M" --batch-size 64 \
+  --out "$out/jtt" --seed 0 --device cpu --quiet --identify-epochs 0 --lambda-up 3
 # the resumable checkpoints are not shipped (the runs are finished)
 find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +
