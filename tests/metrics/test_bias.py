@@ -94,3 +94,25 @@ def test_refresh_minority_auroc_per_refresh() -> None:
     assert rows[0]["weight_mean_minority"] == 1.0
     with pytest.raises(InterpError):
         refresh_minority_auroc(e[:, :4], ids, [2, 3], group_of, label_of, aligned)
+
+
+def test_training_aligned_groups_reads_the_train_split(tmp_path) -> None:
+    import csv
+
+    from interp_core.evaluate import training_aligned_groups
+    from interp_core.testing import make_tiny_dataset
+    root = make_tiny_dataset(tmp_path / "d", n_per_class=4, size=16, classes=("a", "b"))
+    rows = list(csv.DictReader((root / "groups.csv").open()))
+    for r in rows:  # train: class a mostly 'x', class b mostly 'y'; test: the other way round
+        train_rows = [q for q in rows if q["split"] == "train" and q["class_name"] == r["class_name"]]
+        first = r["split"] == "train" and r is train_rows[0]
+        look = {"a": "x", "b": "y"}[r["class_name"]]
+        other = {"x": "y", "y": "x"}[look]
+        r["group"] = f"{r['class_name']}|{other if first or r['split'] == 'test' else look}"
+    with (root / "groups.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["split", "class_name", "file", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    assert training_aligned_groups(root) == {0: "a|x", 1: "b|y"}
+    plain = make_tiny_dataset(tmp_path / "p", n_per_class=4, size=16, classes=("a", "b"), groups=False)
+    assert training_aligned_groups(plain) is None
