@@ -42,13 +42,16 @@ def main() -> None:
     p.add_argument("--tables-only", action="store_true", help="(--study) only rewrite the table from the files")
     a = p.parse_args()
     if a.study:
-        from ece_study import run_study, write_tables
+        from ece_study import refresh_mechanism, run_study, write_tables
         if a.tables_only:
+            refresh_mechanism()
             print("written", write_tables())
             return
         datasets = a.datasets if a.datasets != list(METRICS) else ["synthetic-he-bgbias", "synthetic-he-biased"]
         run_study(datasets, a.seeds, scratch_epochs=a.from_scratch or 8, n_epochs=a.n_epochs, m_epochs=a.m_epochs,
                   settings=tuple(a.settings))
+        refresh_mechanism()
+        write_tables()
         print((ROOT / "docs" / "results" / "ece_study" / "README.md").read_text())
         return
     payload = {"args": vars(a), "tables": {}}

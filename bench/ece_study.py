@@ -69,13 +69,48 @@ def _train_groups(data: Path) -> tuple[list[str], np.ndarray, dict[int, str]]:
     return ds.ids, minority_mask(ds.labels, ds.groups, aligned), aligned
 
 
-def _erm_signal_auroc(run: Path, data: Path, minority_by_id: dict[str, bool]) -> float:
-    """AUROC of ``1 - p(true class)`` of ``run``'s model on the training tiles for the minority."""
+def _erm_signal_auroc(run: Path, data: Path, minority_by_id: dict[str, bool], within: bool = False):
+    """AUROC of ``1 - p(true class)`` of ``run``'s model on the training tiles for the minority
+    (with ``within``: also ``{class: AUROC}`` among each class's tiles)."""
     loaded = load_run(run, torch.device("cpu"))
     ds = open_split(data, "train", image_size=loaded.config["image_size"])
     loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False)
     p_true, _, _ = true_class_probability(loaded.model.eval(), loader, torch.device("cpu"), len(ds))
-    return auroc(1 - p_true.numpy(), np.array([minority_by_id[i] for i in ds.ids]))
+    return _aurocs(1 - p_true.numpy(), np.array([minority_by_id[i] for i in ds.ids]), np.array(ds.labels), within)
+
+
+def _aurocs(score: np.ndarray, minority: np.ndarray, labels: np.ndarray, within: bool):
+    a = auroc(score, minority)
+    if not within:
+        return a
+    return a, {int(c): auroc(score[labels == c], minority[labels == c]) for c in sorted(set(labels.tolist()))}
+
+
+def refresh_mechanism(root: Path = RESULTS) -> None:
+    """Recompute the mechanism fields of every result file from its run folder under
+    ``bench/out/ece_study`` (when present), so files written before a new field existed gain it:
+    ECE's per-refresh rows (:func:`interp_core.metrics.bias.refresh_minority_auroc`), the ERM error
+    signal's AUROC overall and within each class, JTT's identifier likewise."""
+    for f in sorted(root.glob("*/*/seed*/*.json")):
+        p = json.loads(f.read_text())
+        run = OUT / p["dataset"] / p["setting"] / f"seed{p['seed']}" / p["arm"]
+        data = ROOT / "sample_data" / "data" / p["dataset"]
+        if not (run / "model.safetensors").is_file():
+            continue
+        ids, minority, _ = _train_groups(data)
+        minority_by_id = dict(zip(ids, minority.tolist()))
+        if p.get("objective") == "ece":
+            p["mechanism"] = _ece_mechanism(run, data)
+        if p["arm"] in ("erm", "base-erm"):
+            p["erm_signal_auroc_train"], p["erm_signal_auroc_within_class"] = _erm_signal_auroc(
+                run, data, minority_by_id, within=True)
+        if p.get("objective") == "jtt":
+            z = np.load(run / "jtt_errors.npz", allow_pickle=False)
+            m = np.array([minority_by_id[str(i)] for i in z["sample_ids"]])
+            p["mechanism"] = _jtt_mechanism(run, minority_by_id)
+            p["mechanism"]["auroc_within_class"] = _aurocs(1 - z["p_true"].astype(np.float64), m,
+                                                           z["labels"].astype(np.int64), True)[1]
+        _record(f, p)
 
 
 def _ece_mechanism(run: Path, data: Path) -> list[dict]:
@@ -259,6 +294,18 @@ def write_tables(root: Path = RESULTS) -> Path:
         lines.append("")
         lines += ["Mechanism (training split; minority = bias-conflicting groups): AUROC of `1 - E` per refresh "
                   "(mean ± std over seeds), against the AUROC of ERM's error signal `1 - p(true)`.", ""]
+        aligned = next((p["aligned_groups"] for v in arms.values() for p in v if p.get("aligned_groups")), {})
+        names = {int(k): g.split("|")[0] for k, g in aligned.items()}
+
+        def within(rows: list[dict], key: str) -> str:
+            per = [r.get(key) for r in rows if r.get(key)]
+            if not per:
+                return ""
+            labs = sorted({int(k) for d in per for k in d})
+            return " [within class: " + ", ".join(
+                f"{names.get(c, c)} {statistics.mean(d[str(c)] if str(c) in d else d[c] for d in per):.2f}"
+                for c in labs) + "]"
+
         for arm in ("ece-every1", "ece-default"):
             if arm not in arms:
                 continue
@@ -266,20 +313,21 @@ def write_tables(root: Path = RESULTS) -> Path:
             for p in arms[arm]:
                 for row in p.get("mechanism", []):
                     by_epoch.setdefault(row["refresh_epoch"], []).append(row)
-            cells = [f"epoch {ep}: {_ms([r['auroc_1_minus_E'] for r in rows])} "
+            cells = [f"epoch {ep}: {_ms([r['auroc_1_minus_E'] for r in rows])}{within(rows, 'auroc_within_class')} "
                      f"(E 5-95%: {statistics.mean(r['E_p05'] for r in rows):.2f}-{statistics.mean(r['E_p95'] for r in rows):.2f}; "
                      f"weight minority/aligned {statistics.mean(r['weight_mean_minority'] for r in rows):.2f}/"
                      f"{statistics.mean(r['weight_mean_aligned'] for r in rows):.2f})"
                      for ep, rows in sorted(by_epoch.items())]
-            lines.append(f"- {arm}: " + "; ".join(cells))
+            lines.append(f"- {arm}, AUROC of `1 - E` per refresh: " + "; ".join(cells))
         for arm in ("base-erm", "erm"):
             if arm in arms and all("erm_signal_auroc_train" in p for p in arms[arm]):
-                lines.append(f"- ERM error signal `1 - p(true)` of `{arm}` (end of training): "
-                             f"{_ms([p['erm_signal_auroc_train'] for p in arms[arm]])}")
+                lines.append(f"- ERM error signal `1 - p(true)` of `{arm}` (end of its training): "
+                             f"{_ms([p['erm_signal_auroc_train'] for p in arms[arm]])}"
+                             f"{within(arms[arm], 'erm_signal_auroc_within_class')}")
         if "jtt" in arms:
             m = [p["mechanism"] for p in arms["jtt"]]
             lines.append(f"- JTT identifier (T = {m[0]['identify_epochs']}): AUROC of `1 - p(true)` "
-                         f"{_ms([x['auroc_1_minus_p_true'] for x in m])}; error set "
+                         f"{_ms([x['auroc_1_minus_p_true'] for x in m])}{within(m, 'auroc_within_class')}; error set "
                          f"{_ms([x['error_set_size'] for x in m])} tiles, minority share "
                          f"{_ms([x['error_set_minority_share'] for x in m])} (base rate {m[0]['minority_base_rate']:.2f})")
         lines.append("")

@@ -85,6 +85,12 @@ def render(run: Any) -> None:
         c2.metric("AUROC of 1 - consistency for the minority groups", f"{per[pick]['auroc_1_minus_E']:.3f}",
                   help="Probability that a random minority-group tile has lower consistency than a random "
                        "majority-group tile (0.5: chance). Higher means ECE's weights track the bias.")
+        within = per[pick].get("auroc_within_class") or {}
+        names = {k: g.split("|")[0] for k, g in res["aligned"].items()}
+        if within:
+            c2.caption("Within each class: " + ", ".join(
+                f"{names.get(k, k)} {v:.2f}" for k, v in sorted(within.items())) +
+                " (does `1 - consistency` separate a class's minority from its majority?)")
         c2.metric("Mean consistency, minority / majority",
                   f"{per[pick]['E_mean_minority']:.3f} / {per[pick]['E_mean_aligned']:.3f}")
         if "weight_mean_minority" in per[pick]:

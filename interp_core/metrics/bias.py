@@ -114,7 +114,9 @@ def refresh_minority_auroc(consistency: np.ndarray, sample_ids: Sequence[str], r
     ``consistency`` is ``[R, N]`` (``E`` per refresh and sample), ``sample_ids`` the ``N`` ids
     (paths relative to the dataset root, as in ``groups.csv``), ``group_of`` / ``label_of`` map an
     id to its group and class. Returns one dict per refresh: ``refresh_epoch``,
-    ``auroc_1_minus_E`` (:func:`auroc`), ``E_mean_minority``, ``E_mean_aligned``, the 5th / 50th /
+    ``auroc_1_minus_E`` (:func:`auroc`), ``auroc_within_class`` (``{class: AUROC}`` among that
+    class's tiles only: whether ``1 - E`` separates a class's minority from its majority rather
+    than one class from the other), ``E_mean_minority``, ``E_mean_aligned``, the 5th / 50th /
     95th percentiles of ``E`` and, with ``weights`` ``[R, N]``, the mean weight of each side.
     Ids without a group are left out.
     """
@@ -124,13 +126,16 @@ def refresh_minority_auroc(consistency: np.ndarray, sample_ids: Sequence[str], r
                           f"x {len(sample_ids)} samples")
     keep = np.array([str(i) in group_of for i in sample_ids], dtype=bool)
     ids = [str(i) for i, k in zip(sample_ids, keep) if k]
-    minority = minority_mask([label_of[i] for i in ids], [group_of[i] for i in ids], aligned)
+    labels = np.array([label_of[i] for i in ids])
+    minority = minority_mask(labels.tolist(), [group_of[i] for i in ids], aligned)
     rows = []
     for r, epoch in enumerate(refresh_epochs):
         e = e_all[r, keep]
         row = {
             "refresh_epoch": int(epoch),
             "auroc_1_minus_E": auroc(1 - e, minority),
+            "auroc_within_class": {int(c): auroc(1 - e[labels == c], minority[labels == c])
+                                   for c in sorted(set(labels.tolist()))},
             "E_mean_minority": float(e[minority].mean()) if minority.any() else math.nan,
             "E_mean_aligned": float(e[~minority].mean()) if (~minority).any() else math.nan,
             "E_p05": float(np.quantile(e, 0.05)), "E_p50": float(np.quantile(e, 0.5)),

@@ -90,6 +90,9 @@ def test_refresh_minority_auroc_per_refresh() -> None:
     rows = refresh_minority_auroc(e, ids, [2, 3], group_of, label_of, aligned, w)
     assert [r["refresh_epoch"] for r in rows] == [2, 3]
     assert rows[0]["auroc_1_minus_E"] == 1.0 and rows[1]["auroc_1_minus_E"] == 0.0
+    # within class 0 (a, b majority; c minority): refresh 2 has E 0.1, 0.2 vs 0.9 -> AUROC 0
+    assert rows[1]["auroc_within_class"] == {0: 0.0, 1: 0.0}
+    assert rows[0]["auroc_within_class"] == {0: 1.0, 1: 1.0}
     assert rows[0]["E_mean_minority"] == pytest.approx(0.25) and rows[0]["E_mean_aligned"] == pytest.approx(0.8)
     assert rows[0]["weight_mean_minority"] == 1.0
     with pytest.raises(InterpError):
