@@ -60,6 +60,7 @@ def sweep(dataset: str, seed: int) -> Path:
     loaded = load_run(run, torch.device("cpu"))
     ds = open_split(data, "train", image_size=loaded.config["image_size"])
     minority = minority_mask(ds.labels, ds.groups, training_aligned_groups(data))
+    labels = np.asarray(ds.labels)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False)
     rows = []
     for label, opts in GRID:
@@ -79,6 +80,8 @@ def sweep(dataset: str, seed: int) -> Path:
             "weight_p95_over_p05": float(np.quantile(w, 0.95) / np.quantile(w, 0.05)),
             "pred_changed_share": float(changed.mean()),
             "auroc_1_minus_E": auroc(1 - e, minority),
+            "auroc_within_class": {ds.classes[c]: auroc(1 - e[labels == c], minority[labels == c])
+                                   for c in sorted(set(labels.tolist()))},
             "E_mean_minority": float(e[minority].mean()), "E_mean_aligned": float(e[~minority].mean()),
             "seconds": time.perf_counter() - t0,
         })
@@ -90,6 +93,13 @@ def sweep(dataset: str, seed: int) -> Path:
                                "eps_unit": "1/255", "n_train": len(ds), "minority_share": float(minority.mean()),
                                "rows": rows}, indent=2) + "\n")
     return out
+
+
+def _within(rows: list[dict]) -> str:
+    per = [r["auroc_within_class"] for r in rows if r.get("auroc_within_class")]
+    if not per:
+        return "–"
+    return ", ".join(f"{c} {statistics.mean(d[c] for d in per):.2f}" for c in sorted(per[0]))
 
 
 def write_table() -> Path:
@@ -104,8 +114,9 @@ def write_table() -> Path:
             continue
         runs = [json.loads(f.read_text()) for f in files]
         lines += [f"## {d.name} (seeds {', '.join(str(r['seed']) for r in runs)})", "",
-                  "| setting | E p05 | E p50 | E p95 | E IQR | weight min-max | w p95/p05 | flipped | AUROC 1-E |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| setting | E p05 | E p50 | E p95 | E IQR | weight min-max | w p95/p05 | flipped | AUROC 1-E "
+                  "| AUROC within class |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for i, row in enumerate(runs[0]["rows"]):
             rs = [r["rows"][i] for r in runs]
             m = lambda k: statistics.mean(r[k] for r in rs)  # noqa: E731
@@ -114,7 +125,7 @@ def write_table() -> Path:
             lines.append(f"| {row['setting']} | {m('E_p05'):.3f} | {m('E_p50'):.3f} | {m('E_p95'):.3f} | "
                          f"{m('E_iqr'):.3f} | {m('weight_min'):.2f}-{m('weight_max'):.2f} | "
                          f"{m('weight_p95_over_p05'):.2f} | {m('pred_changed_share'):.3f} | "
-                         f"{statistics.mean(au):.3f}{spread} |")
+                         f"{statistics.mean(au):.3f}{spread} | {_within(rs)} |")
         lines.append("")
     path = RESULTS / "README.md"
     path.write_text("\n".join(lines) + "\n")

@@ -21,6 +21,7 @@ README.md`` generated from those files by :func:`write_tables`.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -141,8 +142,11 @@ def _evaluate(run: Path, data: Path) -> dict[str, Any]:
 
 
 def _record(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON atomically (several seeds may run in parallel processes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def choose_jtt(data: Path, setting: str, *, epochs: int, base: Path | None, seed: int = 0) -> dict:
