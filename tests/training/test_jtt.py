@@ -120,3 +120,9 @@ def test_state_round_trip(setup) -> None:
     assert other.identified and torch.equal(other.error, obj.error) and torch.equal(other.weights, obj.weights)
     with pytest.raises(InterpError):
         JTT(JTT.Options(), N + 1).load_state_tensors(obj.state_tensors())
+
+
+def test_every_option_has_help() -> None:
+    import dataclasses
+    for f in dataclasses.fields(JTT.Options):
+        assert f.metadata.get("help"), f.name
