@@ -260,7 +260,7 @@ def target_check(arms: dict[str, list[dict]], arm: str) -> str:
     wg = m(e, "worst_group_accuracy") - m(c, "worst_group_accuracy")
     acc = m(e, "accuracy") - m(c, "accuracy")
     ok = shrink >= 0.30 and wg > 0 and acc >= -0.01
-    return (f"gap shrink {shrink:+.0%} (target >= +30%), worst group {wg:+.3f} (target > 0), "
+    return (f"gap shrink {shrink:+.1%} (target >= +30%), worst group {wg:+.3f} (target > 0), "
             f"accuracy {acc:+.3f} (target >= -0.010): {'MET' if ok else 'MISSED'}")
 
 
