@@ -34,7 +34,26 @@ def main() -> None:
                    help="instead of fine-tuning: train erm and ece from scratch for EPOCHS (the paper's setting)")
     p.add_argument("--tag", default="ece_effect")
     p.add_argument("--no-scaat", action="store_true", help="skip the SCAAT arm on the biased set")
+    p.add_argument("--study", action="store_true",
+                   help="issue 13's study instead (bench/ece_study.py): ERM control, ECE (every epoch and default "
+                        "schedule) and JTT on the biased sets, from scratch (--from-scratch epochs, default 8) and "
+                        "fine-tuned (--n-epochs, --m-epochs); per-seed files under docs/results/ece_study/")
+    p.add_argument("--settings", nargs="+", default=["finetune", "scratch"], help="(--study) which settings")
+    p.add_argument("--tables-only", action="store_true", help="(--study) only rewrite the table from the files")
     a = p.parse_args()
+    if a.study:
+        from ece_study import refresh_mechanism, run_study, write_tables
+        if a.tables_only:
+            refresh_mechanism()
+            print("written", write_tables())
+            return
+        datasets = a.datasets if a.datasets != list(METRICS) else ["synthetic-he-bgbias", "synthetic-he-biased"]
+        run_study(datasets, a.seeds, scratch_epochs=a.from_scratch or 8, n_epochs=a.n_epochs, m_epochs=a.m_epochs,
+                  settings=tuple(a.settings))
+        refresh_mechanism()
+        write_tables()
+        print((ROOT / "docs" / "results" / "ece_study" / "README.md").read_text())
+        return
     payload = {"args": vars(a), "tables": {}}
     for name in a.datasets:
         objectives = {"(e) ece": {"objective": "ece", "options": json.loads(a.ece)}}

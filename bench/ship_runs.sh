@@ -23,11 +23,21 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
   done
 done
 # a timm architecture (bring your own model): MobileNetV3-Small-0.5 from scratch at 128 px, the 64-px tiles
-# upscaled with its bicubic interpolation; the data path is stored relative, as it is shipped
+# upscaled with its bicubic interpolation
 byom=sample_data/runs/synthetic-he/timm-mobilenetv3-erm
 $PY -m interp_core train --data sample_data/data/synthetic-he --arch timm/mobilenetv3_small_050 --image-size 128 \
   --objective erm --epochs 12 --batch-size 32 --out "$byom" --seed 0 --device cpu --quiet
-$PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['data']='sample_data/data/synthetic-he'; \
-open(p,'w').write(json.dumps(c, indent=2) + '\n')" "$byom/config.json"
+# synthetic-he-bgbias (background bias, issue 13): an ERM baseline, then ECE (a refresh per epoch) and
+# JTT (the baseline's own training errors upweighted; lambda_up 3 chosen on validation accuracy
+# without group labels: docs/results/ece_study/synthetic-he-bgbias/finetune/jtt_selection.json)
+data=sample_data/data/synthetic-he-bgbias
+out=sample_data/runs/synthetic-he-bgbias
+rm -rf "$out"
+$PY -m interp_core train --data "$data" --objective erm --epochs "$N" --batch-size 64 --out "$out/baseline-erm" \
+  --seed 0 --device cpu --quiet
+$PY -m interp_core train --data "$data" --objective ece --init "$out/baseline-erm" --epochs "$M" --batch-size 64 \
+  --out "$out/ece" --seed 0 --device cpu --quiet --refresh-every 1
+$PY -m interp_core train --data "$data" --objective jtt --init "$out/baseline-erm" --epochs "$M" --batch-size 64 \
+  --out "$out/jtt" --seed 0 --device cpu --quiet --identify-epochs 0 --lambda-up 3
 # the resumable checkpoints are not shipped (the runs are finished)
 find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +

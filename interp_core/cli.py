@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m interp_core", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("make-data", help="generate a sample dataset (synthetic-he, synthetic-he-biased, ihc)")
-    m.add_argument("kind", help="synthetic-he | synthetic-he-biased | ihc")
+    m = sub.add_parser("make-data", help="generate a sample dataset (synthetic-he, synthetic-he-biased, synthetic-he-bgbias, ihc)")
+    m.add_argument("kind", help="synthetic-he | synthetic-he-biased | synthetic-he-bgbias | ihc")
     m.add_argument("--out", required=True, help="output dataset folder")
     m.add_argument("--size", type=int, default=64, help="tile side in pixels (default 64)")
     m.add_argument("--n-train", type=int, default=None, help="training tiles (default: the shipped size)")

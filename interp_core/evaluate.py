@@ -76,8 +76,11 @@ def stratified_subset(labels: list[int], n: int) -> list[int]:
     return sorted(out)
 
 
-def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
-    """Top-level accuracy metrics and details (per class, per group, worst group)."""
+def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor,
+                    aligned: dict[int, str] | None = None) -> tuple[dict, dict]:
+    """Top-level accuracy metrics and details (per class, per group, worst group); with
+    ``aligned`` (each class's training-majority group, :func:`training_aligned_groups`) also the
+    background-bias readout: ``agree_accuracy``, ``disagree_accuracy``, ``agree_disagree_gap``."""
     correct = (pred == labels).double()
     metrics: dict[str, Any] = {"accuracy": summarise(correct)}
     per_class = {}
@@ -93,8 +96,29 @@ def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor
         worst = min((v["mean"] for v in per_group.values() if v["n"]), default=None)
         metrics["worst_group_accuracy"] = {"mean": worst, "std": None, "n": len(per_group)}
         details["per_tile"] = {"group": g}
+        if aligned is not None:
+            from .metrics.bias import bias_readout
+            r = bias_readout(correct.cpu().numpy(), [int(labels[j]) for j in range(len(idx))], g, aligned)
+            for key, n in (("agree_accuracy", r["n_agree"]), ("disagree_accuracy", r["n_disagree"]),
+                           ("agree_disagree_gap", r["n_agree"] + r["n_disagree"])):
+                metrics[key] = {"mean": r[key], "std": None, "n": n}
+            details["aligned_groups"] = {ds.classes[k]: v for k, v in sorted(aligned.items())}
     details.setdefault("per_tile", {})["accuracy"] = correct.tolist()
     return metrics, details
+
+
+def training_aligned_groups(data: str | Path) -> dict[int, str] | None:
+    """Each class's most frequent group among the training tiles when ``groups.csv`` marks a look
+    (``class|look``; see :mod:`interp_core.metrics.bias`), else None."""
+    from .metrics.bias import aligned_groups
+    try:
+        train = open_split(data, "train")
+    except DataError:
+        return None
+    groups = train.groups
+    if groups is None:
+        return None
+    return aligned_groups(train.labels, groups)
 
 
 def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, conf: torch.Tensor) -> None:
@@ -138,7 +162,8 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
         maps = StoredMaps(attributions, manifest)
     loader = DataLoader(Subset(ds, idx), batch_size=max(s.batch_size, 128), shuffle=False)
     preds = predict_loader(model, loader, device)
-    metrics, details = accuracy_report(ds, idx, preds.pred, preds.labels)
+    aligned = training_aligned_groups(data) if ds.groups is not None else None
+    metrics, details = accuracy_report(ds, idx, preds.pred, preds.labels, aligned)
     if predictions_csv:
         write_predictions(predictions_csv, ds, idx, preds.pred, preds.confidence)
     if s.explanations:

@@ -22,6 +22,9 @@ RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", 
 METRIC_TEXT: dict[str, tuple[str, str]] = {
     "accuracy": ("Accuracy", "share of tiles classified correctly, 0-1"),
     "worst_group_accuracy": ("Worst-group accuracy", "accuracy of the weakest group, 0-1"),
+    "agree_accuracy": ("Agree accuracy", "accuracy on tiles whose look agrees with their class, 0-1"),
+    "disagree_accuracy": ("Disagree accuracy", "accuracy on tiles whose look contradicts their class, 0-1"),
+    "agree_disagree_gap": ("Agree-disagree gap", "agree minus disagree accuracy"),
     "sparseness": ("Sparseness (Gini)", "Gini index of the map, 0-1"),
     "complexity": ("Complexity (entropy)", "entropy of the map, nats"),
     "deletion_auc": ("Deletion AUC", "area under the probability curve, 0-1"),
@@ -39,10 +42,11 @@ METRIC_TEXT: dict[str, tuple[str, str]] = {
 }
 
 #: Direction of metrics that are not in ``interp_core.metrics.METRICS``.
-EXTRA_DIRECTION = {"worst_group_accuracy": True, "explanation_consistency": True, "attack_flip_rate": False}
+EXTRA_DIRECTION = {"worst_group_accuracy": True, "explanation_consistency": True, "attack_flip_rate": False,
+                   "agree_accuracy": True, "disagree_accuracy": True, "agree_disagree_gap": False}
 
 #: Display order of metrics in tables and charts.
-METRIC_ORDER = ("accuracy", "worst_group_accuracy", "sparseness", "complexity", "deletion_auc", "insertion_auc",
+METRIC_ORDER = ("accuracy", "worst_group_accuracy", "agree_accuracy", "disagree_accuracy", "agree_disagree_gap", "sparseness", "complexity", "deletion_auc", "insertion_auc",
                 "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "artifact_mass",
                 "explanation_consistency", "attack_flip_rate", "max_sensitivity", "model_randomisation")
 

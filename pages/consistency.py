@@ -128,3 +128,8 @@ with guard("reading the consistency history"):
                 st.image(img, width="stretch",
                          caption=f"E={last[i]:.2f} · weight {hist.weights[-1][i]:.2f}"
                                  + (f" · {classes[lab]}" if lab is not None and lab < len(classes) else ""))
+
+# -- ECE runs on data with a look: consistency per group and the minority AUROC (ui/consistency_groups.py)
+from ui import consistency_groups  # noqa: E402
+
+consistency_groups.render(run)

@@ -33,6 +33,12 @@ METRIC_HELP: dict[str, str] = {
     "accuracy": "Share of tiles the model classifies correctly (0 to 1). Higher is better.",
     "worst_group_accuracy": "Accuracy of the weakest group (for example tumour tiles without a pen mark). "
                             "Higher means the model does not lean on a shortcut.",
+    "agree_accuracy": "Accuracy on tiles whose look (stain tint, pen mark) is the one their class has in most "
+                      "training tiles. Higher is better.",
+    "disagree_accuracy": "Accuracy on tiles whose look is the other class's usual one: the tiles a shortcut gets "
+                         "wrong. Higher is better.",
+    "agree_disagree_gap": "Agree minus disagree accuracy: how much the model leans on the look. Lower is better; "
+                          "0 means no bias.",
     "complexity": "Entropy of the map: lower means a simpler, more focused explanation.",
     "relevance_mass_accuracy": "Share of the map's total weight inside the marked evidence (0 to 1). Higher is better.",
     "relevance_rank_accuracy": "Share of the map's top pixels inside the marked evidence (0 to 1). Higher is better.",

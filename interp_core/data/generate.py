@@ -5,14 +5,16 @@
     DIR/{train,val,test}/{class}/{id}.png            RGB tiles
     DIR/masks/{train,val,test}/{class}/{id}.png      'L' 0/255 evidence masks (all zero: none)
     DIR/artifact_masks/{split}/{class}/{id}.png      synthetic-he-biased only: the pen-mark region
+                                                     (synthetic-he-bgbias has none: its bias is
+                                                     the whole context, not a region)
     DIR/groups.csv                                   split,class_name,file,group
     DIR/tiles.csv                                    ihc only: where each tile was cut from
     DIR/dataset.json                                 kind, seed, size, counts, classes, ...
 
 Everything is a function of (kind, seed, size, counts): each tile draws from its own
 ``numpy.random.Generator(PCG64(SeedSequence([seed, split, index, stream])))``, so the same
-arguments give byte-identical files, and synthetic-he-biased has exactly the tissue of
-synthetic-he with the same seed, plus the pen marks. The data set is written to a temporary
+arguments give byte-identical files, and synthetic-he-biased (synthetic-he-bgbias) has exactly
+the tissue of synthetic-he with the same seed, plus the pen marks (the context looks). The data set is written to a temporary
 folder next to ``out`` and renamed into place at the end, so an interrupted run leaves nothing
 half-written.
 """
@@ -32,7 +34,7 @@ from PIL import Image
 
 from ..errors import InterpError
 from . import ihc
-from .synthetic_he import render_he_tile
+from .synthetic_he import LOOKS, render_he_tile
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -41,6 +43,9 @@ GENERATORS: dict[str, str] = {
     "synthetic-he": "H&E-like tiles, normal vs tumor; a tumor tile holds a lesion whose region is the mask",
     "synthetic-he-biased": "synthetic-he plus an ink pen mark on 90% of tumor / 10% of normal tiles "
                            "(50/50 in test); groups.csv says class|artifact or class|clean",
+    "synthetic-he-bgbias": "synthetic-he with the tissue around the lesion tinted 'warm' or 'cool' (a "
+                           "background bias): the class's own look on 90% of train/val tiles (normal: warm, "
+                           "tumor: cool), 50/50 in test; groups.csv says class|look",
     "ihc": "real tiles from scikit-image's immunohistochemistry image, dab_positive vs dab_negative, "
            "DAB pixels as mask, spatially disjoint splits",
 }
@@ -50,6 +55,7 @@ GENERATORS: dict[str, str] = {
 DEFAULT_COUNTS: dict[str, dict[str, int]] = {
     "synthetic-he": {"train": 480, "val": 100, "test": 200},
     "synthetic-he-biased": {"train": 480, "val": 100, "test": 200},
+    "synthetic-he-bgbias": {"train": 480, "val": 100, "test": 200},
     "ihc": {"train": 120, "val": 40, "test": 80},
 }
 
@@ -60,8 +66,13 @@ ARTIFACT_RATES: dict[str, dict[str, float]] = {
     "test": {"tumor": 0.5, "normal": 0.5},
 }
 
+# synthetic-he-bgbias: P(the tile's context has its class's own look) per split, and each class's
+# own look (an index into synthetic_he.LOOKS): class-correlated in train/val, independent in test.
+LOOK_AGREE_RATES: dict[str, float] = {"train": 0.9, "val": 0.9, "test": 0.5}
+CLASS_LOOK: dict[str, int] = {"normal": 0, "tumor": 1}
+
 _SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
-_STREAM_LABELS, _STREAM_ARTIFACT, _STREAM_TILE, _STREAM_PEN = 11, 12, 13, 14
+_STREAM_LABELS, _STREAM_ARTIFACT, _STREAM_TILE, _STREAM_PEN, _STREAM_LOOK, _STREAM_LOOK_TILE = 11, 12, 13, 14, 15, 16
 
 
 def make_dataset(kind: str, out: str | Path, *, size: int = 64, n_train: int | None = None,
@@ -97,7 +108,8 @@ def make_dataset(kind: str, out: str | Path, *, size: int = 64, n_train: int | N
         if kind == "ihc":
             meta = _write_ihc(writer, counts, size, seed, bar)
         else:
-            meta = _write_synthetic(writer, counts, size, seed, biased=kind == "synthetic-he-biased", bar=bar)
+            meta = _write_synthetic(writer, counts, size, seed, biased=kind == "synthetic-he-biased",
+                                    bgbias=kind == "synthetic-he-bgbias", bar=bar)
         bar.close()
         info = {
             "kind": kind,
@@ -130,7 +142,8 @@ def _balanced_labels(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(np.r_[np.zeros(n // 2, dtype=int), np.ones(n - n // 2, dtype=int)])
 
 
-def _write_synthetic(writer: "_Writer", counts: dict[str, int], size: int, seed: int, biased: bool, bar) -> dict:
+def _write_synthetic(writer: "_Writer", counts: dict[str, int], size: int, seed: int, biased: bool, bar,
+                     bgbias: bool = False) -> dict:
     classes = ["normal", "tumor"]
     for split in SPLITS:
         code = _SPLIT_CODE[split]
@@ -142,13 +155,25 @@ def _write_synthetic(writer: "_Writer", counts: dict[str, int], size: int, seed:
                 idx = np.flatnonzero(labels == label)
                 k = int(round(ARTIFACT_RATES[split][name] * len(idx)))
                 marked[art_rng.choice(idx, size=k, replace=False)] = True
+        looks = np.zeros(len(labels), dtype=int)
+        if bgbias:  # exactly round(rate * n_class) tiles of each class get the class's own look
+            look_rng = _rng(seed, code, _STREAM_LOOK)
+            for label, name in enumerate(classes):
+                idx = np.flatnonzero(labels == label)
+                own = np.zeros(len(idx), dtype=bool)
+                own[look_rng.choice(len(idx), size=int(round(LOOK_AGREE_RATES[split] * len(idx))), replace=False)] = True
+                looks[idx] = np.where(own, CLASS_LOOK[name], 1 - CLASS_LOOK[name])
         for i, label in enumerate(labels):
             pen = _rng(seed, code, i, _STREAM_PEN) if marked[i] else None
-            tile = render_he_tile(_rng(seed, code, i, _STREAM_TILE), size, tumor=bool(label), pen_rng=pen)
+            look = int(looks[i]) if bgbias else None
+            tile = render_he_tile(_rng(seed, code, i, _STREAM_TILE), size, tumor=bool(label), pen_rng=pen,
+                                  look=look, look_rng=_rng(seed, code, i, _STREAM_LOOK_TILE) if bgbias else None)
             name = classes[label]
             if biased:
                 assert not (tile.artifact & tile.lesion).any()
                 group = f"{name}|{'artifact' if marked[i] else 'clean'}"
+            elif bgbias:
+                group = f"{name}|{LOOKS[looks[i]]}"
             else:
                 group = name
             writer.add(split, name, f"{i:05d}", tile.image, tile.lesion, group,
@@ -157,6 +182,9 @@ def _write_synthetic(writer: "_Writer", counts: dict[str, int], size: int, seed:
     meta: dict = {"classes": classes}
     if biased:
         meta["artifact_rates"] = ARTIFACT_RATES
+    if bgbias:
+        meta["look_agree_rates"] = LOOK_AGREE_RATES
+        meta["class_look"] = {name: LOOKS[k] for name, k in CLASS_LOOK.items()}
     return meta
 
 

@@ -49,11 +49,14 @@ class HETile:
 
 
 def render_he_tile(rng: np.random.Generator, size: int = 64, tumor: bool = False,
-                   pen_rng: np.random.Generator | None = None) -> HETile:
-    """Render one H&E-like tile; with ``pen_rng`` also draw an ink pen mark outside the lesion.
+                   pen_rng: np.random.Generator | None = None, look: int | None = None,
+                   look_rng: np.random.Generator | None = None) -> HETile:
+    """Render one H&E-like tile; with ``pen_rng`` also draw an ink pen mark outside the lesion;
+    with ``look`` (0 or 1, see :data:`LOOKS`) tint the tissue around the lesion.
 
-    The pen mark uses only ``pen_rng``, so the same ``rng`` state gives the same tissue with or
-    without a mark (the biased data set is the plain one plus marks, a controlled pair).
+    The pen mark uses only ``pen_rng`` and the look only ``look_rng`` (its strength jitter), so
+    the same ``rng`` state gives the same tissue with or without them (the biased data sets are
+    the plain one plus marks or looks, controlled pairs).
     """
     if size < 16:
         raise ValueError(f"tile size must be at least 16 pixels, got {size}")
@@ -81,6 +84,8 @@ def render_he_tile(rng: np.random.Generator, size: int = 64, tumor: bool = False
     artifact = np.zeros((size, size), dtype=bool)
     if pen_rng is not None:
         rgb, artifact = _pen_mark(pen_rng, rgb, lesion, u)
+    if look is not None:
+        rgb = _context_look(look_rng if look_rng is not None else np.random.default_rng(0), rgb, lesion, look, u)
     rgb = _acquisition(rng, rgb, u)
     image = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     return HETile(image=image, lesion=lesion, artifact=artifact)
@@ -369,6 +374,36 @@ def _acquisition(rng: np.random.Generator, rgb: np.ndarray, u: float) -> np.ndar
         sigma = rng.uniform(0.3, 0.9) * u
         rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0))
     return rgb + rng.normal(0, rng.uniform(0.004, 0.03), size=rgb.shape)
+
+
+# --------------------------------------------------------------------------- context look
+
+# Two stain "looks" of the tissue around the lesion (per-channel transmittance of R, G, B at full
+# strength): a warm, yellow-orange cast and a cool, blue-grey one, like two labs' eosin batches.
+LOOKS: tuple[str, str] = ("warm", "cool")
+_LOOK_TRANSMITTANCE = {
+    "warm": np.array([1.00, 0.84, 0.66]),
+    "cool": np.array([0.74, 0.84, 1.00]),
+}
+
+
+def _context_look(rng: np.random.Generator, rgb: np.ndarray, lesion: np.ndarray, look: int, u: float) -> np.ndarray:
+    """Tint everything but the lesion: ``RGB *= T_look ** (s * (1 - soft))``, ``s ~ U(0.06, 0.16)``.
+
+    ``soft`` is the lesion dilated by 2 px and blurred (sigma 1.5 px), so the lesion itself keeps
+    its colours exactly (``soft = 1`` on it) and the tint fades in around it. A normal tile has no
+    lesion: the whole tile is context.
+    """
+    if look not in (0, 1):
+        raise ValueError(f"look must be 0 or 1, got {look!r}")
+    strength = rng.uniform(0.06, 0.16)
+    if lesion.any():
+        grown = ndimage.binary_dilation(lesion, iterations=max(1, int(round(2 * u))))
+        soft = np.maximum(ndimage.gaussian_filter(grown.astype(float), 1.5 * u), lesion)
+    else:
+        soft = np.zeros(lesion.shape)
+    amount = strength * (1.0 - soft)
+    return rgb * _LOOK_TRANSMITTANCE[LOOKS[look]] ** amount[..., None]
 
 
 # --------------------------------------------------------------------------- pen mark

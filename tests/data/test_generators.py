@@ -43,8 +43,8 @@ def sets(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def test_generators_lists_the_three_kinds():
-    assert set(GENERATORS) == {"synthetic-he", "synthetic-he-biased", "ihc"}
+def test_generators_lists_the_four_kinds():
+    assert set(GENERATORS) == {"synthetic-he", "synthetic-he-biased", "synthetic-he-bgbias", "ihc"}
     assert all(isinstance(v, str) and v and "\n" not in v for v in GENERATORS.values())
 
 
@@ -142,6 +142,48 @@ def test_biased_is_plain_tissue_plus_a_local_mark(tmp_path):
             assert not (changed & ~ndimage.binary_dilation(art, iterations=5)).any()
             assert b[art].astype(float).mean() < a[art].astype(float).mean()
     assert n_marked >= 8
+
+
+def test_bgbias_look_rates_and_groups(tmp_path):
+    root = tmp_path / "g"
+    info = make_dataset("synthetic-he-bgbias", root, n_train=60, n_val=20, n_test=40, seed=2)
+    assert info["class_look"] == {"normal": "warm", "tumor": "cool"}
+    assert not (root / "artifact_masks").exists()
+    counts: dict = {}
+    for r in _rows(root):
+        c, look = r["group"].split("|")
+        assert c == r["class_name"] and look in ("warm", "cool")
+        key = (r["split"], c, look == info["class_look"][c])
+        counts[key] = counts.get(key, 0) + 1
+    # 90 % of each class has its own look in train/val (27 of 30, 9 of 10), 50 % in test (10 of 20)
+    for split, agree, total in (("train", 27, 30), ("val", 9, 10), ("test", 10, 20)):
+        for c in ("normal", "tumor"):
+            assert counts[(split, c, True)] == agree and counts[(split, c, False)] == total - agree, (split, c)
+
+
+def test_bgbias_is_plain_tissue_with_a_tinted_context(tmp_path):
+    """Same seed: the lesion core is byte-identical to synthetic-he, the context is tinted
+    (warm: blue darkened more than red; cool: red darkened more than blue)."""
+    plain, tinted = tmp_path / "p", tmp_path / "t"
+    make_dataset("synthetic-he", plain, n_train=16, n_val=2, n_test=2, seed=5)
+    make_dataset("synthetic-he-bgbias", tinted, n_train=16, n_val=2, n_test=2, seed=5)
+    seen = set()
+    for r in _rows(tinted):
+        a, b = _png(plain / r["file"]).astype(float), _png(tinted / r["file"]).astype(float)
+        lesion = _png(tinted / "masks" / r["file"]) > 0
+        assert np.array_equal(_png(plain / "masks" / r["file"]) > 0, lesion)
+        core = ndimage.binary_erosion(lesion, iterations=4)  # beyond the reach of the defocus blur
+        if core.any():
+            assert np.array_equal(a[core], b[core])
+        context = ~ndimage.binary_dilation(lesion, iterations=6)
+        ratio = (b[context].mean(0) + 1) / (a[context].mean(0) + 1)  # per channel R, G, B
+        look = r["group"].split("|")[1]
+        seen.add(look)
+        if look == "warm":
+            assert ratio[2] < ratio[0] and ratio[2] < 0.99
+        else:
+            assert ratio[0] < ratio[2] and ratio[0] < 0.99
+    assert seen == {"warm", "cool"}
 
 
 def _intersects(a, b) -> bool:
