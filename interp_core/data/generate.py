@@ -51,7 +51,7 @@ GENERATORS: dict[str, str] = {
 DEFAULT_COUNTS: dict[str, dict[str, int]] = {
     "synthetic-he": {"train": 480, "val": 100, "test": 200},
     "synthetic-he-biased": {"train": 480, "val": 100, "test": 200},
-    "ihc": {"train": 480, "val": 200, "test": 240},  # half of each class ambiguous (see ihc.py)
+    "ihc": {"train": 480, "val": 200, "test": 200},  # 3/4 of each class ambiguous (see ihc.py)
 }
 
 # P(pen mark | class) per split for synthetic-he-biased: spurious in train/val, decorrelated in test.
