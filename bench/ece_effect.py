@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--n-epochs", type=int, default=8)
     p.add_argument("--m-epochs", type=int, default=3)
     p.add_argument("--ece", default="{}", help="JSON of ece options, e.g. '{\"beta\": 0.1}'")
-    p.add_argument("--batch-size", type=int, default=64, help="(ihc has 120 training tiles: use 16)")
+    p.add_argument("--batch-size", type=int, default=64, help="(ihc: use 16, as bench/ship_runs.sh does)")
     p.add_argument("--from-scratch", type=int, default=0, metavar="EPOCHS",
                    help="instead of fine-tuning: train erm and ece from scratch for EPOCHS (the paper's setting)")
     p.add_argument("--tag", default="ece_effect")

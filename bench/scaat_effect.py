@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--n-epochs", type=int, default=8)
     p.add_argument("--m-epochs", type=int, default=3)
     p.add_argument("--scaat", default="{}", help="JSON of scaat options to try, e.g. '{\"kl_weight\": 2}'")
-    p.add_argument("--batch-size", type=int, default=64, help="(ihc has 120 training tiles: use 16)")
+    p.add_argument("--batch-size", type=int, default=64, help="(ihc: use 16, as bench/ship_runs.sh does)")
     p.add_argument("--tag", default="scaat_effect")
     p.add_argument("--no-sgt", action="store_true", help="skip (d), e.g. when only trying scaat settings")
     a = p.parse_args()

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 N=${N:-8}   # baseline epochs
 M=${M:-3}   # fine-tuning epochs
-# ihc has only 120 training tiles: a smaller batch and more epochs give it enough optimiser steps.
+# ihc: a smaller batch and more epochs (its baseline under this recipe: docs/results/ihc_difficulty.md).
 for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"; do
   read -r ds bs epochs <<<"$spec"
   data=sample_data/data/$ds

@@ -8,7 +8,8 @@
                                                      (synthetic-he-bgbias has none: its bias is
                                                      the whole context, not a region)
     DIR/groups.csv                                   split,class_name,file,group
-    DIR/tiles.csv                                    ihc only: where each tile was cut from
+    DIR/tiles.csv                                    ihc only: where each tile was cut from, its DAB
+                                                     fraction and whether it is ambiguous
     DIR/dataset.json                                 kind, seed, size, counts, classes, ...
 
 Everything is a function of (kind, seed, size, counts): each tile draws from its own
@@ -56,7 +57,7 @@ DEFAULT_COUNTS: dict[str, dict[str, int]] = {
     "synthetic-he": {"train": 480, "val": 100, "test": 200},
     "synthetic-he-biased": {"train": 480, "val": 100, "test": 200},
     "synthetic-he-bgbias": {"train": 480, "val": 100, "test": 200},
-    "ihc": {"train": 120, "val": 40, "test": 80},
+    "ihc": {"train": 480, "val": 200, "test": 200},  # 3/4 of each class ambiguous (see ihc.py)
 }
 
 # P(pen mark | class) per split for synthetic-he-biased: spurious in train/val, decorrelated in test.
@@ -193,6 +194,7 @@ def _write_synthetic(writer: "_Writer", counts: dict[str, int], size: int, seed:
 
 def _write_ihc(writer: "_Writer", counts: dict[str, int], size: int, seed: int, bar) -> dict:
     rows = []
+    _, positive, _ = ihc.source_image()
     for split in SPLITS:
         rng = _rng(seed, _SPLIT_CODE[split], _STREAM_TILE)
         tiles = ihc.sample_tiles(rng, split, counts[split], size=size, augment=split == "train")
@@ -200,9 +202,12 @@ def _write_ihc(writer: "_Writer", counts: dict[str, int], size: int, seed: int, 
             name = ihc.CLASSES[t.label]
             file_id = f"{i:05d}"
             writer.add(split, name, file_id, t.image, t.mask, name)
-            rows.append([split, name, f"{split}/{name}/{file_id}.png", t.y0, t.x0, ihc.CROP, t.transform])
+            frac = float(positive[t.y0:t.y0 + ihc.CROP, t.x0:t.x0 + ihc.CROP].mean())
+            rows.append([split, name, f"{split}/{name}/{file_id}.png", t.y0, t.x0, ihc.CROP, t.transform,
+                         f"{frac:.4f}", int(ihc.is_hard(t.label, frac))])
             bar.update(1)
-    writer.add_csv("tiles.csv", ["split", "class_name", "file", "y0", "x0", "crop", "transform"], rows)
+    writer.add_csv("tiles.csv", ["split", "class_name", "file", "y0", "x0", "crop", "transform", "dab_fraction",
+                                 "ambiguous"], rows)
     return {
         "classes": list(ihc.CLASSES),
         "source": "skimage.data.immunohistochemistry() (512x512)",
@@ -211,6 +216,9 @@ def _write_ihc(writer: "_Writer", counts: dict[str, int], size: int, seed: int, 
         "dab_threshold": ihc.DAB_THRESHOLD,
         "positive_fraction": ihc.POSITIVE_FRACTION,
         "negative_fraction": ihc.NEGATIVE_FRACTION,
+        "hard_band": ihc.HARD_BAND,
+        "hard_share": ihc.HARD_SHARE,
+        "ihc_rule_version": 2,
         "augmented_splits": ["train"],
     }
 

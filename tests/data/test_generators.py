@@ -219,10 +219,15 @@ def test_ihc_splits_are_spatially_disjoint_and_labels_follow_dab(tmp_path):
             assert r["class_name"] == "dab_negative" and frac <= info["negative_fraction"]
         if r["split"] != "train":  # not augmented: the tile is the source crop itself
             assert r["transform"] == "none"
-            assert np.array_equal(_png(root / r["file"]), src[box[0]:box[1], box[2]:box[3]])
-            mask = _png(root / "masks" / r["file"]) > 0
-            expect = dab[box[0]:box[1], box[2]:box[3]] if r["class_name"] == "dab_positive" else False
-            assert np.array_equal(mask, np.broadcast_to(expect, mask.shape))
+            crop_mask = dab[box[0]:box[1], box[2]:box[3]]
+            if r["class_name"] == "dab_negative":
+                crop_mask = np.zeros_like(crop_mask)
+            # the tile is the source crop resized by PIL (bilinear), its mask resized by area
+            side = (info["size"], info["size"])
+            img = np.asarray(Image.fromarray(src[box[0]:box[1], box[2]:box[3]]).resize(side, Image.BILINEAR))
+            expect = np.asarray(Image.fromarray(crop_mask.astype(np.uint8) * 255).resize(side, Image.BILINEAR)) >= 128
+            assert np.array_equal(_png(root / r["file"]), img)
+            assert np.array_equal(_png(root / "masks" / r["file"]) > 0, expect)
     # no pixel of a val/test tile lies in any training tile
     for s in ("val", "test"):
         assert not any(_intersects(a, b) for a in boxes[s] for b in boxes["train"])
@@ -244,10 +249,55 @@ def test_ihc_train_augmentation_moves_the_mask_with_the_image(tmp_path):
             continue
         y0, x0 = int(r["y0"]), int(r["x0"])
         spec = dict(kv.split("=") for kv in r["transform"].split(","))
-        m = positive[y0:y0 + 64, x0:x0 + 64]
+        m = positive[y0:y0 + ihc.CROP, x0:x0 + ihc.CROP]
         m = np.rot90(m, int(spec["rot90"]))
         m = m[:, ::-1] if spec["flip"] == "1" else m
+        m = ihc._resize(np.zeros((ihc.CROP, ihc.CROP, 3), np.uint8), np.ascontiguousarray(m), 64)[1]
+        assert m.shape == (64, 64) and m.any()
         assert np.array_equal(_png(root / "masks" / r["file"]) > 0, m)
+
+
+def test_ihc_keeps_ambiguous_tiles_near_the_gap(tmp_path):
+    """Three quarters of each class lie within 0.10 of the 0.48/0.52 gap (hand-written band, not ihc.is_hard)."""
+    root = tmp_path / "ihc"
+    make_dataset("ihc", root, n_train=16, n_val=20, n_test=20, seed=1)
+    from interp_core.data import ihc
+
+    _, positive, _ = ihc.source_image()
+    rows = _rows(root, "tiles.csv")
+    for r in rows:
+        y0, x0, crop = int(r["y0"]), int(r["x0"]), int(r["crop"])
+        frac = positive[y0:y0 + crop, x0:x0 + crop].mean()
+        assert abs(float(r["dab_fraction"]) - frac) < 1e-4
+        if r["class_name"] == "dab_positive":
+            assert frac >= 0.52
+            band = frac <= 0.62
+        else:
+            assert frac <= 0.48
+            band = frac >= 0.38
+        assert r["ambiguous"] == str(int(band)), r
+    for split, n in (("train", 16), ("val", 20), ("test", 20)):
+        for c in ("dab_negative", "dab_positive"):
+            sel = [r for r in rows if r["split"] == split and r["class_name"] == c]
+            assert len(sel) == n // 2
+            assert sum(r["ambiguous"] == "1" for r in sel) == round(0.75 * (n // 2)), (split, c)
+        if split != "train":  # no position twice in a non-augmented split
+            pos = [(r["y0"], r["x0"]) for r in rows if r["split"] == split]
+            assert len(set(pos)) == len(pos)
+
+
+def test_ihc_regions_hold_the_default_counts_without_repeats():
+    """The shipped counts (val >= 150 tiles) fit the non-augmented splits' pools, easy and ambiguous."""
+    from interp_core.data import ihc
+
+    counts = generate.DEFAULT_COUNTS["ihc"]
+    assert counts["val"] >= 150 and counts["test"] >= 150
+    for split in ("val", "test"):
+        half = counts[split] // 2
+        n_hard = round(ihc.HARD_SHARE * half)
+        hard, clear = ihc.candidates(split, hard=True), ihc.candidates(split, hard=False)
+        for label in (0, 1):
+            assert len(hard[label]) >= n_hard and len(clear[label]) >= half - n_hard, (split, label)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
