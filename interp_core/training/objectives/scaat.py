@@ -224,7 +224,9 @@ class SCAAT(Objective):
             "'exact' = METHODS.md section 2 as written (about 4x ERM per epoch); 'fast' [ours] = saliency "
             "from the training pass's own input gradient, perturbation carried per sample across epochs "
             "and stepped from the perturbed pass's input gradient, KL target detached (about 2x ERM; "
-            "see docs/fast_modes.md)"), "choices": SCAAT_MODES})
+            "see docs/fast_modes.md)"), "choices": SCAAT_MODES,
+            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
+            "cost": {"exact": "about 3.8x an ERM epoch", "fast": "about 2.2x an ERM epoch"}})
         kl_batch_fraction: float = field(default=1.0, metadata=_help(
             "[ours] fast mode only: share of each batch (drawn at random) given a perturbed copy and a KL "
             "term; the KL mean over that subset estimates the full batch's without bias, and the perturbed "
