@@ -57,6 +57,10 @@ perturbed), i.e. about 2x ERM instead of about 4x. What differs from METHODS.md 
   ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
 - ``bn_stats`` must be ``separate`` (each half its own batch statistics, running statistics from
   the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on.
+- ``kl_batch_fraction`` < 1 (fast mode only): the perturbed branch and the KL term cover a random
+  subset of that share of the batch (an unbiased estimate of the batch's mean KL), so the
+  perturbed pass costs that share of a full one; ``M`` and the carried step are computed for the
+  subset only.
 - Single process only (the carried perturbations are per process); the store costs one byte
   per training pixel and channel, in memory and in the checkpoint.
 """
