@@ -4,8 +4,7 @@
 
     {"image": float [3,H,W] in [0,1], "label": long, "index": long,
      "mask": float [1,H,W] (only when the dataset has masks),
-     "artifact": float [1,H,W] (only when it has artifact masks),
-     "aug": long (only with augmentation: the dihedral transform applied, see ``augment_code``)}
+     "artifact": float [1,H,W] (only when it has artifact masks)}
 
 Class indices are the sorted class-folder names of the train split. A missing ``val`` split is
 carved from ``train`` deterministically (stratified, seeded). Training augmentation (flips and
@@ -112,32 +111,21 @@ class TileDataset(Dataset):
             extra = {k: (TF.resize(v, size, interpolation=TF.InterpolationMode.NEAREST) > 0.5).float()
                      for k, v in extra.items()}
         if self.augment:
-            code = self.augment_code(i)
-            image = dihedral(image, code).contiguous()
-            extra = {n: dihedral(v, code).contiguous() for n, v in extra.items()}
-            extra["aug"] = torch.tensor(code)
+            image, extra = self._augment(i, image, extra)
         item = {"image": image, "label": torch.tensor(self.records[i].label), "index": torch.tensor(i)}
         item.update(extra)
         return item
 
-    def augment_code(self, i: int) -> int:
-        """The dihedral transform (0..7, see :func:`dihedral`) applied to sample ``i`` this epoch."""
+    def _augment(self, i: int, image: torch.Tensor, extra: dict[str, torch.Tensor]):
         h = hashlib.blake2b(f"{self.seed}:{self.epoch}:{i}".encode(), digest_size=2).digest()
-        return int.from_bytes(h, "little") % 8
+        code = int.from_bytes(h, "little")
+        k, flip = code % 4, (code >> 2) % 2
 
+        def tf(t: torch.Tensor) -> torch.Tensor:
+            t = torch.rot90(t, k, dims=(-2, -1))
+            return torch.flip(t, dims=(-1,)) if flip else t
 
-def dihedral(t: torch.Tensor, code: int) -> torch.Tensor:
-    """Training augmentation ``code`` (0..7) on the last two dims: ``rot90`` by ``code % 4``
-    quarter turns, then a horizontal flip when ``code // 4`` is 1."""
-    t = torch.rot90(t, code % 4, dims=(-2, -1))
-    return torch.flip(t, dims=(-1,)) if (code >> 2) % 2 else t
-
-
-def dihedral_inverse(t: torch.Tensor, code: int) -> torch.Tensor:
-    """The inverse of :func:`dihedral`: ``dihedral_inverse(dihedral(t, c), c) == t``."""
-    if (code >> 2) % 2:
-        t = torch.flip(t, dims=(-1,))
-    return torch.rot90(t, -(code % 4), dims=(-2, -1))
+        return tf(image).contiguous(), {n: tf(v).contiguous() for n, v in extra.items()}
 
 
 # ----------------------------------------------------------------------------------------

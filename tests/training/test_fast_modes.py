@@ -10,15 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from interp_core.consistency import carried_consistency, cosine_similarity
-from interp_core.data import load_split
-from interp_core.data.dataset import dihedral, dihedral_inverse
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.runs import load_tensors
 from interp_core.training import TrainConfig, train
 from interp_core.training.objectives.base import EpochContext, StepContext, options_from_dict
 from interp_core.training.objectives.ece import ECE
-from interp_core.training.objectives.scaat import SCAAT, clean_training_pass, loss_input_saliency
+from interp_core.training.objectives.scaat import SCAAT, clean_training_pass, fgsm_from_gradient, loss_input_saliency
 from interp_core.training.saliency_guidance import adaptive_low_saliency_mask, kl_divergence
 from interp_core.training.sample_store import PerturbationStore
 
@@ -31,15 +29,12 @@ def _model(seed: int = 0):
     return create_model("smallcnn", 2, width=4).train()
 
 
-def _batch(n: int = 8, size: int = 16, seed: int = 0, aug: bool = True):
+def _batch(n: int = 8, size: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, size, size, generator=g)
     x[:, :, :2] = 0.0  # pixels at the bounds, so the [0,1] clip binds
     x[:, :, -2:] = 1.0
-    b = {"image": x, "label": torch.randint(0, 2, (n,), generator=g), "index": torch.arange(n)}
-    if aug:
-        b["aug"] = torch.arange(n) % 8
-    return b
+    return {"image": x, "label": torch.randint(0, 2, (n,), generator=g), "index": torch.arange(n)}
 
 
 def _ctx(seed: int = 0, epoch: int = 3, step: int = 0) -> StepContext:
@@ -91,8 +86,8 @@ def test_saliency_from_the_training_pass_equals_a_separate_train_mode_input_grad
 
 def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
     """The returned loss's backward gives d/dp [CE(f(x)) + lambda * KL(p(x).detach() || p(x + delta))],
-    with x + delta rebuilt independently (train-mode saliency -> mask -> random start)."""
-    model, b = _model(), _batch(aug=False)
+    with x + delta rebuilt independently (train-mode dCE/dx -> mask; random start + sign step)."""
+    model, b = _model(), _batch()
     ref = copy.deepcopy(model)
     obj = _fast(kl_weight=3.0)
     loss, extras = obj.batch_loss(model, b, _ctx(seed=4))
@@ -105,8 +100,9 @@ def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
     ce = F.cross_entropy(logits, b["label"])
     (gx,) = torch.autograd.grad(ce, x, retain_graph=True)
     mask = adaptive_low_saliency_mask(loss_input_saliency(gx, b["image"]), 0.1, 0.3, 0.8, generator=gen)
-    u = torch.rand(b["image"].shape, generator=gen) * 2 - 1
-    x_adv = (b["image"] + u * EPS * mask).clamp(0, 1)
+    u = (torch.rand(b["image"].shape, generator=gen) * 2 - 1) * EPS
+    delta = (u + 1.25 * EPS * gx.sign()).clamp(-EPS, EPS)  # random start + one sign step along dCE/dx
+    x_adv = (b["image"] + delta * mask).clamp(0, 1)
     from interp_core.training.saliency_guidance import _running_stats_frozen
     with _running_stats_frozen([m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]):
         logits_adv = ref(x_adv)
@@ -122,84 +118,58 @@ def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
         assert torch.allclose(bm.float(), bq.float())
 
 
-# -- SCAAT fast: step 3 (carried perturbation) ----------------------------------------------------------
-def test_carried_perturbation_stays_within_eps_and_inside_the_mask():
+# -- SCAAT fast: step 3 (perturbation from the training gradient) ---------------------------------------
+def test_perturbation_stays_within_eps_inside_the_mask_and_steps_along_the_training_gradient():
     model, b = _model(), _batch(n=8, size=16)
     obj = _fast()
     rec = _Inputs(model)
     x = b["image"]
-    for visit in range(4):
+    for step in range(3):
         rec.seen.clear()
         ref = copy.deepcopy(model)
-        loss, _ = obj.batch_loss(model, b, _ctx(seed=visit))
+        loss, _ = obj.batch_loss(model, b, _ctx(seed=step))
         loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.5).step()  # the weights move between steps
         model.zero_grad(set_to_none=True)
         clean, x_adv = rec.seen
         assert torch.equal(clean, x)
-        # independent mask: the same train-mode input gradient, same tie-break draws
+        # independent: the same train-mode input gradient, the same tie-break draws
         xi = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(ref(xi), b["label"]), xi)
         mask = adaptive_low_saliency_mask(loss_input_saliency(g, x), 0.1, 0.3, 0.8,
-                                          generator=torch.Generator().manual_seed(visit))
+                                          generator=torch.Generator().manual_seed(step))
         d = x_adv - x
         assert d.abs().max() <= EPS + 1e-6
         assert ((x_adv >= 0) & (x_adv <= 1)).all()
         assert torch.equal(d * ~mask, torch.zeros_like(d))  # nothing changes outside M
-        assert (d != 0).any(1, keepdim=True)[mask].float().mean() > 0.5  # and M is perturbed
-        stored = obj.store.q.float() * (EPS / 127)
-        assert obj.store.seen.all() and stored.abs().max() <= EPS + 1e-7
-    # from the second visit on, the applied delta is the stored one (clamped to [0,1]) on M
-    rec.seen.clear()
-    carried = obj.store.get(b["index"], x.shape, EPS, b["aug"])
-    loss, _ = obj.batch_loss(model, b, _ctx(seed=9))
-    _, x_adv = rec.seen
-    on = (x_adv - x) != 0
-    assert torch.allclose((x + carried).clamp(0, 1)[on], x_adv[on], atol=1e-6)
+        inside = mask.expand_as(d) & (x > EPS) & (x < 1 - EPS) & (g != 0)  # where [0,1] does not bind
+        assert inside.sum() > 100
+        assert torch.equal(d[inside].sign(), g[inside].sign())  # alpha = 1.25 eps: the step's sign wins
+        assert (d[inside].abs() >= 0.25 * EPS - 1e-6).all()
     rec.handle.remove()
 
 
-def test_carried_step_is_a_projected_sign_step_on_the_mask():
-    from interp_core.training.objectives.scaat import carried_step
-    x = torch.tensor([[[[0.5, 0.99, 0.0, 0.5]]]])
-    delta = torch.tensor([[[[0.01, 0.0, 0.0, 0.02]]]])
+def test_fgsm_from_gradient_by_hand():
+    x = torch.tensor([[[[0.5, 0.99, 0.01, 0.5]]]])
     grad = torch.tensor([[[[1.0, 1.0, -1.0, -1.0]]]])
     mask = torch.tensor([[[[True, True, True, False]]]])
-    out = carried_step(delta, grad, x, mask, eps=0.03, alpha=0.05)
-    # 0.01 + 0.05 -> eps; 0.99 + 0.03 -> 1 (image range); 0 - 0.05 -> -0.03 -> x + d < 0 -> 0; off-mask kept
-    assert torch.allclose(out, torch.tensor([[[[0.03, 0.01, 0.0, 0.02]]]]), atol=1e-6)
+    u = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.03
+    out = fgsm_from_gradient(x, grad, mask, eps=0.03, alpha=0.05, generator=torch.Generator().manual_seed(0))
+    # u + 0.05 * sign -> clipped to +-eps whatever u; then x + delta clipped to [0, 1]; off-mask unchanged
+    assert torch.allclose(out, torch.tensor([[[[0.53, 1.0, 0.0, 0.5]]]]), atol=1e-6)
+    start = fgsm_from_gradient(x, grad, mask, eps=0.03, alpha=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(start[mask], (x + u).clamp(0, 1)[mask], atol=1e-6)  # alpha 0: the random start
 
 
-def test_store_keeps_the_canonical_frame_and_quantisation_bound():
+def test_store_quantisation_bound_clamp_and_random_start():
     st = PerturbationStore(8, EPS)
     d = (torch.rand(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1) * EPS
-    aug = torch.arange(8)
-    st.put(torch.arange(8), d, aug)
-    canonical = torch.stack([dihedral_inverse(d[i], i) for i in range(8)])
-    got = st.get(torch.arange(8), d.shape, EPS)  # no aug: the canonical frame
-    assert (got - canonical).abs().max() <= EPS / 254 + 1e-7
-    again = st.get(torch.arange(8), d.shape, EPS, aug)  # the same frames as stored
-    assert (again - d).abs().max() <= EPS / 254 + 1e-7
+    st.put(torch.arange(8), d)
+    assert (st.get(torch.arange(8), d.shape, EPS) - d).abs().max() <= EPS / 254 + 1e-7
+    assert st.get(torch.tensor([3, 1]), (2, 3, 6, 6), EPS).sub(d[[3, 1]]).abs().max() <= EPS / 254 + 1e-7
     assert st.get(torch.arange(8), d.shape, EPS / 4).abs().max() <= EPS / 4  # clamped to the current eps
     fresh = PerturbationStore(4, EPS).get(torch.arange(4), (4, 3, 6, 6), EPS, generator=torch.Generator().manual_seed(1))
     assert fresh.abs().max() <= EPS and fresh.std() > EPS / 3  # random start U[-eps, eps]
-
-
-@pytest.mark.parametrize("code", range(8))
-def test_dihedral_inverse_undoes_the_augmentation(code):
-    t = torch.arange(2 * 3 * 4 * 4).float().view(2, 3, 4, 4)
-    assert torch.equal(dihedral_inverse(dihedral(t, code), code), t)
-
-
-def test_augmented_items_carry_their_transform(tiny_data):
-    plain = load_split(tiny_data, "train")
-    aug = load_split(tiny_data, "train", augment=True, seed=3)
-    aug.set_epoch(2)
-    codes = set()
-    for i in range(6):
-        item = aug[i]
-        codes.add(int(item["aug"]))
-        assert torch.equal(item["image"], dihedral(plain[i]["image"], int(item["aug"])))
-    assert len(codes) > 1 and "aug" not in plain[0]
 
 
 def test_fast_options_validation():
@@ -219,7 +189,7 @@ def test_kl_batch_fraction_perturbs_a_subset():
     rec = _Inputs(model)
     loss, _ = obj.batch_loss(model, b, _ctx())
     loss.backward()
-    assert len(rec.seen[1]) == 4 and int(obj.store.seen.sum()) == 4
+    assert len(rec.seen[1]) == 4 and len(rec.seen[0]) == 8
     rec.handle.remove()
 
 
@@ -236,8 +206,6 @@ def test_same_seed_same_fast_run_on_cpu(tiny_data, tmp_path):
     wa, wb, wc = (load_tensors(tmp_path / f"{r}/model.safetensors") for r in "abc")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
-    obj = load_tensors(tmp_path / "a/checkpoint/epoch_0002/objective.safetensors")
-    assert obj["scaat_delta_q"].dtype == torch.int8 and bool(obj["scaat_delta_seen"].all())
 
 
 class _Killed(Exception):
@@ -250,7 +218,7 @@ def test_fast_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_data, tmp_pa
 
     def dies_in_epoch_3(self, model, batch, ctx):
         if ctx.epoch == 2 and ctx.step == 1:
-            raise _Killed  # after step 0 changed the in-memory store: that must not leak into the resume
+            raise _Killed  # mid-epoch, after step 0 changed the weights in memory
         return original(self, model, batch, ctx)
 
     monkeypatch.setattr(SCAAT, "batch_loss", dies_in_epoch_3)
@@ -263,14 +231,14 @@ def test_fast_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_data, tmp_pa
     wa = load_tensors(tmp_path / "full/model.safetensors")
     wb = load_tensors(tmp_path / "killed/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa = load_tensors(tmp_path / "full/checkpoint/epoch_0003/objective.safetensors")
-    sb = load_tensors(tmp_path / "killed/checkpoint/epoch_0003/objective.safetensors")
-    assert torch.equal(sa["scaat_delta_q"], sb["scaat_delta_q"])
+    ca = load_tensors(tmp_path / "full/checkpoint/epoch_0003/model.safetensors")
+    cb = load_tensors(tmp_path / "killed/checkpoint/epoch_0003/model.safetensors")
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
 
 
 # -- ECE fast ------------------------------------------------------------------------------------------
 def test_carried_consistency_by_hand():
-    model, b = _model().eval(), _batch(aug=False)
+    model, b = _model().eval(), _batch()
     x, y = b["image"], b["label"]
     delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1) * EPS
     res = carried_consistency(model, x, y, delta, eps=EPS, alpha=0.01, threshold="0.5")

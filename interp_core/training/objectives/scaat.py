@@ -31,38 +31,40 @@ backward passes (no weight gradients; BatchNorm folded into the convolutions, ch
 layout), plus the train-mode forward and backward passes of the clean and the perturbed batch.
 
 ``mode = "fast"`` [ours] (``train --objective scaat --mode fast``; docs/fast_modes.md): the
-same loss on a cheaper perturbation, at the cost of two train-mode passes (clean and
-perturbed), i.e. about 2x ERM instead of about 4x. What differs from METHODS.md section 2:
+same loss on a perturbation that costs no pass of its own: two train-mode passes (clean and
+perturbed) per step, about 2x ERM instead of about 4x. What differs from METHODS.md section 2:
 
 - step 1: ``S`` is the input gradient of the *training* pass: ``|dCE(f(x), y)/dx|`` summed over
   channels (``|x * dCE/dx|`` for ``input_x_gradient``), taken in **train mode** (BatchNorm with
-  batch statistics) by the same backward that gives CE's weight gradients, instead of
-  ``|df_y/dx|`` from a separate eval-mode pass. ``dCE/dx = sum_c (p_c - [c = y]) df_c/dx``: with
-  two classes this is ``(1 - p_y) d(f_y - f_other)/dx``, whose max-normalised map is that of the
-  logit margin;
-- step 3: no attack pass. The perturbation is carried per training sample across epochs
-  (:class:`~interp_core.training.sample_store.PerturbationStore`, Shafahi et al. 2019): the
-  first visit of a sample uses METHODS' random start ``U[-eps, eps]``; the perturbed branch's
-  backward gives ``dL/d(x + delta)`` for free, and one projected sign step
-  ``delta <- clip(delta + alpha * sign(dL/d(x + delta)), -eps, eps)`` on ``M`` (``x + delta`` kept
-  in ``[0, 1]``) is stored for the sample's next visit. So each visit continues the attack of
-  the previous one, one step per epoch, found at the previous visit's weights in train mode
-  (``steps`` is not used; ``alpha`` defaults to ``1.25 eps``). ``M`` is recomputed at every step
-  from this step's saliency; the carried ``delta`` is applied on the current ``M`` only;
+  batch statistics) by the same backward that gives CE's weight gradients
+  (:func:`clean_training_pass`), instead of ``|df_y/dx|`` from a separate eval-mode pass.
+  ``dCE/dx = sum_c (p_c - [c = y]) df_c/dx``: with two classes this is
+  ``(1 - p_y) d(f_y - f_other)/dx``, whose max-normalised map is that of the logit margin;
+- step 3: no attack pass. ``delta = clip(u + alpha * sign(dCE/dx), -eps, eps)`` on ``M`` with
+  ``u ~ U[-eps, eps]`` (``x + delta`` in ``[0, 1]``; ``alpha`` default ``1.25 eps``): the random
+  start and one sign step of METHODS with ``K = 1`` ("fast is better than free", Wong et al.
+  2020), the step's gradient being the clean pass's ``dCE/dx`` (at ``x``, train mode) instead of
+  ``dKL/dx`` at ``x + u`` in eval mode (:func:`fgsm_from_gradient`). Why that direction:
+  ``KL(p(x) || p(x + delta))`` has zero gradient at ``delta = 0``; to second order it is
+  ``delta^T F delta / 2`` with the Fisher ``F = J^T (diag(p) - p p^T) J``, which for two classes
+  is rank one along ``d(f_1 - f_0)/dx``, i.e. along ``dCE/dx``: the direction the exact
+  attack's step estimates. ``steps`` is not used;
 - step 5: the KL target ``p(x)`` is detached, so the KL term's gradient flows through the
-  perturbed branch only (TRADES-like targets are detached in the attack; here in the loss too):
-  that is what lets the clean branch's single backward be taken before the perturbed pass.
-  ``CE``'s weight gradients from that backward are added to the returned loss's gradient
-  (a zero-valued term ``sum_p <p, g_p> - sum_p <p, g_p>.detach()``), so the training loop's one
-  ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
+  perturbed branch only: that is what lets the clean branch's single backward be taken before
+  the perturbed pass. ``CE``'s weight gradients from that backward are added to the returned
+  loss's gradient (a zero-valued term ``sum_p <p, g_p> - sum_p <p, g_p>.detach()``), so the
+  training loop's one ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
 - ``bn_stats`` must be ``separate`` (each half its own batch statistics, running statistics from
-  the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on.
+  the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on;
 - ``kl_batch_fraction`` < 1 (fast mode only): the perturbed branch and the KL term cover a random
   subset of that share of the batch (an unbiased estimate of the batch's mean KL), so the
-  perturbed pass costs that share of a full one; ``M`` and the carried step are computed for the
-  subset only.
-- Single process only (the carried perturbations are per process); the store costs one byte
-  per training pixel and channel, in memory and in the checkpoint.
+  perturbed pass costs that share of a full one.
+- Single process only (not tested under torchrun).
+
+Tried and rejected (docs/fast_modes.md): carrying each sample's perturbation across epochs
+("free" warm start) and stepping it with the perturbed pass's input gradient: under the
+training augmentation (flips, rotations) a perturbation found for one orientation is not
+adversarial for the next, and the KL term stayed 7-300x below the exact mode's.
 """
 from __future__ import annotations
 
@@ -90,7 +92,6 @@ from ..saliency_guidance import (
 )
 from ..distributed import unwrap_model
 from ..saliency_guidance import _running_stats_frozen
-from ..sample_store import PerturbationStore
 from .base import Objective, StepContext, register_objective
 
 
@@ -180,14 +181,16 @@ def clean_training_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, para
     return logits, ce, grads
 
 
-def carried_step(delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, eps: float,
-                 alpha: float) -> torch.Tensor:
-    """One projected sign-ascent step of a carried perturbation [ours, fast mode]:
-    ``clip(delta + alpha * sign(grad), -eps, eps)`` on ``mask`` with ``x + delta`` kept in
-    ``[0, 1]``; outside ``mask`` ``delta`` is left as it was (it is applied only on ``mask``)."""
-    stepped = (delta + alpha * grad.sign()).clamp_(-eps, eps)
-    stepped = (x.float() + stepped).clamp_(0, 1) - x.float()
-    return torch.where(mask, stepped, delta)
+def fgsm_from_gradient(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, eps: float, alpha: float,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fast mode's adversarial sample [ours] (detached float32): ``x + delta`` on ``mask``, ``x``
+    elsewhere, with ``delta = clip(u + alpha * sign(grad), -eps, eps)``, ``u ~ U[-eps, eps]``
+    drawn with ``generator``, and ``x + delta`` clipped to ``[0, 1]``: METHODS' random start and
+    one projected sign step, the step taken along an input gradient the training pass computed."""
+    m = mask.to(torch.float32)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32).mul_(2).sub_(1).mul_(eps)
+    delta = (u + alpha * grad.detach().float().sign()).clamp_(-eps, eps)
+    return (x.detach().float() + delta * m).clamp_(0, 1)
 
 
 @register_objective
@@ -225,10 +228,9 @@ class SCAAT(Objective):
             "this-many epochs (counting an --init run's epochs, so fine-tuning a trained model "
             "attacks at full budget at once); 0 disables the ramp"))
         mode: str = field(default="exact", metadata={**_help(
-            "'exact' = METHODS.md section 2 as written (about 4x ERM per epoch); 'fast' [ours] = saliency "
-            "from the training pass's own input gradient, perturbation carried per sample across epochs "
-            "and stepped from the perturbed pass's input gradient, KL target detached (about 2x ERM; "
-            "see docs/fast_modes.md)"), "choices": SCAAT_MODES,
+            "'exact' = METHODS.md section 2 as written; 'fast' [ours] = saliency and the attack's sign step "
+            "both from the training pass's own input gradient dCE/dx (no eval or attack pass), KL target "
+            "detached; see docs/fast_modes.md"), "choices": SCAAT_MODES,
             # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
             "cost": {"exact": "about 3.8x an ERM epoch", "fast": "about 2.2x an ERM epoch"}})
         kl_batch_fraction: float = field(default=1.0, metadata=_help(
@@ -275,11 +277,10 @@ class SCAAT(Objective):
     def __init__(self, options: "SCAAT.Options", num_train: int):
         options.validate()
         super().__init__(options, num_train)
-        self.store = PerturbationStore(num_train, options.eps) if options.mode == "fast" else None
 
     def begin_epoch(self, ctx) -> dict[str, float]:
-        if self.store is not None and ctx.dist.enabled:
-            raise InterpError("scaat: mode 'fast' carries perturbations per process; run it in a single process")
+        if self.options.mode == "fast" and ctx.dist.enabled:
+            raise InterpError("scaat: mode 'fast' is not tested under torchrun; run it in a single process")
         return {}
 
     def current_eps(self, progress: float) -> float:
@@ -320,7 +321,7 @@ class SCAAT(Objective):
             # the KL term is identically 0, and the step is plain ERM.
             ce = F.cross_entropy(model(x), y)
             return ce, {"ce": float(ce.detach()), "kl": 0.0, "perturbed_fraction": 0.0, "eps": eps}
-        if self.store is not None:
+        if o.mode == "fast":
             return self._fast_batch_loss(model, batch, ctx, eps)
         x_adv, mask = self.adversarial_input(model, x, y, eps, step_generator(ctx.generator, x.device))
         logits, logits_adv = paired_logits(model, x, x_adv.to(x.dtype), o.bn_stats)
@@ -334,39 +335,27 @@ class SCAAT(Objective):
     # -- fast mode [ours] ------------------------------------------------------------------------
     def _fast_batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext, eps: float
                          ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One fast-mode step (see the module docstring): the clean train pass and its one
-        backward (CE's weight gradients and ``dCE/dx``), ``M`` from that input gradient, the
-        carried ``delta`` on ``M``, the perturbed train pass; its backward (run by the loop) also
-        steps the carried ``delta`` through a hook on ``x + delta``."""
+        """One fast-mode step (see the module docstring): the clean train pass and its one backward
+        (CE's weight gradients and ``dCE/dx``), ``M`` and ``delta`` from that input gradient, the
+        perturbed train pass; the loop's backward of the returned loss does the rest."""
         o = self.options
-        x, y, index = batch["image"], batch["label"], batch["index"]
-        aug = batch.get("aug")
+        x, y = batch["image"], batch["label"]
         net = unwrap_model(model)
         params = [p for p in net.parameters() if p.requires_grad]
         logits, ce, grads = clean_training_pass(net, x, y, params)
+        g_x = grads[0]
         if o.kl_batch_fraction < 1:  # the perturbed branch on a random subset of the batch
             k = max(1, math.ceil(o.kl_batch_fraction * len(x)))
             sub = torch.randperm(len(x), generator=ctx.generator)[:k].sort().values.to(x.device)
-            x, index, logits, g_x = x[sub], index[sub], logits[sub], grads[0][sub]
-            aug = None if aug is None else aug[sub]
-        else:
-            g_x = grads[0]
-        sal = loss_input_saliency(g_x, x, o.saliency_method)
+            x, logits, g_x = x[sub], logits[sub], g_x[sub]
         gen = step_generator(ctx.generator, x.device)
-        mask = adaptive_low_saliency_mask(sal, o.q, o.rho_min, o.rho_max, generator=gen)
-        delta = self.store.get(index, x.shape, eps, aug, generator=ctx.generator, device=x.device)
-        x_adv = (x.float() + delta * mask).clamp_(0, 1).to(x.dtype).requires_grad_(True)
+        mask = adaptive_low_saliency_mask(loss_input_saliency(g_x, x, o.saliency_method), o.q, o.rho_min, o.rho_max,
+                                          generator=gen)
         alpha = o.alpha if o.alpha is not None else 1.25 * eps
-        store, xf = self.store, x.detach().float()
-
-        def step_carried(g: torch.Tensor) -> None:  # runs inside the loop's backward
-            with torch.no_grad():
-                store.put(index, carried_step(delta, g.float(), xf, mask.expand_as(delta), eps, alpha), aug)
-
-        x_adv.register_hook(step_carried)
+        x_adv = fgsm_from_gradient(x, g_x, mask, eps, alpha, gen)
         bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.training]
         with _running_stats_frozen(bns):
-            logits_adv = model(x_adv)
+            logits_adv = model(x_adv.to(x.dtype))
         t = float(o.kl_temperature)
         kl = kl_divergence(logits.detach() / t, logits_adv / t).mean() * (t * t)
         inject = sum(((p * g.detach()).sum() for p, g in zip(params, grads[1:]) if g is not None),
@@ -374,12 +363,3 @@ class SCAAT(Objective):
         loss = ce.detach() + o.kl_weight * kl + (inject - inject.detach())
         ce_v, kl_v, frac_v = torch.stack([ce.detach().float(), kl.detach(), mask.float().mean()]).tolist()
         return loss, {"ce": ce_v, "kl": kl_v, "perturbed_fraction": frac_v, "eps": eps}
-
-    # -- resumable state -------------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Fast mode: the carried perturbations (int8) and which samples have one."""
-        return self.store.state_tensors("scaat_") if self.store is not None else {}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.store is not None:
-            self.store.load_state_tensors(tensors, "scaat_")
