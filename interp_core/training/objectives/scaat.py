@@ -64,7 +64,8 @@ perturbed) per step, about 2x ERM instead of about 4x. What differs from METHODS
 Tried and rejected (docs/fast_modes.md): carrying each sample's perturbation across epochs
 ("free" warm start) and stepping it with the perturbed pass's input gradient: under the
 training augmentation (flips, rotations) a perturbation found for one orientation is not
-adversarial for the next, and the KL term stayed 180-420x below the exact mode's in the first epoch and 3-12x below in the next two.
+adversarial for the next, and the KL term stayed 180-420x below the exact mode's in the first
+epoch and 3-12x below in the next two.
 """
 from __future__ import annotations
 
