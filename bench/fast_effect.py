@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 from effect import ROOT, markdown_table, run_protocol, save
 
@@ -84,9 +83,9 @@ def main() -> None:
                          f"{', '.join(f'{v:+.4f}' for v in r['fast'])} | {r['exact_mean']:+.4f} | "
                          f"{r['fast_mean']:+.4f} | {100 * r['retained']:.0f}% |")
         lines.append("")
-    out = ROOT / a.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+        out = ROOT / a.out  # rewritten after every dataset, so a long run leaves its finished part
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("written", out, save(a.tag, payload))
 
