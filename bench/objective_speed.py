@@ -1,10 +1,21 @@
 """Time per epoch of each training objective relative to ERM, measured side by side in one run.
 
 Usage: python bench/objective_speed.py [--arch smallcnn] [--width 32] [--size 64] [--batch 64]
-           [--steps 8] [--rounds 3] [--threads N] [--device auto] [--objectives erm sgt scaat ece]
-           [--scaat '{"steps": 2}'] [--sgt '{}'] [--ece '{}']
+           [--steps 8] [--rounds 3] [--threads 1 2] [--device auto] [--objectives erm sgt scaat ece]
+           [--scaat '{"steps": 2}'] [--sgt '{}'] [--ece '{}'] [--out docs/results/objective_speed.md]
 An entry of --objectives may carry its own options, to compare variants in the same run:
-    --objectives erm sgt scaat 'scaat={"eval_precision": "bfloat16"}'
+    --objectives erm scaat 'scaat={"mode": "fast"}' 'ece={"refresh_every": 1}' 'ece={"mode": "fast"}'
+
+``--threads`` takes several counts: every round measures each count in turn (interleaved too),
+and each count gets its own table, whose ratios are to ERM *at that thread count*. Besides ERM,
+each table is also relative to the bare **forward/backward floor** (``x fwd/bwd``): one
+train-mode forward and backward of the batch with no optimiser step, the least any objective
+that trains on the batch can cost.
+
+ECE in ``fast`` mode refreshes at every epoch; its first refresh (no carried perturbation yet)
+and a later one (continuing the carried perturbations) are timed separately, and two average
+rows give the mean epoch over a 3-epoch fine-tune (first + 2 later) and in the long run (later
+refreshes only).
 
 Every objective trains a copy of the same initial model on the same random batches: its
 ``begin_epoch`` (ECE's consistency refresh happens there) and then ``--steps`` batches of
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -57,9 +69,30 @@ def make_batches(n_batches: int, batch: int, size: int, num_classes: int, device
     return out
 
 
+def run_floor(model0: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device
+              ) -> tuple[float, float]:
+    """(wall, CPU) seconds of the bare floor: one train-mode forward + backward per batch, no optimiser."""
+    model = copy.deepcopy(model0).train().to(memory_format=memory_format(device))
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        with autocast(device):
+            out = model(batch["image"])
+        out.float().logsumexp(1).sum().backward()
+
+    step(batches[0])
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        step(batch)
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def run_epoch(name: str, options: dict, model0: torch.nn.Module, batches: list[dict[str, torch.Tensor]],
-              device: torch.device, run_dir: Path, seed: int, epoch: int = 1) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one epoch of ``name`` over ``batches`` from a copy of ``model0``."""
+              device: torch.device, run_dir: Path, seed: int, epoch: int = 1,
+              untimed_epochs: tuple[int, ...] = ()) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one epoch of ``name`` over ``batches`` from a copy of ``model0``;
+    ``untimed_epochs``: epochs whose ``begin_epoch`` runs first, untimed (e.g. an earlier refresh)."""
     cls = get_objective(name)
     num_train = sum(len(b["label"]) for b in batches)
     objective = cls(options_from_dict(cls, options), num_train)
@@ -77,6 +110,11 @@ def run_epoch(name: str, options: dict, model0: torch.nn.Module, batches: list[d
         loss.item()
 
     step(0, batches[0])  # untimed: optimizer state, one-off set-up (e.g. BatchNorm folding)
+    for e in untimed_epochs:
+        objective.begin_epoch(EpochContext(epoch=e, total_epochs=epoch + 1, model=model, train_eval_loader=batches,
+                                           device=device, run_dir=run_dir, generator=gen,
+                                           sample_ids=[str(i) for i in range(num_train)], progress=False))
+        model.train()
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     objective.begin_epoch(EpochContext(epoch=epoch, total_epochs=epoch + 1, model=model, train_eval_loader=batches,
@@ -94,6 +132,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _median(ts: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="smallcnn")
@@ -102,15 +144,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="batches per timed epoch")
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the median is shown")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="torch CPU thread counts, each measured in every round (default: torch's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--objectives", nargs="+", default=["erm", "sgt", "scaat", "ece"])
+    p.add_argument("--objectives", nargs="+", default=["erm", "sgt", "scaat", 'scaat={"mode": "fast"}', "ece",
+                                                       'ece={"refresh_every": 1}', 'ece={"mode": "fast"}'])
+    p.add_argument("--out", default=None, help="also write the tables to this markdown file")
     for name in ("erm", "sgt", "scaat", "ece"):
         p.add_argument(f"--{name}", default="{}", help=f"JSON of {name} options")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     device = pick_device(a.device)
     names: list[str] = []  # labels: "scaat" or 'scaat={"steps": 2}'
     options: dict[str, dict] = {}
@@ -129,40 +172,73 @@ def main() -> None:
     kwargs = {"width": a.width} if a.arch == "smallcnn" else {}
     model0 = create_model(a.arch, 2, **kwargs).to(device).to(memory_format=memory_format(device))
     batches = make_batches(a.steps, a.batch, a.size, 2, device, a.seed)
-    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-    plain: dict[str, list[tuple[float, float]]] = {}  # ECE epochs without a refresh
+    threads = [t or torch.get_num_threads() for t in a.threads]
+    # times[t][label] = [(wall, cpu) per round]; labels: objective entries, "floor", and ECE extras
+    times: dict[int, dict[str, list[tuple[float, float]]]] = {t: {} for t in threads}
+
+    def ece_mode(n: str) -> str:
+        return str(options[n].get("mode", "exact"))
+
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            for n in list(names):
-                try:
-                    times[n].append(run_epoch(objective_of[n], options[n], model0, batches, device, Path(tmp),
-                                              a.seed + r))
-                    if objective_of[n] == "ece":  # epoch 2: past the default schedule's first refresh
-                        plain.setdefault(n, []).append(run_epoch("ece", options[n], model0, batches, device,
-                                                                 Path(tmp), a.seed + r, epoch=2))
-                except InterpError as e:
-                    print(f"note: {n} failed ({e}); skipped", file=sys.stderr)
-                    names.remove(n)
-    print(f"device: {describe_device(device)}; {a.arch}{f' width {a.width}' if kwargs else ''}, "
-          f"tiles {a.size}x{a.size}, batch {a.batch}, {a.steps} steps per epoch, {a.rounds} rounds (median)")
-    ref_wall = statistics.median(t[0] for t in times["erm"])
-    ref_cpu = statistics.median(t[1] for t in times["erm"])
-    print(f"{'objective':<10} {'options':<34} {'s/epoch':>8} {'x erm':>6} {'cpu s':>7} {'cpu x erm':>9}")
-    for n in names:
-        wall = statistics.median(t[0] for t in times[n])
-        cpu = statistics.median(t[1] for t in times[n])
-        opts = json.dumps(options[n]) if options[n] else "defaults"
-        print(f"{objective_of[n]:<10} {opts:<34} {wall:>8.2f} {wall / ref_wall:>6.2f} {cpu:>7.2f} {cpu / ref_cpu:>9.2f}")
-        if n in plain:  # ECE: a refresh epoch above; the schedule's average over refresh and plain epochs
-            cls = get_objective("ece")
-            every = int(options_from_dict(cls, options[n]).refresh_every)
-            p_wall = statistics.median(t[0] for t in plain[n])
-            p_cpu = statistics.median(t[1] for t in plain[n])
-            avg_wall = (wall + (every - 1) * p_wall) / every
-            avg_cpu = (cpu + (every - 1) * p_cpu) / every
-            label = f"avg, refresh every {every}"
-            print(f"{'  ece':<10} {label:<34} {avg_wall:>8.2f} {avg_wall / ref_wall:>6.2f} {avg_cpu:>7.2f} "
-                  f"{avg_cpu / ref_cpu:>9.2f}")
+            for t in threads:
+                torch.set_num_threads(t)
+                rec = times[t]
+                rec.setdefault("floor", []).append(run_floor(model0, batches, device))
+                for n in list(names):
+                    try:
+                        rec.setdefault(n, []).append(run_epoch(objective_of[n], options[n], model0, batches, device,
+                                                               Path(tmp), a.seed + r))
+                        if objective_of[n] == "ece":
+                            # exact: epoch 2 = no refresh under refresh_every > 1; fast: epoch 2 = a later
+                            # refresh, continuing the perturbations carried from the untimed epoch-1 refresh
+                            later = (1,) if ece_mode(n) == "fast" else ()
+                            rec.setdefault(n + " #2", []).append(run_epoch(
+                                "ece", options[n], model0, batches, device, Path(tmp), a.seed + r, epoch=2,
+                                untimed_epochs=later))
+                    except InterpError as e:
+                        print(f"note: {n} failed ({e}); skipped", file=sys.stderr)
+                        names.remove(n)
+    lines = [f"device: {describe_device(device)}; {a.arch}{f' width {a.width}' if kwargs else ''}, "
+             f"tiles {a.size}x{a.size}, batch {a.batch}, {a.steps} steps per epoch, {a.rounds} interleaved rounds "
+             f"(median); threads {', '.join(map(str, threads))} measured in every round", ""]
+    for t in threads:
+        rec = times[t]
+        ref_wall, ref_cpu = _median(rec["erm"])
+        floor_wall, floor_cpu = _median(rec["floor"])
+        lines += [f"### {t} thread{'s' if t > 1 else ''}", "",
+                  "| objective | options | s/epoch | x erm | x fwd/bwd | cpu x erm | cpu x fwd/bwd |", "|---|---|---|---|---|---|---|",
+                  f"| floor | one train forward + backward per batch | {floor_wall:.2f} | {floor_wall / ref_wall:.2f} "
+                  f"| 1.00 | {floor_cpu / ref_cpu:.2f} | 1.00 |"]
+
+        def row(obj: str, label: str, wall: float, cpu: float) -> str:
+            return (f"| {obj} | {label} | {wall:.2f} | {wall / ref_wall:.2f} | {wall / floor_wall:.2f} "
+                    f"| {cpu / ref_cpu:.2f} | {cpu / floor_cpu:.2f} |")
+
+        for n in names:
+            wall, cpu = _median(rec[n])
+            opts = json.dumps(options[n]) if options[n] else "defaults"
+            if objective_of[n] != "ece":
+                lines.append(row(objective_of[n], opts, wall, cpu))
+                continue
+            w2, c2 = _median(rec[n + " #2"])
+            if ece_mode(n) == "fast":
+                lines.append(row("ece", f"{opts}: first refresh epoch", wall, cpu))
+                lines.append(row("ece", f"{opts}: later refresh epoch", w2, c2))
+                lines.append(row("ece", f"{opts}: avg, 3-epoch fine-tune", (wall + 2 * w2) / 3, (cpu + 2 * c2) / 3))
+                lines.append(row("ece", f"{opts}: avg, long run (refresh every epoch)", w2, c2))
+            else:
+                every = int(options_from_dict(get_objective("ece"), options[n]).refresh_every)
+                lines.append(row("ece", f"{opts}: refresh epoch", wall, cpu))
+                lines.append(row("ece", f"{opts}: avg, refresh every {every}", (wall + (every - 1) * w2) / every,
+                                 (cpu + (every - 1) * c2) / every))
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(f"# Epoch time per objective, exact vs fast\n\nGenerated by `python bench/objective_speed.py "
+                               f"{shlex.join(sys.argv[1:])}`.\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -66,8 +66,18 @@ S.init(name_key, _default_name())
 name = c4.text_input("Name of the new run", key=name_key, help="Saved under `runs/<name>/`.", **S.KEEP)
 
 flags: list[str] = []
+mode_field = next((f for f in dataclasses.fields(get_objective(objective).Options) if f.name == "mode"), None)
+if mode_field is not None:  # exact or fast (issue 16), each with its measured cost per epoch
+    costs = mode_field.metadata.get("cost", {})
+    mode_key = f"{S.Train.OPTION_PREFIX}{objective}.mode"
+    S.init(mode_key, mode_field.default)
+    mode = st.radio("Mode", list(mode_field.metadata["choices"]), key=mode_key, horizontal=True,
+                    format_func=lambda m: f"{m}: {costs[m]}" if m in costs else m,
+                    help=mode_field.metadata.get("help"), **S.KEEP)
+    if mode != mode_field.default:
+        flags += ["--mode", mode]
 with st.expander(f"{objective.upper()} options (defaults filled in)"):
-    fields = dataclasses.fields(get_objective(objective).Options)
+    fields = [f for f in dataclasses.fields(get_objective(objective).Options) if f.name != "mode"]
     cols = st.columns(3)
     for j, f in enumerate(fields):
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -127,7 +127,8 @@ def test_defaults_follow_methods():
 
 
 def test_every_option_has_help_and_ours_marks():
-    ours = {"q", "rho_min", "rho_max", "eps", "steps", "alpha", "warmup_epochs", "kl_temperature"}
+    ours = {"q", "rho_min", "rho_max", "eps", "steps", "alpha", "warmup_epochs", "kl_temperature", "mode",
+            "kl_batch_fraction"}
     for f in dataclasses.fields(SCAAT.Options):
         assert f.metadata.get("help"), f.name
         assert ("[ours]" in f.metadata["help"]) == (f.name in ours), f.name

@@ -41,9 +41,31 @@ Cost: a refresh is ``K`` forward + input-only backward passes and one forward ov
 set, run as in :func:`interp_core.consistency.dataset_consistency` (BatchNorm folded,
 channels-last, no-grad CAM, device-sized batches): about 2.5 ERM epochs on the CPU (smallcnn,
 64x64 tiles, one thread, channels-last training), amortised by ``refresh_every``.
+
+``mode = "fast"`` [ours] (``train --objective ece --mode fast``; docs/fast_modes.md): a refresh
+at **every** epoch past the warm-up (METHODS.md's schedule; ``refresh_every`` is not used), made
+cheap. What differs from METHODS.md section 3:
+
+- step 3, the attack: the first refresh takes one PGD step from ``x`` (step size ``alpha`` of the
+  exact attack, ``2.5 eps / K``) instead of ``K``; the perturbation each sample reached is
+  carried (int8, :class:`~interp_core.training.sample_store.PerturbationStore`) and every later
+  refresh continues it by one step (:func:`~interp_core.consistency.carried_consistency`,
+  "free" warm start, Shafahi et al. 2019). ``E`` is scored at the carried perturbation (found
+  at the previous refresh's weights, projected onto the current background), so after ``K``
+  refreshes the attack has taken ``K`` steps in total;
+- which samples are scored: the first refresh scores every sample; a later one re-scores a
+  ``refresh_fraction`` share (default 0.5): half of it the samples with the lowest current ``E``
+  (the ones with most weight), half the ones scored longest ago (ties by index), so every
+  sample is re-scored at least every ``2 / refresh_fraction`` refreshes. The others keep their
+  last ``E`` (and flip flag); ``consistency.npz`` has ``rescored`` [R,N] bool saying which were
+  scored at each refresh (all true in exact mode);
+- steps 1, 2, 4, 5 and 6 are unchanged (``H(x)`` in eval mode at the current weights).
+Single process only (the carried perturbations are per process); the store costs one byte per
+training pixel and channel.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -54,10 +76,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...consistency import ConsistencyOptions, dataset_consistency
+from ...consistency import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
+                            explanation_consistency, inference_copy, rebatch)
 from ...errors import InterpError, TrainingDiverged
 from ..distributed import all_gather_rows
+from ..sample_store import PerturbationStore
 from .base import EpochContext, Objective, StepContext, register_objective
+
+ECE_MODES = ("exact", "fast")
 
 CONSISTENCY_FILE = "consistency.npz"
 
@@ -125,6 +151,18 @@ class ECE(Objective):
         refresh_batch_size: int = field(default=0, metadata={"help": (
             "batch size of the refresh pass; 0 = auto: 256 on CUDA, 32 on the CPU (measured fastest "
             "there: larger batches fall out of cache)")})
+        mode: str = field(default="exact", metadata={"help": (
+            "'exact' = METHODS.md section 3 refresh (K-step PGD from x for every sample); 'fast' [ours] = "
+            "a refresh every epoch, the background perturbation carried per sample and advanced one step "
+            "per refresh, a refresh_fraction share re-scored (lowest consistency and oldest scores first); "
+            "see docs/fast_modes.md"), "choices": ECE_MODES,
+            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
+            "cost": {"exact": "about 1.8x an ERM epoch on average with the default refresh every 3rd epoch "
+                              "(3.3x when refreshing every epoch)",
+                     "fast": "about 1.1-1.6x an ERM epoch, refreshing every epoch"}})
+        refresh_fraction: float = field(default=0.5, metadata={"help": (
+            "[ours] fast mode: share of the training samples re-scored at each refresh after the first "
+            "(half lowest consistency, half oldest score); 1 = all")})
 
         def validate(self) -> None:
             """Raise InterpError for values outside their domain."""
@@ -137,6 +175,10 @@ class ECE(Objective):
                 raise InterpError(f"refresh_every must be >= 1, got {self.refresh_every}")
             if int(self.refresh_batch_size) < 0:
                 raise InterpError(f"refresh_batch_size must be >= 1 (or 0 for auto), got {self.refresh_batch_size}")
+            if self.mode not in ECE_MODES:
+                raise InterpError(f"ece: mode must be one of {', '.join(ECE_MODES)}, got {self.mode!r}")
+            if not 0 < float(self.refresh_fraction) <= 1:
+                raise InterpError(f"refresh_fraction must be in (0, 1], got {self.refresh_fraction}")
 
     def __init__(self, options: "ECE.Options", num_train: int):
         super().__init__(options, num_train)
@@ -146,6 +188,8 @@ class ECE(Objective):
         self.consistency = torch.zeros(0, num_train)  # [R, N]
         self.pred_changed = torch.zeros(0, num_train, dtype=torch.bool)  # [R, N]
         self.labels = torch.full((num_train,), -1, dtype=torch.long)
+        self.rescored = torch.zeros(0, num_train, dtype=torch.bool)  # [R, N]: scored at that refresh
+        self.store = PerturbationStore(num_train, float(options.eps)) if options.mode == "fast" else None
         self._weights_on: dict[torch.device, torch.Tensor] = {}
         self._npz_synced = False
 
@@ -158,9 +202,12 @@ class ECE(Objective):
         if not self._npz_synced:
             self._write_npz(ctx)  # resumed: make the file match the restored state
             self._npz_synced = True
+        if self.store is not None and ctx.dist.enabled:
+            raise InterpError("ece: mode 'fast' carries perturbations per process; run it in a single process")
         already = bool((self.refresh_epochs == ctx.epoch).any())
+        every = 1 if self.store is not None else int(opts.refresh_every)  # fast: every epoch (METHODS.md)
         # the warm-up counts the model's epochs, --init runs' included (EpochContext.prior_epochs) [ours]
-        refresh = refresh_due(ctx.prior_epochs + ctx.epoch, int(opts.warmup_epochs), int(opts.refresh_every),
+        refresh = refresh_due(ctx.prior_epochs + ctx.epoch, int(opts.warmup_epochs), every,
                               ctx.prior_epochs) and not already
         if refresh:
             extras.update(self._refresh(ctx))
@@ -169,6 +216,8 @@ class ECE(Objective):
         return extras
 
     def _refresh(self, ctx: EpochContext) -> dict[str, float]:
+        if self.store is not None:
+            return self._fast_refresh(ctx)
         start = time.perf_counter()
         result = dataset_consistency(
             ctx.model, ctx.train_eval_loader, self.options, device=ctx.device,
@@ -197,6 +246,7 @@ class ECE(Objective):
         self.refresh_epochs = torch.cat([self.refresh_epochs, torch.tensor([ctx.epoch], dtype=torch.long)])
         self.consistency = torch.cat([self.consistency, e[None].float()])
         self.pred_changed = torch.cat([self.pred_changed, changed[None]])
+        self.rescored = torch.cat([self.rescored, torch.ones(1, self.num_train, dtype=torch.bool)])
         self._write_npz(ctx)
         return {
             "consistency_mean": float(e.mean()),
@@ -227,7 +277,8 @@ class ECE(Objective):
                      refresh_epochs=self.refresh_epochs.numpy().astype(np.int64) + 1,  # as history.jsonl
                      consistency=self.consistency.numpy().astype(np.float32),
                      weights=weights.numpy().astype(np.float32),
-                     pred_changed=self.pred_changed.numpy().astype(np.bool_))
+                     pred_changed=self.pred_changed.numpy().astype(np.bool_),
+                     rescored=self.rescored.numpy().astype(np.bool_))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -256,6 +307,8 @@ class ECE(Objective):
             "consistency": self.consistency.contiguous(),
             "pred_changed": self.pred_changed.to(torch.uint8).contiguous(),
             "labels": self.labels.contiguous(),
+            "rescored": self.rescored.to(torch.uint8).contiguous(),
+            **(self.store.state_tensors("ece_") if self.store is not None else {}),
         }
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -274,5 +327,82 @@ class ECE(Objective):
         self.consistency = consistency.clone()
         self.pred_changed = changed.clone()
         self.labels = tensors["labels"].long().clone()
+        # checkpoints written before ``rescored`` existed scored every sample at every refresh
+        self.rescored = tensors["rescored"].bool().clone() if "rescored" in tensors else torch.ones(r, n, dtype=torch.bool)
+        if self.store is not None:
+            self.store.load_state_tensors(tensors, "ece_")
         self._weights_on.clear()
         self._npz_synced = False
+
+    # -- fast mode [ours] ------------------------------------------------------------------------
+    def select_for_rescoring(self) -> torch.Tensor:
+        """Bool ``[N]``: the samples a fast refresh scores. All at the first refresh (and any sample
+        without a carried perturbation); afterwards ``ceil(refresh_fraction * N)``: half of them the
+        lowest current ``E``, the rest the samples scored longest ago (ties by index)."""
+        n = self.num_train
+        if len(self.consistency) == 0:
+            return torch.ones(n, dtype=torch.bool)
+        k = min(n, math.ceil(float(self.options.refresh_fraction) * n))
+        chosen = torch.zeros(n, dtype=torch.bool)
+        e = self.consistency[-1].double()
+        order = torch.argsort(e, stable=True)  # lowest E first; ties by index
+        chosen[order[: (k + 1) // 2]] = True
+        r = self.rescored.shape[0]
+        last = torch.where(self.rescored, torch.arange(r).view(-1, 1), torch.full_like(self.rescored, -1, dtype=torch.long))
+        age_key = last.amax(0).double()  # lower = scored longer ago
+        age_key[chosen] = math.inf
+        oldest = torch.argsort(age_key, stable=True)[: k - int(chosen.sum())]
+        chosen[oldest] = True
+        return chosen | ~self.store.seen
+
+    def _fast_refresh(self, ctx: EpochContext) -> dict[str, float]:
+        """Fast mode's refresh (module docstring): score the selected samples against their carried
+        perturbations (one fresh step from ``x`` for a sample without one); keep the others' ``E``."""
+        start = time.perf_counter()
+        opts, n = self.options, self.num_train
+        chosen = self.select_for_rescoring()
+        e = self.consistency[-1].clone() if len(self.consistency) else torch.zeros(n)
+        changed = self.pred_changed[-1].clone() if len(self.pred_changed) else torch.zeros(n, dtype=torch.bool)
+        device = torch.device(ctx.device)
+        net = inference_copy(ctx.model)
+        kwargs = opts.consistency_kwargs()
+        eps = float(opts.eps)
+
+        def selected_batches():
+            for batch in ctx.train_eval_loader:
+                keep = chosen[batch["index"].cpu()]
+                if bool(keep.any()):
+                    yield {k: batch[k][keep] for k in ("image", "label", "index")}
+
+        bs = int(opts.refresh_batch_size) or default_batch_size(device)
+        for batch in rebatch(selected_batches(), bs):
+            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+            y, idx = batch["label"].to(device), batch["index"].cpu().long()
+            self.labels[idx] = batch["label"].cpu().long()
+            seen = self.store.seen[idx]
+            if bool((~seen).any()):  # first visit: one step of the exact attack from x
+                new = (~seen).nonzero().flatten()
+                res = explanation_consistency(net, x[new], y[new], generator=ctx.generator,
+                                              **{**kwargs, "steps": 1, "alpha": opts.step_size})
+                self.store.put(idx[new], (res.x_adv - x[new]).float())
+                e[idx[new]], changed[idx[new]] = res.score.float().cpu(), res.pred_changed.cpu()
+            if bool(seen.any()):
+                old = seen.nonzero().flatten()
+                delta = self.store.get(idx[old], x[old].shape, eps, device=device)
+                res2 = carried_consistency(net, x[old], y[old], delta, **{**kwargs, "alpha": opts.step_size})
+                self.store.put(idx[old], res2.delta_next.float())
+                e[idx[old]], changed[idx[old]] = res2.score.float().cpu(), res2.pred_changed.cpu()
+        self.weights = consistency_weights(e, float(opts.beta))  # raises on NaN
+        self._weights_on.clear()
+        self.refresh_epochs = torch.cat([self.refresh_epochs, torch.tensor([ctx.epoch], dtype=torch.long)])
+        self.consistency = torch.cat([self.consistency, e[None].float()])
+        self.pred_changed = torch.cat([self.pred_changed, changed[None]])
+        self.rescored = torch.cat([self.rescored, chosen[None]])
+        self._write_npz(ctx)
+        return {
+            "consistency_mean": float(e.mean()),
+            "consistency_min": float(e.min()),
+            "pred_changed_share": float(changed.float().mean()),
+            "rescored_share": float(chosen.float().mean()),
+            "refresh_seconds": time.perf_counter() - start,
+        }

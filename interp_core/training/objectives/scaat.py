@@ -29,14 +29,53 @@ the clean and perturbed halves there is the ``bn_stats`` option (see
 Cost per step with ``K`` attack steps: ``K + 1`` eval-mode forward passes with input-only
 backward passes (no weight gradients; BatchNorm folded into the convolutions, channels-last
 layout), plus the train-mode forward and backward passes of the clean and the perturbed batch.
+
+``mode = "fast"`` [ours] (``train --objective scaat --mode fast``; docs/fast_modes.md): the
+same loss on a perturbation that costs no pass of its own: two train-mode passes (clean and
+perturbed) per step, about 2x ERM instead of about 4x. What differs from METHODS.md section 2:
+
+- step 1: ``S`` is the input gradient of the *training* pass: ``|dCE(f(x), y)/dx|`` summed over
+  channels (``|x * dCE/dx|`` for ``input_x_gradient``), taken in **train mode** (BatchNorm with
+  batch statistics) by the same backward that gives CE's weight gradients
+  (:func:`clean_training_pass`), instead of ``|df_y/dx|`` from a separate eval-mode pass.
+  ``dCE/dx = sum_c (p_c - [c = y]) df_c/dx``: with two classes this is
+  ``(1 - p_y) d(f_y - f_other)/dx``, whose max-normalised map is that of the logit margin;
+- step 3: no attack pass. ``delta = clip(u + alpha * sign(dCE/dx), -eps, eps)`` on ``M`` with
+  ``u ~ U[-eps, eps]`` (``x + delta`` in ``[0, 1]``; ``alpha`` default ``1.25 eps``): the random
+  start and one sign step of METHODS with ``K = 1`` ("fast is better than free", Wong et al.
+  2020), the step's gradient being the clean pass's ``dCE/dx`` (at ``x``, train mode) instead of
+  ``dKL/dx`` at ``x + u`` in eval mode (:func:`fgsm_from_gradient`). Why that direction:
+  ``KL(p(x) || p(x + delta))`` has zero gradient at ``delta = 0``; to second order it is
+  ``delta^T F delta / 2`` with the Fisher ``F = J^T (diag(p) - p p^T) J``, which for two classes
+  is rank one along ``d(f_1 - f_0)/dx``, i.e. along ``dCE/dx``: the direction the exact
+  attack's step estimates. ``steps`` is not used;
+- step 5: the KL target ``p(x)`` is detached, so the KL term's gradient flows through the
+  perturbed branch only: that is what lets the clean branch's single backward be taken before
+  the perturbed pass. ``CE``'s weight gradients from that backward are added to the returned
+  loss's gradient (a zero-valued term ``sum_p <p, g_p> - sum_p <p, g_p>.detach()``), so the
+  training loop's one ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
+- ``bn_stats`` must be ``separate`` (each half its own batch statistics, running statistics from
+  the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on;
+- ``kl_batch_fraction`` < 1 (fast mode only): the perturbed branch and the KL term cover a random
+  subset of that share of the batch (an unbiased estimate of the batch's mean KL), so the
+  perturbed pass costs that share of a full one.
+- Single process only (not tested under torchrun).
+
+Tried and rejected (docs/fast_modes.md): carrying each sample's perturbation across epochs
+("free" warm start) and stepping it with the perturbed pass's input gradient: under the
+training augmentation (flips, rotations) a perturbation found for one orientation is not
+adversarial for the next, and the KL term stayed 180-420x below the exact mode's in the first
+epoch and 3-12x below in the next two.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...errors import InterpError
 from ..saliency_guidance import (
@@ -47,11 +86,13 @@ from ..saliency_guidance import (
     eval_mode,
     eval_precision,
     kl_divergence,
+    normalise_per_sample_max,
     paired_logits,
     step_generator,
     training_saliency,
 )
 from ..distributed import unwrap_model
+from ..saliency_guidance import _running_stats_frozen
 from .base import Objective, StepContext, register_objective
 
 
@@ -115,6 +156,44 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+SCAAT_MODES = ("exact", "fast")
+
+
+def loss_input_saliency(grad: torch.Tensor, x: torch.Tensor, method: str = "saliency") -> torch.Tensor:
+    """Fast mode's step 1 [ours]: per-sample max-normalised ``sum_c |g_c|`` (``saliency``) or
+    ``sum_c |x_c * g_c|`` (``input_x_gradient``), ``[B,H,W]``, from an input gradient ``g`` that
+    the training pass already computed (``dCE/dx`` in train mode)."""
+    g = grad.detach().float()
+    if method == "input_x_gradient":
+        g = g * x.detach().float()
+    return normalise_per_sample_max(g.abs().sum(1))
+
+
+def clean_training_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    """Fast mode's clean branch: ``(logits, CE, (dCE/dx, dCE/dp for p in params))`` from one
+    forward of ``model`` as it is (train mode in training) and one backward, which yields the
+    weight gradients ERM's backward would and, for the price of the first layer's input gradient,
+    ``dCE/dx``: the saliency source of fast mode's step 1. The graph is freed; ``.grad`` untouched."""
+    x_in = x.detach().requires_grad_(True)
+    logits = model(x_in)
+    ce = F.cross_entropy(logits, y)
+    grads = torch.autograd.grad(ce, [x_in, *params], allow_unused=True)
+    return logits, ce, grads
+
+
+def fgsm_from_gradient(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, eps: float, alpha: float,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fast mode's adversarial sample [ours] (detached float32): ``x + delta`` on ``mask``, ``x``
+    elsewhere, with ``delta = clip(u + alpha * sign(grad), -eps, eps)``, ``u ~ U[-eps, eps]``
+    drawn with ``generator``, and ``x + delta`` clipped to ``[0, 1]``: METHODS' random start and
+    one projected sign step, the step taken along an input gradient the training pass computed."""
+    m = mask.to(torch.float32)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32).mul_(2).sub_(1).mul_(eps)
+    delta = (u + alpha * grad.detach().float().sign()).clamp_(-eps, eps)
+    return (x.detach().float() + delta * m).clamp_(0, 1)
+
+
 @register_objective
 class SCAAT(Objective):
     """Saliency constrained adaptive adversarial training (METHODS.md section 2)."""
@@ -149,6 +228,17 @@ class SCAAT(Objective):
             "[ours] adaptive budget: eps ramps linearly from 0 to its target over the model's first "
             "this-many epochs (counting an --init run's epochs, so fine-tuning a trained model "
             "attacks at full budget at once); 0 disables the ramp"))
+        mode: str = field(default="exact", metadata={**_help(
+            "'exact' = METHODS.md section 2 as written; 'fast' [ours] = saliency and the attack's sign step "
+            "both from the training pass's own input gradient dCE/dx (no eval or attack pass), KL target "
+            "detached; see docs/fast_modes.md"), "choices": SCAAT_MODES,
+            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
+            "cost": {"exact": "about 3.8x an ERM epoch",
+                     "fast": "about 2.2x an ERM epoch (1.7x with kl batch fraction 0.5)"}})
+        kl_batch_fraction: float = field(default=1.0, metadata=_help(
+            "[ours] fast mode only: share of each batch (drawn at random) given a perturbed copy and a KL "
+            "term; the KL mean over that subset estimates the full batch's without bias, and the perturbed "
+            "pass costs this share of a full one (0.5: about 1.7x ERM instead of about 2.2x)"))
 
         def __post_init__(self) -> None:
             if isinstance(self.alpha, str):
@@ -177,10 +267,23 @@ class SCAAT(Objective):
                 raise InterpError(f"scaat: kl_weight (lambda) must be >= 0, got {self.kl_weight}")
             if not self.warmup_epochs >= 0:
                 raise InterpError(f"scaat: warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            if self.mode not in SCAAT_MODES:
+                raise InterpError(f"scaat: mode must be one of {', '.join(SCAAT_MODES)}, got {self.mode!r}")
+            if not 0 < self.kl_batch_fraction <= 1:
+                raise InterpError(f"scaat: kl_batch_fraction must lie in (0, 1], got {self.kl_batch_fraction}")
+            if self.mode != "fast" and self.kl_batch_fraction != 1:
+                raise InterpError("scaat: kl_batch_fraction < 1 applies to mode 'fast' only")
+            if self.mode == "fast" and self.bn_stats != "separate":
+                raise InterpError("scaat: mode 'fast' needs bn_stats 'separate' (the clean pass is taken first)")
 
     def __init__(self, options: "SCAAT.Options", num_train: int):
         options.validate()
         super().__init__(options, num_train)
+
+    def begin_epoch(self, ctx) -> dict[str, float]:
+        if self.options.mode == "fast" and ctx.dist.enabled:
+            raise InterpError("scaat: mode 'fast' is not tested under torchrun; run it in a single process")
+        return {}
 
     def current_eps(self, progress: float) -> float:
         """The (ramped) attack budget at ``progress`` fractional epochs."""
@@ -220,11 +323,45 @@ class SCAAT(Objective):
             # the KL term is identically 0, and the step is plain ERM.
             ce = F.cross_entropy(model(x), y)
             return ce, {"ce": float(ce.detach()), "kl": 0.0, "perturbed_fraction": 0.0, "eps": eps}
+        if o.mode == "fast":
+            return self._fast_batch_loss(model, batch, ctx, eps)
         x_adv, mask = self.adversarial_input(model, x, y, eps, step_generator(ctx.generator, x.device))
         logits, logits_adv = paired_logits(model, x, x_adv.to(x.dtype), o.bn_stats)
         ce = F.cross_entropy(logits, y)
         t = float(o.kl_temperature)
         kl = kl_divergence(logits / t, logits_adv / t).mean() * (t * t)
         loss = ce + o.kl_weight * kl
+        ce_v, kl_v, frac_v = torch.stack([ce.detach().float(), kl.detach(), mask.float().mean()]).tolist()
+        return loss, {"ce": ce_v, "kl": kl_v, "perturbed_fraction": frac_v, "eps": eps}
+
+    # -- fast mode [ours] ------------------------------------------------------------------------
+    def _fast_batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext, eps: float
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One fast-mode step (see the module docstring): the clean train pass and its one backward
+        (CE's weight gradients and ``dCE/dx``), ``M`` and ``delta`` from that input gradient, the
+        perturbed train pass; the loop's backward of the returned loss does the rest."""
+        o = self.options
+        x, y = batch["image"], batch["label"]
+        net = unwrap_model(model)
+        params = [p for p in net.parameters() if p.requires_grad]
+        logits, ce, grads = clean_training_pass(net, x, y, params)
+        g_x = grads[0]
+        if o.kl_batch_fraction < 1:  # the perturbed branch on a random subset of the batch
+            k = max(1, math.ceil(o.kl_batch_fraction * len(x)))
+            sub = torch.randperm(len(x), generator=ctx.generator)[:k].sort().values.to(x.device)
+            x, logits, g_x = x[sub], logits[sub], g_x[sub]
+        gen = step_generator(ctx.generator, x.device)
+        mask = adaptive_low_saliency_mask(loss_input_saliency(g_x, x, o.saliency_method), o.q, o.rho_min, o.rho_max,
+                                          generator=gen)
+        alpha = o.alpha if o.alpha is not None else 1.25 * eps
+        x_adv = fgsm_from_gradient(x, g_x, mask, eps, alpha, gen)
+        bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.training]
+        with _running_stats_frozen(bns):
+            logits_adv = model(x_adv.to(x.dtype))
+        t = float(o.kl_temperature)
+        kl = kl_divergence(logits.detach() / t, logits_adv / t).mean() * (t * t)
+        inject = sum(((p * g.detach()).sum() for p, g in zip(params, grads[1:]) if g is not None),
+                     torch.zeros((), device=x.device))
+        loss = ce.detach() + o.kl_weight * kl + (inject - inject.detach())
         ce_v, kl_v, frac_v = torch.stack([ce.detach().float(), kl.detach(), mask.float().mean()]).tolist()
         return loss, {"ce": ce_v, "kl": kl_v, "perturbed_fraction": frac_v, "eps": eps}
