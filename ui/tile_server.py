@@ -15,7 +15,7 @@ import threading
 import warnings
 from typing import Any
 
-from interp_core.deepzoom import TileService
+from interp_core.deepzoom import SlideRoots, TileService
 
 PREFIX = "/_interp/wsi"
 _SERVICE: TileService | None = None
@@ -24,11 +24,13 @@ _MOUNTED = False
 
 
 def service() -> TileService:
-    """The process-wide tile service (slide roots from the environment)."""
+    """The process-wide tile service (slide roots from the environment; a new service, with an
+    empty cache, when the configured roots change, so a changed ``$INTERP_SLIDES_DIR`` takes effect)."""
     global _SERVICE
+    roots = SlideRoots.from_env()
     with _LOCK:
-        if _SERVICE is None:
-            _SERVICE = TileService()
+        if _SERVICE is None or _SERVICE.roots != roots:
+            _SERVICE = TileService(roots)
         return _SERVICE
 
 
