@@ -7,6 +7,7 @@ from torch import nn
 
 from .._registry import Registry
 from ..errors import InterpError
+from .zoo import create_zoo_model, is_zoo_name, zoo_exists
 
 _MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", sort_names=True,
                                                       hint="or timm/NAME or torchvision/NAME")
@@ -38,7 +39,6 @@ def get_model(name: str) -> Callable[..., nn.Module]:
 
 def is_known_arch(name: str) -> bool:
     """A registered name, or ``timm/NAME`` / ``torchvision/NAME`` of an existing architecture."""
-    from .zoo import zoo_exists
     return name in _REGISTRY or zoo_exists(name)
 
 
@@ -46,7 +46,6 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build an architecture with freshly initialised weights: a registered name, or any timm or
     torchvision classifier as ``timm/NAME`` / ``torchvision/NAME`` (never downloaded; ``kwargs``
     are then ``mean``, ``std``, ``image_size``, ``interpolation``)."""
-    from .zoo import create_zoo_model, is_zoo_name
     if int(num_classes) < 2:
         raise InterpError(f"a classifier needs at least 2 classes, got {num_classes}")
     if is_zoo_name(name):
