@@ -18,7 +18,7 @@ pytestmark = [
 ]
 
 #: (page path, title) pairs each session walks through, at the same time as the other.
-ROUTE_A = [("explore", "Explore a tile"), ("slide", "Slide: a large image, tile by tile")]
+ROUTE_A = [("explore", "Explore a tile"), ("slide", "Slide: deep zoom, two runs linked")]
 ROUTE_B = [("consistency", "Explanation consistency"), ("train", "Retrain a model")]
 
 
