@@ -34,6 +34,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _cam_layer_arg(p: argparse.ArgumentParser) -> None:
+    """``--cam-layer``, shared by evaluate, explain and explain-slide."""
+    p.add_argument("--cam-layer", default=None, metavar="NAME",
+                   help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
+                        "(e.g. blocks.11.norm1; default: found automatically)")
+
+
 # -- make-data -------------------------------------------------------------------------------
 def cmd_make_data(a: argparse.Namespace) -> int:
     from .data.generate import make_dataset
@@ -297,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--expensive", action="store_true",
                    help="also compute the slow metrics (max-sensitivity, model randomisation)")
-    e.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
-                        "(e.g. blocks.11.norm1; default: found automatically)")
+    _cam_layer_arg(e)
     e.add_argument("--out", default=None, help="write metrics.json here instead of stdout")
     e.add_argument("--predictions", default=None, help="also write per-tile predictions to this CSV")
     e.add_argument("--attributions", default=None, metavar="DIR",
@@ -318,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--attribution", default="saliency")
     x.add_argument("--target", default=None, help="class name or index (default: predicted)")
     x.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (PNG, --image)")
-    x.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
-                        "(e.g. blocks.11.norm1; default: found automatically)")
+    _cam_layer_arg(x)
     x.add_argument("--shard-size", type=int, default=256, help="tiles per shard (--data; default 256)")
     x.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (--data; default 64)")
     x.add_argument("--limit", type=int, default=None, help="only a stratified subset of N tiles (--data)")
@@ -341,8 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tile side in pixels of that level (default: the run's input size; else resized to it)")
     ws.add_argument("--stride", type=int, default=None, help="step between tiles (default: the tile size)")
     ws.add_argument("--attribution", default="saliency")
-    ws.add_argument("--cam-layer", default=None, metavar="NAME", help="Grad-CAM layer, a name as in named_modules() of the timm/torchvision network "
-                        "(e.g. blocks.11.norm1; default: found automatically)")
+    _cam_layer_arg(ws)
     ws.add_argument("--batch-size", type=int, default=64)
     ws.add_argument("--min-tissue", type=float, default=0.1,
                     help="skip tiles with less than this share of tissue (default 0.1)")

@@ -19,7 +19,9 @@ behind a proxy cannot be made to read arbitrary files of its host.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InterpError
+from .wsi import _openslide, find_slides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Environment variable naming extra slide folders (``os.pathsep``-separated).
@@ -120,7 +123,6 @@ class SlideRoots:
 
     def list_slides(self, limit: int = 500) -> list[Path]:
         """Whole-slide files under the roots (real paths, links out of a root left out)."""
-        from .wsi import find_slides
         out: list[Path] = []
         for r in self.existing():
             for p in find_slides(r, limit=limit):
@@ -160,7 +162,6 @@ class DeepZoomSlide:
     """
 
     def __init__(self, path: str | Path, *, tile_size: int = DZ_TILE, overlap: int = DZ_OVERLAP):
-        from .wsi import _openslide
         openslide = _openslide()
         from openslide.deepzoom import DeepZoomGenerator
         self.path = Path(path)
@@ -414,7 +415,6 @@ class TileService:
 
     def register_slide(self, path: str | Path) -> str:
         """The id of slide ``path`` (opened once); ``SlideAccessError`` outside the roots."""
-        import hashlib
         real = self.roots.resolve(path)
         st = real.stat()
         sid = hashlib.sha1(f"{real}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
@@ -435,7 +435,6 @@ class TileService:
                          cmap: str, native: TileMaps | None = None) -> str:
         """The id of a map drawn over slide ``sid`` (the same inputs give the same id); with ``native``,
         levels finer than the map show the per-tile maps at the resolution they were computed."""
-        import hashlib
         self.slide(sid)
         colormap_lut(cmap)
         v = np.ascontiguousarray(values, dtype=np.float32)
@@ -492,7 +491,6 @@ class TileService:
 
     def handle(self, parts: list[str]) -> tuple[int, str, bytes]:
         """``(status, content type, body)`` for a request path split into ``parts`` (see the class docstring)."""
-        import json
         try:
             if len(parts) == 2 and parts[1] == "info.json":
                 return 200, "application/json", json.dumps(self.slide(parts[0]).info()).encode()

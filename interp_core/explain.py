@@ -18,7 +18,7 @@ from .attribution import attribute, get_method, overlay, seed_option
 from .data import load_rgb
 from .device import pick_device
 from .errors import InterpError
-from .runs import LoadedRun, load_run
+from .runs import LoadedRun, load_run, run_interpolation
 
 
 @dataclass
@@ -86,7 +86,6 @@ def explain_image(run: str | Path | LoadedRun, image: str | Path, out: str | Pat
     dev = pick_device(device)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, dev)
     model = loaded.model.to(dev)
-    from .runs import run_interpolation
     prep = prepare_image(image, loaded.config["image_size"], name=str(image), interpolation=run_interpolation(loaded.config))
     k = resolve_target(target, loaded.classes)
     x = prep.tensor.to(dev)

@@ -6,6 +6,7 @@ Pillow from uint8 arrays, so no browser or image-export engine is needed.
 """
 from __future__ import annotations
 
+import base64
 import io
 import math
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .attribution import colorbar_image
+from .attribution.overlay import colorize, scale_to_unit
 from .errors import InterpError
+from .metrics import METRICS
 
 #: Colours of runs, in order (colour-blind friendly, Okabe-Ito).
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -60,7 +64,6 @@ def metric_summaries(result: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def metric_direction(name: str) -> bool | None:
     """True if higher is better, False if lower is better, None if unknown."""
-    from .metrics import METRICS
     if name in METRICS:
         return METRICS[name].higher_is_better
     return EXTRA_DIRECTION.get(name)
@@ -124,7 +127,6 @@ def colorbar_png_array(cmap: str, vmin: float, vmax: float, *, length: int = 256
     """A colour bar with tick labels as uint8 RGB ``[H, W, 3]`` (high values at the top)."""
     from PIL import Image, ImageDraw
 
-    from .attribution import colorbar_image
     font = _font(11)
     bar = colorbar_image(cmap, height=length, width=thickness, vertical=True)
     if not vmax > vmin:  # a constant map: one value, drawn in the lowest colour
@@ -260,7 +262,6 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def heat_rgb(a: np.ndarray, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """A map ``[H, W]`` coloured with ``cmap`` on ``[vmin, vmax]`` as uint8 RGB."""
-    from .attribution.overlay import colorize, scale_to_unit
     return np.rint(colorize(scale_to_unit(np.asarray(a, np.float64), vmin, vmax), cmap) * 255).astype(np.uint8)
 
 
@@ -396,7 +397,6 @@ def slide_figure(image: np.ndarray, heat: np.ndarray, *, title: str, zmin: float
     h, w = img.shape[:2]
     hh, hw = heat.shape
     fig = go.Figure()
-    import base64
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
     fig.add_trace(go.Image(source=uri, hoverinfo="skip"))
     dx, dy = w / hw, h / hh
@@ -550,7 +550,6 @@ def clickable_grid_figure(image: np.ndarray, grid: tuple[int, int], cell: float,
     row-major), so a click on a cell selects it (Streamlit ``on_select``); the ``selected`` cell is
     framed. ``pitch``: distance between cell origins (``cell`` plus any gap); ``lines`` draws the grid
     (the tiles of an upload)."""
-    import base64
 
     import plotly.graph_objects as go
     img = _as_rgb_u8(image)

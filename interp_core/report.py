@@ -31,7 +31,7 @@ from .evaluate import EvalSettings, cached_evaluate
 from . import verdict as V
 from .figures import (CALL_COLORS, METRIC_ORDER, change_figure, colorbar_png_array, curves_figure, history_figure,
                       metric_direction, metric_summaries, value_figure)
-from .runs import load_run
+from .runs import load_run, run_interpolation
 
 N_EXAMPLES = 6
 
@@ -155,7 +155,6 @@ def _display_names(paths: list[Path]) -> list[str]:
 
 def _resize_for(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     """Images ``x`` resized to a run's input size with its interpolation (unchanged when equal)."""
-    from .runs import run_interpolation
     size = int(cfg["image_size"])
     if tuple(x.shape[-2:]) == (size, size):
         return x

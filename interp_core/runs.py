@@ -136,6 +136,12 @@ def _atomic_write(path: Path, write: Any) -> None:
                 pass
 
 
+def atomic_write(path: str | Path, write: Any) -> None:
+    """``write(binary_file)`` into ``path`` atomically (temp file, fsync, ``os.replace``): the one
+    atomic write of the package (JSON, safetensors, npz pieces, TIFF pyramids)."""
+    _atomic_write(Path(path), write)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)

@@ -2,7 +2,7 @@
 attribution stitched into maps over the whole image.
 
 A slide is anything with ``size -> (W, H)`` and ``read_region(x, y, w, h) -> uint8 [h, w, 3]``
-(``SlideReader``). ``ArraySlide`` wraps an in-memory image (PNG, JPEG, uploads: ``open_slide``
+(``slide_io.SlideReader``, re-exported here). ``ArraySlide`` wraps an in-memory image (PNG, JPEG, uploads: ``open_slide``
 reads one through ``load_rgb``); ``wsi.OpenSlideReader`` reads one pyramid level of a whole-slide
 file (``.svs``, ``.ndpi``, ``.mrxs``, tiled TIFF, ...) lazily through OpenSlide, and ``open_slide``
 picks it for the files OpenSlide recognises.
@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,63 +44,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import wsi
+from .attribution import attribute, attribution_state, get_method, normalize_max
+from .data.image_io import load_rgb
+from .device import pick_device
 from .errors import InterpError
+from .slide_io import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
 
-#: Value of pixels outside the slide (white glass).
-BACKGROUND = 255
 #: Refuse grids with more tiles than this (a stride of 1 on a large image is a mistake, not a job).
 MAX_TILES = 200_000
 NORMALIZATIONS = ("slide", "tile", "none")
 TISSUE_METHODS = ("otsu_saturation",)
-
-
-# -- readers ---------------------------------------------------------------------------------
-@runtime_checkable
-class SlideReader(Protocol):
-    """A large RGB image read region by region.
-
-    ``size``: ``(width, height)`` in pixels. ``read_region(x, y, w, h)``: uint8 ``[h, w, 3]`` with
-    the top-left corner at ``(x, y)``; pixels outside the image are white (255). A reader may also
-    offer ``thumbnail(downsample) -> uint8 [ceil(H/d), ceil(W/d), 3]`` (e.g. from a pyramid level);
-    ``read_thumbnail`` uses it when present.
-    """
-
-    @property
-    def size(self) -> tuple[int, int]: ...
-
-    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray: ...
-
-
-class ArraySlide(SlideReader):
-    """A ``SlideReader`` over an in-memory uint8 image ``[H, W, 3]`` (not copied)."""
-
-    def __init__(self, array: np.ndarray, *, notes: list[str] | None = None):
-        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            desc = f"{array.dtype} array of shape {list(array.shape)}" if isinstance(array, np.ndarray) \
-                else type(array).__name__
-            raise InterpError(f"a slide must be an 8-bit RGB image [H, W, 3] (read it with load_rgb); got {desc}")
-        if array.shape[0] < 1 or array.shape[1] < 1:
-            raise InterpError(f"the slide image is empty ({array.shape[1]}x{array.shape[0]})")
-        self.array = array
-        self.notes = list(notes or [])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)`` in pixels."""
-        return int(self.array.shape[1]), int(self.array.shape[0])
-
-    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """uint8 ``[h, w, 3]`` at ``(x, y)``; the part outside the image is white."""
-        if w < 1 or h < 1:
-            raise InterpError(f"region size must be positive, got {w}x{h}")
-        W, H = self.size
-        if x >= 0 and y >= 0 and x + w <= W and y + h <= H:
-            return self.array[y:y + h, x:x + w].copy()
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-        out = np.full((h, w, 3), BACKGROUND, np.uint8)
-        if x1 > x0 and y1 > y0:
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = self.array[y0:y1, x0:x1]
-        return out
 
 
 def open_slide(source: str | Path | bytes | BinaryIO, *, name: str | None = None, level: int = 0) -> SlideReader:
@@ -113,9 +67,7 @@ def open_slide(source: str | Path | bytes | BinaryIO, *, name: str | None = None
     whole-slide suffix OpenSlide does not recognise is an error unless it is a TIFF (plain TIFFs
     are ordinary images).
     """
-    from .data.image_io import load_rgb
     if isinstance(source, (str, Path)):
-        from . import wsi
         p = Path(source)
         suffix = p.suffix.lower()
         if suffix in wsi.WSI_SUFFIXES and p.is_file():
@@ -155,24 +107,6 @@ def read_thumbnail(slide: SlideReader, downsample: int) -> np.ndarray:
     if d == 1:
         return np.ascontiguousarray(slide.read_region(0, 0, W, H))
     return block_mean_thumbnail(slide.read_region, (-(-W // d), -(-H // d)), d)
-
-
-def block_mean_thumbnail(read_region: Callable[[int, int, int, int], np.ndarray], out_size: tuple[int, int],
-                         k: int) -> np.ndarray:
-    """uint8 ``[ht, wt, 3]`` (``out_size = (wt, ht)``): pixel ``(i, j)`` is the rounded mean of the
-    ``k x k`` block of ``read_region`` at ``(j*k, i*k)``.
-
-    Reads horizontal strips of at most about 32 MB of float pixels, so memory stays bounded on
-    large slides; ``read_region`` pads past the edge (white), and the padding enters the mean.
-    """
-    wt, ht = out_size
-    rows_per_strip = max(1, (32 << 20) // (wt * k * k * 3 * 4))
-    out = np.empty((ht, wt, 3), np.uint8)
-    for r0 in range(0, ht, rows_per_strip):
-        n = min(rows_per_strip, ht - r0)
-        strip = np.asarray(read_region(0, r0 * k, wt * k, n * k)).astype(np.float32)
-        out[r0:r0 + n] = np.rint(strip.reshape(n, k, wt, k, 3).mean(axis=(1, 3))).astype(np.uint8)
-    return out
 
 
 # -- tissue ----------------------------------------------------------------------------------
@@ -329,7 +263,6 @@ def _placed_model(model: nn.Module, device: Any) -> tuple[nn.Module, torch.devic
     if device is None:
         return model, current
     if isinstance(device, str):
-        from .device import pick_device
         dev = pick_device(device)
     else:
         dev = torch.device(device)
@@ -342,7 +275,6 @@ def _num_classes(model: nn.Module, tile: int, device: torch.device) -> int:
     n = getattr(model, "num_classes", None)
     if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
         return int(n)
-    from .attribution import attribution_state
     with attribution_state(model), torch.no_grad():
         return int(model(torch.ones(1, 3, tile, tile, device=device)).shape[1])
 
@@ -425,7 +357,6 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     decoding a compressed whole-slide file is the bottleneck. ``limit``: compute only the first
     ``limit`` tiles to do (raster order), a quick look at a large slide; the rest count as skipped.
     """
-    from .attribution import get_method, normalize_max
     t0 = time.perf_counter()
     tile_size = _positive_int(tile_size, "tile_size")
     stride = tile_size if stride is None else _positive_int(stride, "stride")
@@ -518,7 +449,6 @@ def explain_tiles(model: nn.Module, slide: SlideReader, cells: np.ndarray, *, st
     in eval mode per batch (``attribution_state``). ``interpolation`` (bilinear, bicubic, nearest):
     how tiles are resized to ``input_size`` (the run's own, ``runs.run_interpolation``).
     """
-    from .attribution import attribute, attribution_state
     dev = _model_device(model) if device is None else device
     opts = dict(method_options or {})
     todo = np.asarray(cells, dtype=np.int64).reshape(-1, 2)

@@ -19,7 +19,11 @@ The map resolution is chosen so that the longer side has at most ``map_side`` pi
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,10 +31,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
+from .attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
+from .device import pick_device
 from .errors import InterpError
-from .slide import MAX_TILES, open_slide
+from .explain_dataset import job_lock, run_identity
+from .runs import atomic_write, load_run, read_json, run_interpolation, write_json
+from .slide import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _positive_int, _resample, _stitch,
+                    explain_tiles, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction, tissue_mask)
 
 #: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -48,7 +58,6 @@ def overlay_nan(rgb: np.ndarray, values: np.ndarray, vmin: float, vmax: float, *
                 alpha: float = 0.6) -> np.ndarray:
     """uint8 ``[h, w, 3]``: ``(1 - alpha) * rgb + alpha * cmap((v - vmin) / (vmax - vmin))`` where ``values``
     is finite, ``rgb`` unchanged where it is NaN (pixels no computed tile covers)."""
-    from .attribution import colorize, scale_to_unit
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v)
     col = colorize(scale_to_unit(np.where(ok, v, vmin), vmin, vmax), cmap) * 255.0
@@ -93,7 +102,6 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     count as done). ``cam_layer``: Grad-CAM's module name (see ``runs.load_run``). Other options as
     ``slide.explain_slide``. Returns the summary.
     """
-    from .explain_dataset import job_lock
     with job_lock(out):
         return _explain_slide_file(run, slide, out, level=level, tile_size=tile_size, stride=stride, method=method,
                                    batch_size=batch_size, min_tissue=min_tissue, device=device,
@@ -107,12 +115,6 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
                         limit_tiles: int | None, map_side: int, workers: int, normalize: str, seed: int,
                         piece_tiles: int, tile_map_size: int | None,
                         progress: Callable[[int, int], None] | None, cam_layer: str | None) -> dict[str, Any]:
-    from .attribution import get_method, seed_option
-    from .device import pick_device
-    from .explain_dataset import run_identity
-    from .runs import load_run, read_json, run_interpolation, write_json
-    from .slide import (NORMALIZATIONS, _placed_model, _positive_int, _resample, explain_tiles, grid_shape,
-                        read_thumbnail, tile_tissue_fraction, tissue_mask)
     t0 = time.perf_counter()
     slide_path = Path(slide)
     if not slide_path.is_file():
@@ -272,20 +274,16 @@ def _clear(out: Path) -> None:
 
 def _save_piece(path: Path, cells: np.ndarray, probs: np.ndarray, maps: np.ndarray) -> None:
     """Write one piece atomically (temp file + rename): a reader never sees half a piece."""
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, cells=cells, probs=probs, maps=maps)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, cells=cells, probs=probs, maps=maps))
 
 
 def _write_progress(out: Path, done: int, total: int, n_pieces: int) -> None:
-    from .runs import write_json
     write_json(out / PROGRESS, {"done": int(done), "total": int(total), "pieces": int(n_pieces),
                                 "time": time.time()})
 
 
 def job_running(out: str | Path) -> bool:
     """True while an ``explain-slide`` job (any process) holds the folder ``out``'s lock."""
-    import fcntl
     out = Path(out)
     lock = out.parent / f".{out.name}.lock"
     if not lock.is_file():
@@ -301,7 +299,6 @@ def job_running(out: str | Path) -> bool:
 
 def read_progress(out: str | Path) -> dict[str, Any]:
     """``{done, total, pieces, complete, running}`` of the job folder ``out`` (zeros when nothing is there)."""
-    from .runs import read_json
     out = Path(out)
     prog = {"done": 0, "total": 0, "pieces": 0}
     try:
@@ -354,11 +351,7 @@ def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
     stitched raw maps by their maximum ``|value|`` over the slide, ``"tile"`` max-normalises each
     tile's map before stitching (``slide`` module docstring).
     """
-    import torch
 
-    from .attribution import normalize_max
-    from .runs import read_json
-    from .slide import SlideResult, _stitch
     out = Path(out)
     if not (out / PLAN).is_file():
         raise InterpError(f"{out}: no explain-slide results here (no {PLAN})")
@@ -457,13 +450,11 @@ def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
 
 def write_geojson(path: str | Path, collection: dict[str, Any]) -> None:
     """Write a GeoJSON object atomically (strict JSON)."""
-    from .runs import write_json
     write_json(path, collection)
 
 
 def _write_maps(res: Any, out: Path) -> list[str]:
     """Write the PNG and .npy maps of a ``SlideResult``; return the file names."""
-    from .attribution import display_range
     out.mkdir(parents=True, exist_ok=True)
     thumb = res.thumbnail
     written: list[str] = []
@@ -511,9 +502,7 @@ def results_dir(run: str | Path, slide: str | Path, *, level: int = 0, method: s
     ``tile_size`` defaults to the run's input size and ``stride`` to the tile size, so the page and
     the command land in the same folder for the same settings and reuse each other's results.
     """
-    import hashlib
 
-    from .runs import read_json
     run, slide = Path(run), Path(slide)
     if tile_size is None:
         tile_size = int(read_json(run / "config.json")["image_size"])
@@ -531,8 +520,6 @@ def start_background(run: str | Path, slide: str | Path, out: str | Path, *, lev
     goes (``read_progress``, ``assemble`` show them) and its stderr to ``.<out name>.log`` beside
     ``out``. Nothing is started when a job already holds the folder (returns 0).
     """
-    import subprocess
-    import sys
     out = Path(out)
     if job_running(out):
         return 0

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .cli import main
 
 
 def make_tiny_dataset(root: str | Path, *, n_per_class: int = 8, size: int = 16, classes: tuple[str, ...] = ("a", "b"),
@@ -47,9 +52,6 @@ def make_tiny_dataset(root: str | Path, *, n_per_class: int = 8, size: int = 16,
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
     """Run ``python -m interp_core ARGS`` in a subprocess from the repo root; return the CompletedProcess."""
-    import os
-    import subprocess
-    import sys
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("INTERP_DEBUG", None)
@@ -60,8 +62,6 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
 def pattern_image(w: int = 256, h: int = 192, glass_cols: int = 96, seed: int = 0):
     """A slide-like uint8 RGB image: grey-white glass for ``x < glass_cols``, saturated random
     'tissue' (pink/purple) to the right, so a tissue mask has a known answer."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     img = np.full((h, w, 3), 245, np.uint8)
     tissue = np.stack([rng.integers(150, 230, (h, w)), rng.integers(40, 120, (h, w)),
@@ -73,7 +73,6 @@ def pattern_image(w: int = 256, h: int = 192, glass_cols: int = 96, seed: int = 
 def cli_in_process(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``python -m interp_core ARGS`` in this process (no interpreter start-up): ``(exit code,
     stdout, stderr)``, captured with pytest's ``capsys``."""
-    from .cli import main
 
     try:
         code = main(list(args))

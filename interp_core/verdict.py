@@ -23,11 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
 from .errors import InterpError
+from .figures import METRIC_ORDER, METRIC_TEXT, metric_direction
 
 #: Metrics whose per-tile value is 0 or 1 (their mean is a proportion).
 PROPORTIONS = frozenset({"accuracy", "pointing_game", "attack_flip_rate"})
@@ -76,7 +78,6 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float
     """
     if n <= 0:
         return math.nan, math.nan
-    from statistics import NormalDist
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
     p = successes / n
     centre = p + z * z / (2 * n)
@@ -151,7 +152,6 @@ class Change:
 
 
 def _direction(metric: str) -> bool | None:
-    from .figures import metric_direction
     return metric_direction(metric)
 
 
@@ -175,7 +175,6 @@ def compare(result: Mapping[str, Any], reference: Mapping[str, Any], *, run: str
     ia = np.array([c[0] for c in common])
     ib = np.array([c[1] for c in common])
     idx = bootstrap_indices(len(common), n_boot=n_boot, seed=seed)
-    from .figures import METRIC_ORDER
     names = [k for k in a if k in b and k not in ("file", "group")]
     order = {k: i for i, k in enumerate(METRIC_ORDER)}
     names.sort(key=lambda k: (order.get(k, len(order)), k))
@@ -267,7 +266,6 @@ def _same_path(a: str, b: Path) -> bool:
 # -- words -----------------------------------------------------------------------------------------
 def metric_name(metric: str) -> str:
     """The metric's plain-language name, lower case after the first word (``worst-group accuracy``)."""
-    from .figures import METRIC_TEXT
     name = METRIC_TEXT.get(metric, (metric.replace("_", " "),))[0]
     return name[0].lower() + name[1:] if not name[:2].isupper() else name
 

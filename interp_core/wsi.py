@@ -1,6 +1,6 @@
 """Whole-slide image files (``.svs``, ``.ndpi``, ``.mrxs``, tiled TIFF, ...) read through OpenSlide.
 
-``OpenSlideReader`` is a ``slide.SlideReader`` over one pyramid level of a whole-slide file: its
+``OpenSlideReader`` is a ``slide_io.SlideReader`` over one pyramid level of a whole-slide file: its
 ``size`` and ``read_region`` are in that level's pixels, tiles are read lazily (nothing but the
 requested region is decoded), and ``thumbnail`` is built from the lowest-resolution level that
 still gives the requested block size, so a tissue mask never reads the full-resolution level
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, InterpError
+from .slide_io import ArraySlide, block_mean_thumbnail
 
 #: File suffixes that are tried with OpenSlide (when ``detect_format`` recognises the file).
 WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -199,7 +200,6 @@ class OpenSlideReader:
         whose levels are themselves block means this equals the block mean of the chosen level up
         to rounding (a grey level or so).
         """
-        from .slide import block_mean_thumbnail
         d = int(d)
         if d < 1:
             raise InterpError(f"downsample must be a positive integer, got {d}")
@@ -247,7 +247,6 @@ def _background_color(hexcode: Any) -> tuple[int, int, int]:
 # -- writing ---------------------------------------------------------------------------------------
 def pyramid_levels(image: np.ndarray, n_levels: int) -> list[np.ndarray]:
     """``[image, 2x2 block mean of it, ...]``, ``n_levels`` arrays (uint8, rounded; odd edges padded white)."""
-    from .slide import ArraySlide, block_mean_thumbnail
     levels = [np.ascontiguousarray(image)]
     for _ in range(1, n_levels):
         prev = levels[-1]

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny datasets and runs, built once per session in a temp folder."""
+"""Shared fixtures: tiny datasets and runs, built once per session in a temp folder, and the
+dashboard fixtures ``app_tree`` / ``app_env`` / ``h`` (``tests/_fixtures/dashboard.py``)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from tests._fixtures.dashboard import app_env, app_tree, h  # noqa: E402,F401  (fixtures; needs ROOT on sys.path)
 
 
 @pytest.fixture(scope="session")

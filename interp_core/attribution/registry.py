@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..errors import InterpError
 
 COSTS = ("fast", "medium", "slow")
@@ -51,7 +52,9 @@ class MethodInfo:
     black_box: bool = False
 
 
-METHODS: dict[str, MethodInfo] = {}
+_METHODS: Registry[MethodInfo] = Registry("attribution method")
+METHODS: dict[str, MethodInfo] = _METHODS.entries
+"""Name -> :class:`MethodInfo`, in display order (the registry's live dict; register with :func:`register_method`)."""
 
 
 def register_method(name: str, *, description: str, signed: bool, cost: str, needs_gradients: bool,
@@ -72,13 +75,11 @@ def register_method(name: str, *, description: str, signed: bool, cost: str, nee
         raise ValueError(f"cost must be one of {COSTS}")
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if name in METHODS:
-            raise ValueError(f"attribution method {name!r} registered twice")
-        METHODS[name] = MethodInfo(name=name, description=description, signed=signed, cost=cost,
-                                   needs_gradients=needs_gradients,
-                                   options=MappingProxyType(dict(options or {})),
-                                   samples_option=samples_option, per_sample_options=per_sample_options,
-                                   compute=fn, prepare=prepare, check_model=check_model, black_box=black_box)
+        _METHODS.add(name, MethodInfo(
+            name=name, description=description, signed=signed, cost=cost, needs_gradients=needs_gradients,
+            options=MappingProxyType(dict(options or {})), samples_option=samples_option,
+            per_sample_options=per_sample_options, compute=fn, prepare=prepare, check_model=check_model,
+            black_box=black_box))
         return fn
 
     return wrap
@@ -86,9 +87,7 @@ def register_method(name: str, *, description: str, signed: bool, cost: str, nee
 
 def get_method(name: str) -> MethodInfo:
     """The registered method ``name``, or an ``InterpError`` listing the valid names."""
-    if not isinstance(name, str) or name not in METHODS:
-        raise InterpError(f"unknown attribution method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return _METHODS.get(name)
 
 
 def seed_option(method: str, seed: int | None) -> dict[str, int]:

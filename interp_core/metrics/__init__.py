@@ -16,7 +16,7 @@ metadata (category, direction, which form of the attribution it reads, reference
 from __future__ import annotations
 
 from .accuracy import accuracy, group_accuracy, worst_group_accuracy
-from .base import METRICS, MetricInfo, metric_table, register_metric
+from .base import METRICS, MetricInfo, get_metric, list_metrics, metric_table, register_metric
 from .baselines import gaussian_blur, make_baseline
 from .complexity import complexity, sparseness
 from .correlation import pearson, rankdata, spearman
@@ -29,7 +29,7 @@ from .summary import summarise
 __all__ = [
     "METRICS", "MetricInfo", "PerturbationCurve", "RandomisationResult",
     "accuracy", "artifact_mass", "chunk_bounds", "complexity", "deletion_auc", "gaussian_blur",
-    "group_accuracy", "insertion_auc", "make_baseline", "max_sensitivity", "metric_table",
+    "get_metric", "group_accuracy", "insertion_auc", "list_metrics", "make_baseline", "max_sensitivity", "metric_table",
     "model_randomisation", "pearson", "pixel_ranks", "pointing_game", "randomisable_layers", "rankdata",
     "register_metric", "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "spearman",
     "summarise", "worst_group_accuracy",

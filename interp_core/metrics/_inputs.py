@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Union
 import torch
 from torch import nn
 
+from ..attribution import attribute
 from ..errors import InterpError
 from ..modes import eval_mode  # noqa: F401  (re-exported)
 
@@ -112,8 +113,7 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int
 def resolve_method(method: Method, **options) -> AttributionFn:
     """A callable ``(model, x, target) -> [B,H,W]`` for a method name or callable.
 
-    A name is looked up in ``interp_core.attribution.attribute`` at call time (imported lazily, so
-    the metrics do not depend on the attribution package at import); ``options`` go to it.
+    A name is passed to ``interp_core.attribution.attribute`` with ``options``.
     """
     if callable(method):
         if options:
@@ -121,11 +121,6 @@ def resolve_method(method: Method, **options) -> AttributionFn:
         return method
     if not isinstance(method, str):
         raise InterpError(f"method must be an attribution method name or a callable, got {type(method).__name__}")
-    try:
-        from ..attribution import attribute  # lazy: attribution may import metrics helpers later
-    except ImportError as e:  # pragma: no cover - only while the attribution package is missing
-        raise InterpError(f"attribution method {method!r} needs interp_core.attribution.attribute ({e})") from e
-
     def fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return attribute(model, x, method, target=target, **options)
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from .._registry import Registry
 from ..errors import InterpError
 
 Category = Literal["accuracy", "complexity", "localisation", "faithfulness", "robustness", "randomisation"]
@@ -81,7 +82,9 @@ class MetricInfo:
         }
 
 
-METRICS: dict[str, MetricInfo] = {}
+_METRICS: Registry[MetricInfo] = Registry("metric")
+METRICS: dict[str, MetricInfo] = _METRICS.entries
+"""Name -> :class:`MetricInfo` in registration order (the registry's live dict; add with :func:`register_metric`)."""
 
 
 def register_metric(
@@ -99,15 +102,22 @@ def register_metric(
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = name or fn.__name__
-        if key in METRICS:
-            raise ValueError(f"metric {key!r} registered twice")
-        info = MetricInfo(key, fn, category, higher_is_better, attribution_form, description,
-                          reference, requires, **({"headline": headline} if headline else {}))
-        METRICS[key] = info
+        info = _METRICS.add(key, MetricInfo(key, fn, category, higher_is_better, attribution_form, description,
+                                            reference, requires, **({"headline": headline} if headline else {})))
         fn.info = info  # type: ignore[attr-defined]
         return fn
 
     return wrap
+
+
+def get_metric(name: str) -> MetricInfo:
+    """The registered metric ``name``, or an ``InterpError`` listing the valid names."""
+    return _METRICS.get(name)
+
+
+def list_metrics() -> dict[str, str]:
+    """Metric names with a one-line description each, in registration order."""
+    return {name: info.description for name, info in METRICS.items()}
 
 
 CATEGORIES: tuple[str, ...] = ("accuracy", "complexity", "localisation", "faithfulness", "robustness", "randomisation")

@@ -11,6 +11,7 @@ from ._inputs import map_and_mask, work_dtype
 from .base import register_metric
 
 _NAN = float("nan")
+_CLEVR_XAI = "Arras et al. 2022, CLEVR-XAI: a benchmark dataset for the ground truth evaluation of neural network explanations"
 
 
 def _nan_where(values: torch.Tensor, undefined: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,7 @@ def _mass_inside(a: torch.Tensor, mask: torch.Tensor, mask_name: str) -> torch.T
 @register_metric(
     category="localisation", higher_is_better=True, attribution_form="clipped",
     description="share of the positive relevance that lies inside the mask",
-    reference="Arras et al. 2022, CLEVR-XAI: a benchmark dataset for the ground truth evaluation of "
-              "neural network explanations",
+    reference=_CLEVR_XAI,
     requires=("a", "mask"),
 )
 def relevance_mass_accuracy(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,7 @@ def relevance_mass_accuracy(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 @register_metric(
     category="localisation", higher_is_better=True, attribution_form="raw",
     description="share of the top-|mask| pixels of a that fall inside the mask",
-    reference="Arras et al. 2022, CLEVR-XAI: a benchmark dataset for the ground truth evaluation of "
-              "neural network explanations",
+    reference=_CLEVR_XAI,
     requires=("a", "mask"),
 )
 def relevance_rank_accuracy(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InterpError
+
 
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` with the statistics stored as buffers (saved with weights)."""
@@ -40,7 +42,6 @@ class TileClassifier(nn.Module):
     def set_cam_layer(self, name: str | None) -> None:
         """Use the module called ``name`` (as in ``named_modules()``) for Grad-CAM; None: ``features``."""
         if name:
-            from ..errors import InterpError
             if name not in dict(self.named_modules()):
                 raise InterpError(f"no module {name!r} in {self.arch} (names as in named_modules())")
         self.cam_layer_name = name or None

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import RunError
+from ..runs import load_tensors
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 PREFIXES = ("module.", "model.", "net.", "backbone.", "encoder.")
@@ -33,7 +34,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix not in SUFFIXES:
         raise RunError(f"{path}: unknown weights format {suffix or '(no suffix)'}; use {', '.join(SUFFIXES)}")
     if suffix == ".safetensors":
-        from ..runs import load_tensors
         return load_tensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -39,6 +39,7 @@ from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import is_zoo_name, zoo_defaults
+from ..models.weights import load_into_network, read_state_dict
 from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, build_model, load_run,
                     load_tensors, is_temp_file, load_weights_into, portable_path, read_history, read_json,
                     recorded_path, remove_stale_temp_files, run_interpolation,
@@ -329,7 +330,6 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     if init_run is not None:
         model.load_state_dict(init_run.model.state_dict())
     elif cfg.weights and hasattr(model, "net"):  # timm/torchvision: the network's own state dict, read safely
-        from ..models.weights import load_into_network, read_state_dict
         for note in load_into_network(model.net, read_state_dict(cfg.weights), cfg.weights):
             log(note)
     elif cfg.weights:

@@ -1,7 +1,7 @@
-"""The dashboard fixtures of ``tests/app/conftest.py`` (tiny data tree, ``h`` helpers), made visible
-here by import: the hardening tests drive the same app. When both folders run in one session the
-session-scoped tree is built once per folder (a few seconds); moving those fixtures to
-``tests/conftest.py`` would share it."""
+"""The hardening tests drive the same app as ``tests/app``: fixtures ``app_env`` and ``h`` come from
+``tests/conftest.py``; ``app_tree`` is imported here too, so this folder gets its own session tree
+(its tests expect runs with no evaluation cached by other folders' tests), and every test here
+runs with torch capped at 2 threads."""
 from __future__ import annotations
 
-from tests.app.conftest import Helpers, _threads, app_env, app_tree, h  # noqa: F401  (fixtures)
+from tests._fixtures.dashboard import _threads, app_tree  # noqa: F401  (fixtures: _threads is autouse)

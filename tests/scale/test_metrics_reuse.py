@@ -24,7 +24,6 @@ from interp_core.evaluate import EvalSettings, cache_key, cached_evaluate, evalu
 from interp_core.explain_dataset import (MANIFEST, StoredMaps, default_job_dir, explain_dataset, maps_fingerprint,
                                          read_manifest, shard_name)
 from interp_core.testing import cli_in_process
-from tests.app.conftest import Helpers, app_env, app_tree, h  # noqa: F401  (AppTest fixtures, not its 2-thread one)
 
 CPU = torch.device("cpu")
 SAME = ("accuracy", "explanation_consistency", "attack_flip_rate")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import ece, erm, jtt, scaat, sgt  # noqa: F401  (registration side effect)
-from .base import EpochContext, Objective, StepContext, get_objective, objective_names, options_from_dict, register_objective
+from .base import (EpochContext, Objective, StepContext, get_objective, list_objectives, objective_names,
+                   options_from_dict, register_objective)
 
-__all__ = ["EpochContext", "Objective", "StepContext", "get_objective", "objective_names", "options_from_dict",
-           "register_objective"]
+__all__ = ["EpochContext", "Objective", "StepContext", "get_objective", "list_objectives", "objective_names",
+           "options_from_dict", "register_objective"]

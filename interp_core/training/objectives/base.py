@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..._registry import Registry
 from ...errors import InterpError
 from ..distributed import SINGLE, DistInfo
 
@@ -104,23 +105,29 @@ class Objective:
         pass
 
 
-_OBJECTIVES: dict[str, type[Objective]] = {}
+_REGISTRY: Registry[type[Objective]] = Registry("objective", sort_names=True)
+_OBJECTIVES: dict[str, type[Objective]] = _REGISTRY.entries
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
-    """Class decorator adding an objective to the registry under ``cls.name``."""
-    _OBJECTIVES[cls.name] = cls
+    """Class decorator adding an objective to the registry under ``cls.name`` (a second one is refused)."""
+    _REGISTRY.add(cls.name, cls)
     return cls
 
 
 def objective_names() -> list[str]:
-    return sorted(_OBJECTIVES)
+    """Registered objective names, alphabetical."""
+    return _REGISTRY.names()
+
+
+def list_objectives() -> dict[str, str]:
+    """Objective names with a one-line description each, alphabetical."""
+    return {name: (_OBJECTIVES[name].description or "").strip().split("\n")[0] for name in _REGISTRY.names()}
 
 
 def get_objective(name: str) -> type[Objective]:
-    if name not in _OBJECTIVES:
-        raise InterpError(f"unknown objective {name!r}; choose one of {', '.join(objective_names())}")
-    return _OBJECTIVES[name]
+    """The objective class registered as ``name``, or an ``InterpError`` listing the valid names."""
+    return _REGISTRY.get(name)
 
 
 def field_type(f: dataclasses.Field) -> type:
