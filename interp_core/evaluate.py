@@ -30,6 +30,7 @@ from .data import open_split
 from .device import pick_device
 from .errors import DataError
 from .metrics import summarise
+from .metrics.bias import aligned_groups, bias_readout
 from .predict import predict_loader
 from .runs import LoadedRun, load_run, run_interpolation
 
@@ -97,7 +98,6 @@ def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor
         metrics["worst_group_accuracy"] = {"mean": worst, "std": None, "n": len(per_group)}
         details["per_tile"] = {"group": g}
         if aligned is not None:
-            from .metrics.bias import bias_readout
             r = bias_readout(correct.cpu().numpy(), [int(labels[j]) for j in range(len(idx))], g, aligned)
             for key, n in (("agree_accuracy", r["n_agree"]), ("disagree_accuracy", r["n_disagree"]),
                            ("agree_disagree_gap", r["n_agree"] + r["n_disagree"])):
@@ -110,7 +110,6 @@ def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor
 def training_aligned_groups(data: str | Path) -> dict[int, str] | None:
     """Each class's most frequent group among the training tiles when ``groups.csv`` marks a look
     (``class|look``; see :mod:`interp_core.metrics.bias`), else None."""
-    from .metrics.bias import aligned_groups
     try:
         train = open_split(data, "train")
     except DataError:

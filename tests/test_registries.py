@@ -75,7 +75,7 @@ def test_objectives_duplicate_refused_and_unknown_named():
     with pytest.raises(DuplicateRegistrationError, match="objective 'erm' is already registered"):
         register_objective(Impostor)
     assert get_objective("erm") is erm  # the old code silently replaced it
-    with pytest.raises(InterpError, match=r"unknown objective 'nope'; choose one of ece, erm, scaat, sgt$"):
+    with pytest.raises(InterpError, match=r"unknown objective 'nope'; choose one of ece, erm, jtt, scaat, sgt$"):
         get_objective("nope")
-    assert list(list_objectives()) == objective_names() == ["ece", "erm", "scaat", "sgt"]
+    assert list(list_objectives()) == objective_names() == ["ece", "erm", "jtt", "scaat", "sgt"]
     assert list_objectives()["erm"].startswith("plain cross-entropy")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..data import open_split
 from ..errors import InterpError
 
 
@@ -155,9 +157,7 @@ def consistency_groups(run_dir, data) -> dict | None:
     "groups": [group per sample], "minority": bool [N], "consistency": [R, N], "refresh_epochs": [R],
     "per_refresh": refresh_minority_auroc(...)}``, or None when the run has no refresh or the data's
     groups mark no look. ``data`` is the dataset folder the run was trained on."""
-    from pathlib import Path
 
-    from ..data import open_split
     path = Path(run_dir) / "consistency.npz"
     if not path.is_file():
         return None
