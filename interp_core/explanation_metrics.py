@@ -71,6 +71,8 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
         i = M.insertion_auc(fast, x, a, target, n_steps=s.n_steps)
         add("deletion_auc", d.auc)
         add("insertion_auc", i.auc)
+        add("symmetric_relevance_gain", M.symmetric_relevance_gain(fast, x, a, target, n_steps=s.n_steps,
+                                                                   morf_auc=d.auc).srg)
         del_curves.append(d.curve.cpu())
         ins_curves.append(i.curve.cpu())
         fractions = d.fractions.cpu()

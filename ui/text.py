@@ -30,6 +30,10 @@ METRIC_HELP: dict[str, str] = {
                     "confidence. A faithful map makes it drop fast: a lower area (0 to 1) is better.",
     "insertion_auc": "Start from a blurred tile and put back the most important pixels first. A faithful map "
                      "makes confidence rise fast: a higher area (0 to 1) is better.",
+    "symmetric_relevance_gain": "Deletion twice: least important pixels first, then most important first; the "
+                                "gain is the first area minus the second (-1 to 1). A faithful map keeps confidence "
+                                "while unimportant pixels go and loses it fast when important ones go. Unlike "
+                                "deletion AUC alone, it compares two different models fairly. Higher is better.",
     "accuracy": "Share of tiles the model classifies correctly (0 to 1). Higher is better.",
     "worst_group_accuracy": "Accuracy of the weakest group (for example tumour tiles without a pen mark). "
                             "Higher means the model does not lean on a shortcut.",
