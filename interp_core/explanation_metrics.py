@@ -26,7 +26,8 @@ ProgressFn = Callable[[int, int], None]
 
 def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor, s, *, device: torch.device,
                         progress: bool | ProgressFn = False,
-                        maps: StoredMaps | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        maps: StoredMaps | None = None,
+                        consistency: ConsistencyOptions | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-metric ``{"mean","std","n"}`` and details (mean deletion/insertion curves, randomisation table).
 
     Attribution maps come from ``model`` itself (hook-based methods need its modules); the
@@ -38,13 +39,16 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
     used instead of ``attribute(...)``, matched to the tiles by dataset index; details then say
     where they came from and on how many tiles the stored map explains another class than ``pred``
     (a near tie predicted differently; the metrics still score ``pred``).
+
+    ``consistency``: the explanation-consistency settings (default: :class:`ConsistencyOptions`'s;
+    ``evaluate`` passes an ECE run's own, see ``consistency_options_for``); stored in the details.
     """
     loader = DataLoader(Subset(ds, idx), batch_size=s.batch_size, shuffle=False)
     values: dict[str, list[torch.Tensor]] = {}
     del_curves, ins_curves, fractions = [], [], None
     rand_layers, rand_tables = None, []
     gen = torch.Generator().manual_seed(s.seed)
-    cons_opts = ConsistencyOptions()
+    cons_opts = consistency or ConsistencyOptions()
     fast = inference_copy(model)
     chunk = default_batch_size(device)
     done, total = 0, len(idx)
@@ -101,7 +105,7 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
             progress(done, total)
     bar.close()
     out = {name: M.summarise(torch.cat(v)) for name, v in values.items()}
-    details: dict[str, Any] = {"attribution": s.attribution}
+    details: dict[str, Any] = {"attribution": s.attribution, "consistency_settings": cons_opts.consistency_kwargs()}
     if maps is not None:
         details["attribution_maps"] = {"folder": str(maps.out), "fingerprint": maps.fingerprint,
                                        "target_mismatches": mismatched, "storage": "float16 * scales"}

@@ -127,7 +127,8 @@ def test_defaults_follow_methods():
 
 
 def test_every_option_has_help_and_ours_marks():
-    ours = {"q", "rho_min", "rho_max", "eps", "steps", "alpha", "warmup_epochs", "kl_temperature"}
+    ours = {"q", "rho_min", "rho_max", "eps", "steps", "alpha", "warmup_epochs", "kl_temperature",
+            "saliency_method"}  # saliency_method: its smoothgrad/gradcam/mean choices are ours
     for f in dataclasses.fields(SCAAT.Options):
         assert f.metadata.get("help"), f.name
         assert ("[ours]" in f.metadata["help"]) == (f.name in ours), f.name
@@ -136,7 +137,7 @@ def test_every_option_has_help_and_ours_marks():
 @pytest.mark.parametrize("bad", [
     {"q": 0.0}, {"q": 1.0}, {"q": -0.1}, {"rho_min": 0.9, "rho_max": 0.5}, {"rho_min": -0.1},
     {"rho_max": 1.5}, {"eps": -0.01}, {"eps": 2.0}, {"steps": 0}, {"alpha": 0.0},
-    {"alpha": -1.0}, {"kl_weight": -1.0}, {"warmup_epochs": -1.0}, {"saliency_method": "gradcam"},
+    {"alpha": -1.0}, {"kl_weight": -1.0}, {"warmup_epochs": -1.0}, {"saliency_method": "occlusion"},
     {"bn_stats": "mixed"}, {"q": float("nan")}, {"eval_precision": "float16"}, {"kl_temperature": 0.0},
     {"kl_temperature": -2.0},
 ])
@@ -193,6 +194,23 @@ def test_adversarial_input_is_inside_the_adaptive_mask():
     assert not (changed & ~mask).any() and changed.float().mean() > 0.5 * mask.float().mean()
     frac = mask.flatten(1).float().mean(1)
     assert ((frac >= 0.1 - 1e-6) & (frac <= 0.9 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "gradcam", "mean_saliency_gradcam"])
+def test_region_saliency_options_give_the_mask_of_that_saliency(method):
+    from interp_core.training.saliency_guidance import eval_mode, training_saliency
+    model = _model().train()
+    obj = SCAAT(SCAAT.Options(saliency_method=method), 8)
+    x, y = _batch()["image"], _batch()["label"]
+    _, mask = obj.adversarial_input(model, x, y, EPS, torch.Generator().manual_seed(0))
+    with eval_mode(model):
+        sal, _ = training_saliency(model, x, y, method, torch.Generator().manual_seed(0))
+    expected = adaptive_low_saliency_mask(sal, 0.10, 0.3, 0.8, generator=torch.Generator().manual_seed(0))
+    if method == "smoothgrad":  # its noise came first from the same generator: same map, other tie draws
+        assert float(mask.float().mean()) == pytest.approx(float(expected.float().mean()), abs=1e-6)
+    else:
+        assert torch.equal(mask, expected)
+    assert model.training and all(p.grad is None for p in model.parameters())
 
 
 def test_bfloat16_eval_passes_keep_the_constraints():

@@ -58,9 +58,10 @@ from .base import Objective, StepContext, register_objective
 def ramped_eps(eps: float, progress: float, warmup_epochs: float) -> float:
     """SCAAT's adaptive budget [ours]: ``eps * min(1, progress / warmup_epochs)``.
 
-    ``progress`` is fractional epochs done (``StepContext.progress``); ``warmup_epochs = 0``
-    disables the ramp. The ramp also applies when fine-tuning an existing model (METHODS.md
-    step 4 makes no exception); set ``warmup_epochs = 0`` to attack at full budget at once.
+    ``progress`` is the fractional epochs the *model* has been trained, counting an ``--init``
+    run's epochs (SCAAT passes ``StepContext.model_progress``); ``warmup_epochs = 0`` disables the
+    ramp. So a from-scratch run ramps over its first ``warmup_epochs``, while fine-tuning a model
+    already trained at least ``warmup_epochs`` epochs attacks at the full budget from its first step.
     """
     if warmup_epochs <= 0:
         return float(eps)
@@ -201,7 +202,7 @@ class SCAAT(Objective):
         alpha = o.alpha if o.alpha is not None else 1.25 * eps / steps
         net = unwrap_model(model)
         with eval_mode(net), eval_precision(x.device, o.eval_precision):
-            sal, clean_logits = training_saliency(net, x, y, o.saliency_method)
+            sal, clean_logits = training_saliency(net, x, y, o.saliency_method, generator)
             mask = adaptive_low_saliency_mask(sal, o.q, o.rho_min, o.rho_max, generator=generator)
             x_adv = saliency_constrained_attack(net, x, mask, clean_logits, eps, alpha, steps, generator,
                                                 temperature=o.kl_temperature)
