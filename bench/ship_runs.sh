@@ -22,5 +22,7 @@ for spec in "synthetic-he 64 $N" "synthetic-he-biased 64 $N" "ihc 16 $((2 * N))"
       --batch-size "$bs" --out "$out/$obj" --seed 0 --device cpu --quiet "${extra[@]}"
   done
 done
+# the test-split evaluations of the baselines and SCAAT runs, read by the Home page
+$PY bench/ship_evaluations.py
 # the resumable checkpoints are not shipped (the runs are finished)
 find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +
