@@ -6,7 +6,8 @@ fine-tune arm starts from that (a) and trains ``M`` more epochs (lr 1e-4, the fi
 against the control ``erm`` fine-tuned from the same (a) for the same ``M`` epochs with the same
 seed. Arms with another budget have their own control (``control-8ep``: ERM fine-tuned 8 epochs;
 ``control-scratch``: ERM from scratch for ``N + M`` epochs). Every run is evaluated on the test split
-(``evaluate``: saliency maps, 32 deletion steps, blurred baseline, seed 0); arms marked for it are
+(``evaluate``: saliency maps, 32 deletion steps, blurred baseline, seed 0; explanation metrics on a
+stratified 100 of the test tiles to fit the CPU budget, accuracy on all of them); arms marked for it are
 also evaluated with a second attribution method SCAAT does not train on (SmoothGrad).
 
 Arms run one factor at a time from the defaults, in the order of ``ARMS``; then combinations.
@@ -77,14 +78,14 @@ CONTROLS = [
     Arm("control-8ep", "erm", {}, 8, control=None, why="ERM fine-tuned 8 epochs from (a)"),
     Arm("control-scratch", "erm", {}, 3, scratch=True, control=None, why="ERM from scratch, N + 3 epochs"),
 ]
-# Phase 1: one factor at a time from today's defaults (eps 8/255, K 1, q 0.1, rho 0.3-0.8, lambda 2,
-# gradient saliency, 3 fine-tuning epochs). Most promising levers (METHODS.md section 5) first.
+# Phase 1: one factor at a time from the defaults at the study's start (STUDY_BASE: eps 8/255, K 1,
+# q 0.1, rho 0.3-0.8, lambda 2, gradient saliency, 3 fine-tuning epochs).
 PHASE1 = [
     _scaat("default", "today's defaults"),
     _scaat("lambda10", "KL weight 10", kl_weight=10.0),
     _scaat("q0.3-rho0.95", "larger region: q 0.3, rho_max 0.95", q=0.3, rho_max=0.95),
-    _scaat("sal-gradcam", "region from Grad-CAM upsampled [ours]", saliency_method="gradcam"),
     _scaat("lambda20", "KL weight 20", kl_weight=20.0),
+    _scaat("sal-gradcam", "region from Grad-CAM upsampled [ours]", saliency_method="gradcam"),
     _scaat("lambda5", "KL weight 5", kl_weight=5.0),
     _scaat("sal-mean", "region from the mean of gradient and Grad-CAM maps [ours]",
            saliency_method="mean_saliency_gradcam"),
@@ -101,8 +102,17 @@ PHASE1 = [
     _scaat("scratch", "from scratch, N + 3 epochs (vs ERM the same)", control="control-scratch", scratch=True),
 ]
 # Phase 2: combinations and [ours] ideas, chosen from phase 1 (reasons in the README).
-PHASE2: list[Arm] = []
+PHASE2: list[Arm] = [
+    _scaat("l20-q0.3-rho0.95", "combination: the two levers of phase 1 (KL weight, region size)", second=True,
+           kl_weight=20.0, q=0.3, rho_max=0.95),
+    _scaat("lambda40", "[ours] KL weight beyond the issue's range, to see where the gain stops", kl_weight=40.0),
+]
+# the order arms run in: the strongest levers first, then the combination, then the rest
+ORDER = ["default", "lambda10", "q0.3-rho0.95", "lambda20", "l20-q0.3-rho0.95", "sal-gradcam", "lambda40",
+         "lambda5", "sal-mean", "sal-smoothgrad", "eps16", "K3", "lambda1", "q0.2", "eps4", "q0.05", "q0.3",
+         "eps32", "8ep", "scratch"]
 ARMS = {a.name: a for a in CONTROLS + PHASE1 + PHASE2}
+assert sorted(ORDER) == sorted(a.name for a in PHASE1 + PHASE2)
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -124,9 +134,16 @@ def _run_dirs(out: Path, dataset: str, seed: int, arm: Arm) -> Path:
     return out / dataset / f"seed{seed}" / arm.name
 
 
+#: SCAAT's defaults when the study started (METHODS.md's values); every scaat arm's ``options`` are
+#: changes from these, so the arms keep their meaning after the study changed the defaults.
+STUDY_BASE = {"kl_weight": 2.0, "q": 0.10, "rho_max": 0.8}
+
+
 def train_arm(arm: Arm, data: Path, seed: int, n_epochs: int, out: Path) -> Path:
     """Train one arm for one seed (cached: a finished run is not retrained); returns the run dir."""
     bs = BATCH.get(data.name, 64)
+    if arm.objective == "scaat":
+        arm = Arm(arm.name, arm.objective, {**STUDY_BASE, **arm.options}, arm.epochs, arm.scratch, arm.control)
     base = out / data.name / f"seed{seed}"
     common = dict(data=str(data), seed=seed, batch_size=bs, device="cpu")
     if arm.scratch:
@@ -135,6 +152,12 @@ def train_arm(arm: Arm, data: Path, seed: int, n_epochs: int, out: Path) -> Path
     a = train_quietly(out=str(base / "a-erm"), objective="erm", epochs=n_epochs, **common)
     return train_quietly(out=str(base / arm.name), objective=arm.objective, objective_options=arm.options,
                          epochs=arm.epochs, init=str(a), **common)
+
+
+def accuracy_all(run: Path, data: Path) -> float:
+    """Test-split accuracy on every tile (``evaluate`` without the explanation metrics)."""
+    from interp_core.evaluate import EvalSettings, cached_evaluate
+    return float(cached_evaluate(run, data, EvalSettings(explanations=False, seed=0))["accuracy"]["mean"])
 
 
 def run_arm(arm: Arm, data: Path, seeds: list[int], n_epochs: int, out: Path, results: Path,
@@ -154,6 +177,8 @@ def run_arm(arm: Arm, data: Path, seeds: list[int], n_epochs: int, out: Path, re
             values = metric_means(run, data, method, limit)
             if method == attributions[0]:
                 values["epoch_seconds"] = epoch_seconds(run)
+                if limit is not None:  # accuracy on the whole test split (cheap: no maps)
+                    values["accuracy"] = accuracy_all(run, data)
             for k, v in values.items():
                 per[method].setdefault(k, []).append(v)
     payload = {"arm": arm.name, "dataset": data.name, "why": arm.why, **want, "metrics": per,
@@ -299,7 +324,8 @@ def report(results: Path, notes: str = "") -> Path:
     for ds in sorted(data):
         arms = data[ds]
         some = next(iter(arms.values()))
-        limit = "" if some["limit"] is None else f" ({some['limit']} tiles, stratified)"
+        limit = "" if some["limit"] is None else \
+            f" (accuracy on all tiles, explanation metrics on {some['limit']} tiles, stratified)"
         parts.append(f"## {ds}\n\nSeeds {some['seeds']}, baseline (a) ERM {some['n_epochs']} epochs, test split"
                      f"{limit}, saliency maps.\n")
         extra = [m for m in ("worst_group_accuracy", "artifact_mass") if any(
@@ -327,17 +353,19 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n-epochs", type=int, default=8, help="epochs of the ERM baseline (a)")
     p.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all, in order)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on this many test tiles (default all)")
+    p.add_argument("--limit", type=int, default=100,
+                   help="explanation metrics on this many test tiles (stratified; 0 = all); accuracy on all")
     p.add_argument("--report-only", action="store_true", help="rebuild README.md and frontier.png from the files")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end run (< 5 min) under bench/out/")
     a = p.parse_args()
+    a.limit = a.limit or None
     results, out = RESULTS, OUT / "scaat_study"
     if a.quick:
         results, out = OUT / "scaat_study_quick" / "results", OUT / "scaat_study_quick" / "runs"
         a.datasets, a.seeds, a.n_epochs, a.limit = ["synthetic-he"], [0, 1], 2, 24
         a.arms = ["control", "default", "lambda10"]
     if not a.report_only:
-        names = a.arms or list(ARMS)
+        names = a.arms or ORDER  # controls run when an arm needs them
         unknown = set(names) - set(ARMS)
         if unknown:
             p.error(f"unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
