@@ -175,10 +175,10 @@ def run_arm(arm: Arm, data: Path, seeds: list[int], n_epochs: int, out: Path, re
         run = train_arm(arm, data, seed, n_epochs, out)
         for method in attributions:
             values = metric_means(run, data, method, limit)
+            if limit is not None:  # accuracy on the whole test split (cheap: no maps)
+                values["accuracy"] = accuracy_all(run, data)
             if method == attributions[0]:
                 values["epoch_seconds"] = epoch_seconds(run)
-                if limit is not None:  # accuracy on the whole test split (cheap: no maps)
-                    values["accuracy"] = accuracy_all(run, data)
             for k, v in values.items():
                 per[method].setdefault(k, []).append(v)
     payload = {"arm": arm.name, "dataset": data.name, "why": arm.why, **want, "metrics": per,
@@ -197,6 +197,10 @@ def _load(results: Path) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for f in sorted(results.glob("*/*.json")):
         d = json.loads(f.read_text())
+        full = d["metrics"].get("saliency", {}).get("accuracy")
+        for method, values in d["metrics"].items():  # accuracy does not depend on the maps: the
+            if method != "saliency" and full:       # whole-split value, as in the saliency table
+                values["accuracy"] = full
         out.setdefault(d["dataset"], {})[d["arm"]] = d
     return out
 
@@ -218,9 +222,12 @@ def _ms(v: list[float], digits: int = 3) -> str:
 
 
 def _signs(d: list[float]) -> str:
-    pos = sum(x > 0 for x in d)
-    neg = sum(x < 0 for x in d)
-    return f"{pos}+/{neg}-" if pos and neg else (f"{pos}/{len(d)}+" if pos else f"{neg}/{len(d)}-")
+    """Sign agreement over seeds: ``3/3+`` (all higher), ``3/3-``, ``3/3=`` or e.g. ``2+ 1-``."""
+    counts = {"+": sum(x > 0 for x in d), "-": sum(x < 0 for x in d), "=": sum(x == 0 for x in d)}
+    for k, n in counts.items():
+        if n == len(d):
+            return f"{n}/{n}{k}"
+    return " ".join(f"{n}{k}" for k, n in counts.items() if n)
 
 
 def verdict(arm: dict, control: dict, method: str = "saliency") -> dict[str, Any]:
@@ -318,7 +325,8 @@ def report(results: Path, notes: str = "") -> Path:
              "seeds; below it, the paired difference to the arm's control (`vs`) ±sd and the sign agreement over "
              "seeds (`3/3+`: all three seeds higher). Targets (issue 12): Δ Gini >= +0.05 and Δ relevance mass "
              ">= +0.05 with every seed positive, Δ SRG >= -0.005, Δ accuracy >= -0.01. Deletion AUC: lower is "
-             "better; entropy: lower is simpler; SRG, insertion, Gini, relevance: higher is better.\n"]
+             "better; entropy: lower is simpler; SRG, insertion, Gini, relevance: higher is better. `s/epoch` was measured "
+             "on a CPU shared with many other jobs: it is not a speed measurement (see `docs/results/objective_speed.txt`).\n"]
     if notes:
         parts.append(notes + "\n")
     for ds in sorted(data):
