@@ -4,7 +4,7 @@ Home page can state SCAAT's measured effect without computing anything. Called b
 ``bench/ship_runs.sh`` after training; the stored results name the run and data folders relative
 to the repository (no machine paths).
 
-Usage: python bench/ship_evaluations.py [--runs baseline-erm scaat]
+Usage: python bench/ship_evaluations.py [--runs baseline-erm scaat] [--datasets synthetic-he]
 """
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_eval
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", default=["baseline-erm", "scaat"])
+    p.add_argument("--datasets", nargs="+", default=None, help="only these shipped datasets (default: all)")
     a = p.parse_args()
     s = EvalSettings()
     for ds_runs in sorted((ROOT / "sample_data" / "runs").iterdir()):
+        if a.datasets and ds_runs.name not in a.datasets:
+            continue
         data = ROOT / "sample_data" / "data" / ds_runs.name
         for name in a.runs:
             run = ds_runs / name
