@@ -48,16 +48,29 @@ def run_protocol(dataset: Path, seeds: list[int], objectives: dict[str, dict[str
                               objective_options=spec.get("options", {})), progress=False, log=lambda m: None)
             variants[name] = out
         for name, run in variants.items():
-            r = cached_evaluate(run, dataset, EvalSettings(attribution=attribution, limit=limit, seed=0))
             row = results.setdefault(name, {})
-            for k, v in r.items():
-                if isinstance(v, dict) and "mean" in v and v["mean"] is not None:
-                    row.setdefault(k, []).append(float(v["mean"]))
-            for k in ("epoch_seconds",):
-                hist = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines() if l.strip()]
-                row.setdefault("epoch_seconds", []).append(statistics.mean(h[k] for h in hist))
+            for k, v in {**metric_means(run, dataset, attribution, limit), "epoch_seconds": epoch_seconds(run)}.items():
+                row.setdefault(k, []).append(v)
         print(f"[{tag}] {dataset.name} seed {seed}: {time.time() - t0:.0f}s", file=sys.stderr)
     return results
+
+
+def metric_means(run: Path, dataset: Path, attribution: str = "saliency", limit: int | None = None) -> dict[str, float]:
+    """``{metric: mean}`` of the run's (cached) evaluation on the test split, seed 0."""
+    r = cached_evaluate(run, dataset, EvalSettings(attribution=attribution, limit=limit, seed=0))
+    return {k: float(v["mean"]) for k, v in r.items() if isinstance(v, dict) and v.get("mean") is not None}
+
+
+def epoch_seconds(run: Path) -> float:
+    """Mean wall-clock seconds per epoch of a run, from its ``history.jsonl``."""
+    hist = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines() if l.strip()]
+    return statistics.mean(h["epoch_seconds"] for h in hist)
+
+
+def train_quietly(**config: Any) -> Path:
+    """``train(TrainConfig(**config))`` without progress output (a finished run is not retrained)."""
+    train(TrainConfig(**config), progress=False, log=lambda m: None)
+    return Path(config["out"])
 
 
 def run_from_scratch(dataset: Path, seeds: list[int], objectives: dict[str, dict[str, Any]], *, epochs: int, tag: str,

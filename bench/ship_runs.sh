@@ -39,5 +39,7 @@ $PY -m interp_core train --data "$data" --objective ece --init "$out/baseline-er
   --out "$out/ece" --seed 0 --device cpu --quiet --refresh-every 1
 $PY -m interp_core train --data "$data" --objective jtt --init "$out/baseline-erm" --epochs "$M" --batch-size 64 \
   --out "$out/jtt" --seed 0 --device cpu --quiet --identify-epochs 0 --lambda-up 3
+# the test-split evaluations of the baselines and SCAAT runs, read by the Home page
+$PY bench/ship_evaluations.py
 # the resumable checkpoints are not shipped (the runs are finished)
 find sample_data/runs -type d -name checkpoint -prune -exec rm -rf {} +

@@ -24,8 +24,10 @@ background come from the first PGD step's forward pass (PGD starts at ``delta = 
 and the new prediction from one no-grad forward, so a batch costs ``K`` forward + input-only
 backward passes plus one forward (not ``K + 2`` full passes); CAM needs no gradients; the model
 runs as an :func:`inference_copy` (BatchNorm folded, channels-last, no parameter gradients) at a
-device-dependent batch size (:func:`default_batch_size`). Measured on the CPU (512 tiles 64x64,
-small CNN, 1 thread): a refresh costs 1.6 ERM epochs, against 5.0 for the naive version.
+device-dependent batch size (:func:`default_batch_size`). Recorded in
+``docs/results/objective_speed.txt`` (``bench/objective_speed.py``, small CNN, CPU): an ECE epoch
+with a refresh took 3.68 s against 0.91 s for an ERM epoch, so a refresh costs about 3 ERM
+epochs; with one refresh every 3 epochs ECE averaged 2.04x ERM's epoch time.
 """
 from __future__ import annotations
 
@@ -161,6 +163,18 @@ class ConsistencyOptions:
     def consistency_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`explanation_consistency` taken from these options."""
         return {f.name: getattr(self, f.name) for f in fields(ConsistencyOptions)}
+
+
+def consistency_options_for(config: dict[str, Any] | None) -> ConsistencyOptions:
+    """The consistency settings ``evaluate`` scores a run with: those an ``ece`` run trained with
+    (its ``config.json``'s ``objective_options``, the :class:`ConsistencyOptions` fields of them),
+    the defaults for any other run, so an ECE run is measured the way it was optimised."""
+    if not config or config.get("objective") != "ece":
+        return ConsistencyOptions()
+    names = {f.name for f in fields(ConsistencyOptions)}
+    opts = ConsistencyOptions(**{k: v for k, v in (config.get("objective_options") or {}).items() if k in names})
+    opts.validate()
+    return opts
 
 
 # -- heatmaps ------------------------------------------------------------------------------------

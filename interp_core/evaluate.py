@@ -1,7 +1,8 @@
 """Dataset-level evaluation of a run: accuracy (per class, per group) and the explanation-quality
 metrics of METHODS.md section 4, summarised as ``{"metric": {"mean", "std", "n"}}``.
 
-The localisation metrics are computed only when the dataset has masks, group accuracies only
+Explanation consistency is measured with the settings an ``ece`` run trained with (its
+``config.json``), the defaults for other runs. The localisation metrics are computed only when the dataset has masks, group accuracies only
 when it has ``groups.csv``, artifact mass only when it has artifact masks.
 
 ``attributions=DIR`` (a finished ``explain_dataset`` job, e.g. ``explain --data ... --out DIR``)
@@ -166,8 +167,10 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     if predictions_csv:
         write_predictions(predictions_csv, ds, idx, preds.pred, preds.confidence)
     if s.explanations:
+        from .consistency import consistency_options_for
         from .explanation_metrics import explanation_metrics
-        em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps)
+        em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps,
+                                     consistency=consistency_options_for(loaded.config))
         metrics.update(em)
         details["per_tile"].update(ed.pop("per_tile", {}))
         details.update(ed)

@@ -27,7 +27,8 @@ ProgressFn = Callable[[int, int], None]
 
 def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor, s, *, device: torch.device,
                         progress: bool | ProgressFn = False,
-                        maps: StoredMaps | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        maps: StoredMaps | None = None,
+                        consistency: ConsistencyOptions | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-metric ``{"mean","std","n"}`` and details (mean deletion/insertion curves, randomisation table).
 
     Attribution maps come from ``model`` itself (hook-based methods need its modules); the
@@ -39,13 +40,16 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
     used instead of ``attribute(...)``, matched to the tiles by dataset index; details then say
     where they came from and on how many tiles the stored map explains another class than ``pred``
     (a near tie predicted differently; the metrics still score ``pred``).
+
+    ``consistency``: the explanation-consistency settings (default: :class:`ConsistencyOptions`'s;
+    ``evaluate`` passes an ECE run's own, see ``consistency_options_for``); stored in the details.
     """
     loader = DataLoader(Subset(ds, idx), batch_size=s.batch_size, shuffle=False)
     values: dict[str, list[torch.Tensor]] = {}
     del_curves, ins_curves, fractions = [], [], None
     rand_layers, rand_tables = None, []
     gen = torch.Generator().manual_seed(s.seed)
-    cons_opts = ConsistencyOptions()
+    cons_opts = consistency or ConsistencyOptions()
     fast = inference_copy(model)
     chunk = default_batch_size(device)
     done, total = 0, len(idx)
@@ -72,6 +76,8 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
         i = M.insertion_auc(fast, x, a, target, n_steps=s.n_steps)
         add("deletion_auc", d.auc)
         add("insertion_auc", i.auc)
+        add("symmetric_relevance_gain", M.symmetric_relevance_gain(fast, x, a, target, n_steps=s.n_steps,
+                                                                   morf_auc=d.auc).srg)
         del_curves.append(d.curve.cpu())
         ins_curves.append(i.curve.cpu())
         fractions = d.fractions.cpu()
@@ -100,8 +106,9 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
             progress(done, total)
     bar.close()
     out = {name: M.summarise(torch.cat(v)) for name, v in values.items()}
-    details: dict[str, Any] = {"attribution": s.attribution, "per_tile": {
-        name: [None if math.isnan(x) else x for x in torch.cat(v).double().tolist()] for name, v in values.items()}}
+    details: dict[str, Any] = {"attribution": s.attribution, "consistency_settings": cons_opts.consistency_kwargs(),
+                               "per_tile": {name: [None if math.isnan(x) else x for x in torch.cat(v).double().tolist()]
+                                            for name, v in values.items()}}
     if maps is not None:
         details["attribution_maps"] = {"folder": str(maps.out), "fingerprint": maps.fingerprint,
                                        "target_mismatches": mismatched, "storage": "float16 * scales"}

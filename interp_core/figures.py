@@ -33,6 +33,7 @@ METRIC_TEXT: dict[str, tuple[str, str]] = {
     "complexity": ("Complexity (entropy)", "entropy of the map, nats"),
     "deletion_auc": ("Deletion AUC", "area under the probability curve, 0-1"),
     "insertion_auc": ("Insertion AUC", "area under the probability curve, 0-1"),
+    "symmetric_relevance_gain": ("Symmetric relevance gain", "least- minus most-relevant-first deletion AUC, -1 to 1"),
     "pointing_game": ("Pointing game", "share of tiles whose peak lies in the marked region, 0-1"),
     "relevance_mass_accuracy": ("Relevance mass", "share of the map inside the marked region, 0-1"),
     "relevance_rank_accuracy": ("Relevance rank", "share of the top pixels inside the marked region, 0-1"),
@@ -50,7 +51,8 @@ EXTRA_DIRECTION = {"worst_group_accuracy": True, "explanation_consistency": True
                    "agree_accuracy": True, "disagree_accuracy": True, "agree_disagree_gap": False}
 
 #: Display order of metrics in tables and charts.
-METRIC_ORDER = ("accuracy", "worst_group_accuracy", "agree_accuracy", "disagree_accuracy", "agree_disagree_gap", "sparseness", "complexity", "deletion_auc", "insertion_auc",
+METRIC_ORDER = ("accuracy", "worst_group_accuracy", "agree_accuracy", "disagree_accuracy", "agree_disagree_gap",
+                "sparseness", "complexity", "deletion_auc", "insertion_auc", "symmetric_relevance_gain",
                 "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "artifact_mass",
                 "explanation_consistency", "attack_flip_rate", "max_sensitivity", "model_randomisation")
 

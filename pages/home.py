@@ -84,6 +84,11 @@ elif status == "no-runs":
     st.warning("The guided example needs a baseline (ERM) and a SCAAT model trained on `synthetic-he`. "
                "Train them on the **Train** page, or restore `sample_data/runs/`.")
 
+with guard("reading the shipped SCAAT evaluation"):
+    sentence = cache.shipped_scaat_effect(sel)
+    if sentence:
+        st.markdown(sentence)
+
 st.subheader("Datasets")
 if not sel.datasets:
     st.info(text.NO_DATASET)

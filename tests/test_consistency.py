@@ -259,3 +259,28 @@ def test_inference_copy_is_the_same_function_and_leaves_the_model_alone(model, b
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
         assert torch.allclose(fast.forward_features(x), model.forward_features(x), atol=1e-5)
+
+
+def test_evaluate_scores_an_ece_run_with_its_own_consistency_settings(tiny_data, tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from interp_core.consistency import ConsistencyOptions, consistency_options_for
+    from interp_core.evaluate import EvalSettings, evaluate_run
+
+    assert consistency_options_for({"objective": "erm", "objective_options": {"threshold": "mean"}}) == \
+        ConsistencyOptions()
+    opts = consistency_options_for({"objective": "ece", "objective_options": {
+        "threshold": "mean", "steps": 1, "eps": 4 / 255, "beta": 0.3, "refresh_every": 2}})
+    assert (opts.threshold, opts.steps, opts.eps) == ("mean", 1, 4 / 255)
+    assert opts.similarity == "cosine"  # unset fields keep the defaults
+    run = tmp_path / "ece"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(objective="ece", objective_options={"threshold": "mean", "steps": 1, "eps": 4 / 255})
+    (run / "config.json").write_text(json.dumps(cfg))
+    s = EvalSettings(limit=4, batch_size=4)
+    got = evaluate_run(run, tiny_data, s, device=torch.device("cpu"))["details"]["consistency_settings"]
+    assert (got["threshold"], got["steps"], got["eps"]) == ("mean", 1, 4 / 255)
+    plain = evaluate_run(tiny_run, tiny_data, s, device=torch.device("cpu"))["details"]["consistency_settings"]
+    assert plain == ConsistencyOptions().consistency_kwargs()

@@ -279,3 +279,27 @@ def cached_eval_result(entry: catalog.RunEntry, data: str, settings, maps: str |
         return read_json(path)
     except Exception:  # a damaged entry is recomputed
         return None
+
+
+def shipped_scaat_effect(sel, dataset: str = "synthetic-he") -> str | None:
+    """The Home page's sentence on the shipped SCAAT run of ``dataset`` against its baseline, built
+    from their stored test-split evaluations (``eval_cache``, shipped with the runs; default
+    ``EvalSettings``), or None when either is missing (nothing is computed here)."""
+    from interp_core.evaluate import EvalSettings
+
+    from . import text
+    ds = next((d for d in sel.datasets if d.name == dataset), None)
+    if ds is None:
+        return None
+    shipped = [r for r in sel.all_runs if r.source == "shipped" and r.dataset == dataset]
+    scaat = next((r for r in shipped if r.objective == "scaat"), None)
+    init = Path(str(scaat.config.get("init") or "")).name if scaat else ""
+    base = next((r for r in shipped if r.objective == "erm" and r.name == init), None) or next(
+        (r for r in shipped if r.objective == "erm"), None)
+    if scaat is None or base is None:
+        return None
+    s = EvalSettings()
+    results = [cached_eval_result(r, str(ds.path), s) for r in (base, scaat)]
+    if None in results:
+        return None
+    return text.scaat_effect_sentence(dataset, results[0], results[1])

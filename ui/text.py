@@ -30,6 +30,10 @@ METRIC_HELP: dict[str, str] = {
                     "confidence. A faithful map makes it drop fast: a lower area (0 to 1) is better.",
     "insertion_auc": "Start from a blurred tile and put back the most important pixels first. A faithful map "
                      "makes confidence rise fast: a higher area (0 to 1) is better.",
+    "symmetric_relevance_gain": "Deletion twice: least important pixels first, then most important first; the "
+                                "gain is the first area minus the second (-1 to 1). A faithful map keeps confidence "
+                                "while unimportant pixels go and loses it fast when important ones go. Unlike "
+                                "deletion AUC alone, it compares two different models fairly. Higher is better.",
     "accuracy": "Share of tiles the model classifies correctly (0 to 1). Higher is better.",
     "worst_group_accuracy": "Accuracy of the weakest group (for example tumour tiles without a pen mark). "
                             "Higher means the model does not lean on a shortcut.",
@@ -58,3 +62,30 @@ NO_RUNS = ("No trained model was found. The shipped models live in `sample_data/
            "on the **Train** page.")
 NO_DATASET = "No dataset was found. The shipped datasets live in `sample_data/data/`."
 PICK_RUNS = "Choose one or more models in the sidebar (**Models to compare**)."
+
+
+def scaat_effect_sentence(dataset: str, base: dict, scaat: dict) -> str | None:
+    """One sentence on what SCAAT changed, from the stored ``evaluate`` results of a baseline and its
+    SCAAT retrain (``{"metric": {"mean", ...}}``); None when a needed value is missing."""
+    def mean(r: dict, k: str) -> float | None:
+        v = r.get(k)
+        return v.get("mean") if isinstance(v, dict) else None
+
+    vals = {k: (mean(base, k), mean(scaat, k)) for k in
+            ("sparseness", "relevance_mass_accuracy", "symmetric_relevance_gain", "accuracy")}
+    if any(b is None or a is None for b, a in (vals["sparseness"], vals["accuracy"])):
+        return None
+
+    def pair(k: str) -> str:
+        b, a = vals[k]
+        return f"{a:.3f} vs {b:.3f} ({a - b:+.3f})"
+
+    n = scaat.get("n_tiles")
+    parts = [f"Gini sparseness {pair('sparseness')}"]
+    if None not in vals["relevance_mass_accuracy"]:
+        parts.append(f"share of the map on the lesion {pair('relevance_mass_accuracy')}")
+    if None not in vals["symmetric_relevance_gain"]:
+        parts.append(f"symmetric relevance gain {pair('symmetric_relevance_gain')}")
+    return (f"Measured on the shipped `{dataset}` {scaat.get('split', 'test')} split"
+            f"{f' ({n} tiles' if n else ' ('}{', ' + str(scaat.get('settings', {}).get('attribution', 'saliency'))} maps), "
+            f"the SCAAT retrain against its baseline: {', '.join(parts)}; accuracy {pair('accuracy')}.")

@@ -127,3 +127,48 @@ def insertion_auc(model: nn.Module, x: torch.Tensor, a: torch.Tensor, target: to
     pixels by ``a`` taken from ``x``; ``auc = trapz(curve, k/n)``. Options as in ``deletion_auc``.
     """
     return _perturbation_curve(model, x, a, target, n_steps, baseline, blur_sigma, batch_size, insert=True)
+
+
+class SymmetricRelevanceGain(NamedTuple):
+    """Result of :func:`symmetric_relevance_gain`: per-sample SRG and both deletion AUCs, ``[B]`` each."""
+
+    srg: torch.Tensor       # lerf_auc - morf_auc
+    morf_auc: torch.Tensor  # most-relevant-first deletion AUC (= deletion_auc)
+    lerf_auc: torch.Tensor  # least-relevant-first deletion AUC
+
+
+def least_relevant_first_deletion(model: nn.Module, x: torch.Tensor, a: torch.Tensor,
+                                  target: torch.Tensor | int | None = None, n_steps: int = 32,
+                                  baseline: Baseline = "blur", blur_sigma: float = DEFAULT_BLUR_SIGMA,
+                                  batch_size: int | None = None) -> PerturbationCurve:
+    """Deletion curve with the pixels removed *least* relevant first (ascending ``a``, ties by the
+    lower flat index first); chunks, baseline and AUC exactly as in :func:`deletion_auc`."""
+    a = map_for_images(a, x.to(model_device(model)))
+    return _perturbation_curve(model, x, -a, target, n_steps, baseline, blur_sigma, batch_size, insert=False)
+
+
+@register_metric(
+    category="faithfulness", higher_is_better=True, attribution_form="raw",
+    description="least-relevant-first minus most-relevant-first deletion AUC (same chunks and baseline)",
+    reference="Bluecher et al. 2024, Decoupling pixel flipping and occlusion strategy for consistent XAI benchmarks",
+    requires=("model", "x", "a"), headline=lambda r: r.srg,
+)
+def symmetric_relevance_gain(model: nn.Module, x: torch.Tensor, a: torch.Tensor,
+                             target: torch.Tensor | int | None = None, n_steps: int = 32,
+                             baseline: Baseline = "blur", blur_sigma: float = DEFAULT_BLUR_SIGMA,
+                             batch_size: int | None = None,
+                             morf_auc: torch.Tensor | None = None) -> SymmetricRelevanceGain:
+    """SRG per sample: ``AUC(LeRF deletion) - AUC(MoRF deletion)``; higher is better, in ``[-1, 1]``.
+
+    MoRF is :func:`deletion_auc`; LeRF is :func:`least_relevant_first_deletion` (same ``n_steps``
+    chunks, baseline and trapezoid AUC). A model that keeps its confidence longer under any deletion
+    order (e.g. after adversarial training) raises both AUCs; their difference cancels that, so SRG
+    compares the maps of two different models more fairly than deletion AUC alone. ``morf_auc``: an
+    already computed ``deletion_auc(...).auc`` of the same inputs and settings, reused instead of
+    recomputing the MoRF curve (``evaluate`` passes it).
+    """
+    if morf_auc is None:
+        morf_auc = deletion_auc(model, x, a, target, n_steps, baseline, blur_sigma, batch_size).auc
+    lerf = least_relevant_first_deletion(model, x, a, target, n_steps, baseline, blur_sigma, batch_size).auc
+    morf_auc = morf_auc.to(lerf.device)
+    return SymmetricRelevanceGain(lerf - morf_auc, morf_auc, lerf)

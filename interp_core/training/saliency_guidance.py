@@ -31,7 +31,10 @@ from ..modes import eval_mode  # noqa: F401  (re-exported)
 from ..attribution.normalize import normalize_max
 from ..models.folding import as_eval_input, eval_forward_module  # noqa: F401  (re-exported)
 
-SALIENCY_METHODS = ("saliency", "input_x_gradient")
+SALIENCY_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "gradcam", "mean_saliency_gradcam")
+#: SmoothGrad inside training [ours]: few noisy copies (each costs a forward and an input backward)
+TRAINING_SMOOTHGRAD_SAMPLES = 4
+TRAINING_SMOOTHGRAD_STDEV = 0.15
 BN_STATS_MODES = ("separate", "clean", "joint")
 EVAL_PRECISIONS = ("inherit", "bfloat16")
 
@@ -45,7 +48,10 @@ class SaliencyPassOptions:
 
     saliency_method: str = field(default="saliency", metadata={
         "help": "training-time saliency S: 'saliency' = |grad| summed over channels (METHODS' default), "
-                "'input_x_gradient' = |x * grad| summed over channels",
+                "'input_x_gradient' = |x * grad| summed over channels; [ours]: 'smoothgrad' = |grad| averaged "
+                "over 4 copies with Gaussian noise (sd 0.15), 'gradcam' = Grad-CAM of the model's cam_layer "
+                "upsampled bilinearly, 'mean_saliency_gradcam' = mean of the max-normalised gradient and "
+                "Grad-CAM maps (one pass)",
         "choices": SALIENCY_METHODS})
     bn_stats: str = field(default="separate", metadata={
         "help": "(engineering choice, not in METHODS) BatchNorm statistics in the loss's clean and changed "
@@ -104,7 +110,8 @@ def _fraction_to_count(fraction: float, n: int) -> int:
 
 # -- 1. saliency -----------------------------------------------------------------------------------
 def training_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                      method: str = "saliency") -> tuple[torch.Tensor, torch.Tensor]:
+                      method: str = "saliency", generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample max-normalised saliency ``S`` ``[B,H,W]`` and the clean logits ``[B,C]``.
 
     ``saliency``: ``S = sum_c |df_y/dx_c|``; ``input_x_gradient``: ``S = sum_c |x_c * df_y/dx_c|``,
@@ -115,9 +122,21 @@ def training_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     so no parameter ``.grad`` is created or changed and weight gradients are not even computed.
     The logits come from the same forward pass and are returned detached, so SCAAT uses them as
     the attack's KL target without another forward pass.
+
+    The project's additions [ours] (the region's saliency as a study factor, issue 12):
+    ``smoothgrad``: ``S = mean_k sum_c |df_y/dx_c (x + e_k)|`` over ``TRAINING_SMOOTHGRAD_SAMPLES``
+    copies, ``e_k ~ N(0, 0.15^2)`` drawn with ``generator`` (one more clean forward for the logits);
+    ``gradcam``: ``ReLU(sum_k mean_ij(df_y/dA_k) A_k)`` on the output ``A`` of ``model.cam_layer``,
+    bilinearly upsampled to ``[H,W]`` (``align_corners=False``, as Captum's), on the unfolded model
+    (hooks do not fire inside folded Conv/BatchNorm pairs); ``mean_saliency_gradcam``: the mean of
+    the max-normalised gradient map and Grad-CAM map, from the same single backward pass.
     """
     if method not in SALIENCY_METHODS:
         raise InterpError(f"unknown saliency method {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+    if method in ("gradcam", "mean_saliency_gradcam"):
+        return _cam_saliency(model, x, target, with_gradient=method == "mean_saliency_gradcam")
+    if method == "smoothgrad":
+        return _smoothgrad_saliency(model, x, target, generator)
     x_in = as_eval_input(x).requires_grad_(True)
     with torch.enable_grad():
         logits = eval_forward_module(model)(x_in)
@@ -128,6 +147,49 @@ def training_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
         grad = grad * x.float()
     sal = grad.abs().sum(1)
     return normalise_per_sample_max(sal), logits.detach().float()
+
+
+def _smoothgrad_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``training_saliency(..., "smoothgrad")`` [ours]: see there."""
+    forward = eval_forward_module(model)
+    n = TRAINING_SMOOTHGRAD_SAMPLES
+    with torch.no_grad():
+        logits = forward(as_eval_input(x)).detach().float()
+    noise = torch.randn((n, *x.shape), generator=generator, device=x.device, dtype=torch.float32)
+    noisy = as_eval_input((x.float().unsqueeze(0) + noise * TRAINING_SMOOTHGRAD_STDEV).flatten(0, 1).to(x.dtype))
+    noisy.requires_grad_(True)
+    with torch.enable_grad():
+        score = forward(noisy).gather(1, target.repeat(n).view(-1, 1)).float().sum()
+        (grad,) = torch.autograd.grad(score, noisy)
+    sal = grad.float().abs().sum(1).view(n, *x.shape[:1], *x.shape[2:]).mean(0)
+    return normalise_per_sample_max(sal), logits
+
+
+def _cam_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                  with_gradient: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``training_saliency(..., "gradcam" | "mean_saliency_gradcam")`` [ours]: see there."""
+    layer = getattr(model, "cam_layer", None)
+    if not isinstance(layer, nn.Module):
+        raise InterpError("saliency_method 'gradcam' needs a model with a 'cam_layer' (its last conv block)")
+    feats: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: feats.append(o))
+    x_in = x.detach().clone().requires_grad_(with_gradient)
+    try:
+        with torch.enable_grad():
+            logits = model(x_in)
+            score = logits.gather(1, target.view(-1, 1)).float().sum()
+            inputs = [feats[-1]] + ([x_in] if with_gradient else [])
+            grads = torch.autograd.grad(score, inputs)
+    finally:
+        handle.remove()
+    a, g = feats[-1].detach().float(), grads[0].float()
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    sal = normalise_per_sample_max(cam)
+    if with_gradient:
+        sal = normalise_per_sample_max((sal + normalise_per_sample_max(grads[1].float().abs().sum(1))) / 2)
+    return sal, logits.detach().float()
 
 
 normalise_per_sample_max = normalize_max  # S_i / max(S_i); all-zero maps stay zero

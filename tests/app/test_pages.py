@@ -58,6 +58,25 @@ def test_home_lists_device_datasets_and_runs(h):
     assert len(at.dataframe) == 2
 
 
+def test_home_states_the_shipped_scaat_effect_read_from_stored_evaluations(h, app_env):
+    from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_evaluate
+    data = app_env / "sample_data" / "data" / "synthetic-he"
+    runs = app_env / "sample_data" / "runs" / "synthetic-he"
+    s = EvalSettings()
+    for r in ("baseline", "scaat"):
+        (runs / r / CACHE_DIR / f"{cache_key(runs / r, data, s)}.json").unlink(missing_ok=True)
+    at = h.open_page()
+    assert not any("Measured on the shipped" in m.value for m in at.markdown)  # nothing stored: no claim
+    base, scaat = (cached_evaluate(runs / r, data, s) for r in ("baseline", "scaat"))
+    at = h.open_page()
+    h.assert_clean(at)
+    sentence = next(m.value for m in at.markdown if "Measured on the shipped" in m.value)
+    g0, g1 = base["sparseness"]["mean"], scaat["sparseness"]["mean"]
+    assert f"Gini sparseness {g1:.3f} vs {g0:.3f} ({g1 - g0:+.3f})" in sentence
+    a0, a1 = base["accuracy"]["mean"], scaat["accuracy"]["mean"]
+    assert f"accuracy {a1:.3f} vs {a0:.3f}" in sentence and "symmetric relevance gain" in sentence
+
+
 def test_guided_example_opens_explore_with_baseline_and_scaat(h):
     at = h.open_page()
     at.button(key="home.guided.button").click().run()

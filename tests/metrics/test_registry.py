@@ -11,6 +11,7 @@ EXPECTED = {
     "pointing_game": ("localisation", True), "relevance_mass_accuracy": ("localisation", True),
     "relevance_rank_accuracy": ("localisation", True), "artifact_mass": ("localisation", False),
     "deletion_auc": ("faithfulness", False), "insertion_auc": ("faithfulness", True),
+    "symmetric_relevance_gain": ("faithfulness", True),
     "max_sensitivity": ("robustness", False), "model_randomisation": ("randomisation", False),
 }
 
@@ -31,7 +32,8 @@ def test_table_is_grouped_by_category_and_json_friendly():
     assert cats == sorted(cats, key=["accuracy", "complexity", "localisation", "faithfulness", "robustness",
                                      "randomisation"].index)
     assert all(isinstance(v, str) for r in rows for v in r.values())
-    assert [r["name"] for r in metric_table("faithfulness")] == ["deletion_auc", "insertion_auc"]
+    assert [r["name"] for r in metric_table("faithfulness")] == ["deletion_auc", "insertion_auc",
+                                                                  "symmetric_relevance_gain"]
 
 
 def test_score_returns_per_sample_values_for_every_metric():

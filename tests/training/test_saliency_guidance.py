@@ -100,7 +100,39 @@ def test_saliency_leaves_parameter_grads_and_mode_untouched():
 
 def test_unknown_saliency_method_is_a_user_error():
     with pytest.raises(InterpError):
-        training_saliency(_tiny_cnn(), torch.rand(1, 3, 8, 8), torch.tensor([0]), "gradcam")
+        training_saliency(_tiny_cnn(), torch.rand(1, 3, 8, 8), torch.tensor([0]), "occlusion")
+
+
+def test_gradcam_region_saliency_matches_captum_layer_gradcam():
+    from captum.attr import LayerAttribution, LayerGradCam
+    model = _tiny_cnn().eval()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 1, 0])
+    sal, logits = training_saliency(model, x, y, "gradcam")
+    cam = LayerGradCam(model, model.cam_layer).attribute(x.clone(), target=y, relu_attributions=True)
+    ref = LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear")[:, 0]
+    ref = normalise_per_sample_max(ref)
+    torch.testing.assert_close(sal, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, model(x).detach(), rtol=1e-4, atol=1e-5)
+    both, _ = training_saliency(model, x, y, "mean_saliency_gradcam")
+    grad, _ = training_saliency(model, x, y, "saliency")
+    torch.testing.assert_close(both, normalise_per_sample_max((ref + grad) / 2), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_region_saliency_is_the_mean_of_noisy_gradients(monkeypatch):
+    import interp_core.training.saliency_guidance as sg
+    model = _tiny_cnn().eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 0])
+    sal, logits = training_saliency(model, x, y, "smoothgrad", torch.Generator().manual_seed(5))
+    noise = torch.randn((sg.TRAINING_SMOOTHGRAD_SAMPLES, *x.shape), generator=torch.Generator().manual_seed(5))
+    ref = torch.stack([Saliency(model).attribute(x + sg.TRAINING_SMOOTHGRAD_STDEV * e, target=y).abs().sum(1)
+                       for e in noise]).mean(0)
+    torch.testing.assert_close(sal, normalise_per_sample_max(ref), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, model(x).detach(), rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(sg, "TRAINING_SMOOTHGRAD_STDEV", 0.0)  # no noise: the plain gradient map
+    torch.testing.assert_close(training_saliency(model, x, y, "smoothgrad")[0],
+                               training_saliency(model, x, y, "saliency")[0], rtol=1e-4, atol=1e-6)
 
 
 def test_normalise_per_sample_max_keeps_zero_maps_zero():

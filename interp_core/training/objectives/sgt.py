@@ -73,8 +73,9 @@ class SGT(Objective):
                     "channel's [min, max] of that image (SGT), 'channel_mean', 'zero'",
             "choices": FILL_MODES})
         kl_weight: float = field(default=1.0, metadata={
-            "help": "METHODS' lambda: weight of KL(p(x) || p(x_masked)) added to the cross-entropy "
-                    "(1 as in Ismail et al.'s public code)"})
+            "help": "METHODS' lambda: weight of KL(p(x) || p(x_masked)) added to the cross-entropy. "
+                    "[ours] default 1.0, not SCAAT's 2.0: SGT is the reference baseline, so it keeps "
+                    "the value of Ismail et al.'s public code"})
 
         def validate(self) -> None:
             """Raise InterpError for values outside their meaningful range."""
@@ -102,7 +103,7 @@ class SGT(Objective):
         o = self.options
         net = unwrap_model(model)
         with eval_mode(net), eval_precision(x.device, o.eval_precision):
-            sal, _ = training_saliency(net, x, y, o.saliency_method)
+            sal, _ = training_saliency(net, x, y, o.saliency_method, generator)
         mask = lowest_saliency_mask(sal, o.k, generator=generator)
         return fill_low_saliency(x, mask, o.fill, generator=generator), mask
 
