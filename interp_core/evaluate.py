@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .consistency import consistency_options_for
 from .data import open_split
 from .device import pick_device
 from .errors import DataError
@@ -167,7 +168,6 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     if predictions_csv:
         write_predictions(predictions_csv, ds, idx, preds.pred, preds.confidence)
     if s.explanations:
-        from .consistency import consistency_options_for
         from .explanation_metrics import explanation_metrics
         em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps,
                                      consistency=consistency_options_for(loaded.config))

@@ -99,7 +99,8 @@ def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
     logits = ref(x)
     ce = F.cross_entropy(logits, b["label"])
     (gx,) = torch.autograd.grad(ce, x, retain_graph=True)
-    mask = adaptive_low_saliency_mask(loss_input_saliency(gx, b["image"]), 0.1, 0.3, 0.8, generator=gen)
+    mask = adaptive_low_saliency_mask(loss_input_saliency(gx, b["image"]), obj.options.q, obj.options.rho_min,
+                                      obj.options.rho_max, generator=gen)
     u = (torch.rand(b["image"].shape, generator=gen) * 2 - 1) * EPS
     delta = (u + 1.25 * EPS * gx.sign()).clamp(-EPS, EPS)  # random start + one sign step along dCE/dx
     x_adv = (b["image"] + delta * mask).clamp(0, 1)
@@ -136,8 +137,8 @@ def test_perturbation_stays_within_eps_inside_the_mask_and_steps_along_the_train
         # independent: the same train-mode input gradient, the same tie-break draws
         xi = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(ref(xi), b["label"]), xi)
-        mask = adaptive_low_saliency_mask(loss_input_saliency(g, x), 0.1, 0.3, 0.8,
-                                          generator=torch.Generator().manual_seed(step))
+        mask = adaptive_low_saliency_mask(loss_input_saliency(g, x), obj.options.q, obj.options.rho_min,
+                                          obj.options.rho_max, generator=torch.Generator().manual_seed(step))
         d = x_adv - x
         assert d.abs().max() <= EPS + 1e-6
         assert ((x_adv >= 0) & (x_adv <= 1)).all()
