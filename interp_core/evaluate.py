@@ -212,7 +212,7 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
     a result never stands in for one computed from fresh maps or from another job."""
     run_dir = Path(run_dir)
     payload: dict[str, Any] = {"weights": _file_digest(run_dir / "model.safetensors"),
-                               "data": data_fingerprint(data), "settings": asdict(settings), "version": 2}
+                               "data": data_fingerprint(data), "settings": asdict(settings), "version": 3}
     if maps is not None:
         payload["maps"] = maps
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
