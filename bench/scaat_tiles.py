@@ -61,7 +61,7 @@ def main() -> None:
             axes[row][col].set_title(text, fontsize=7)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle(f"{a.dataset}: {a.method} maps before and after SCAAT (shipped runs; tiles drawn with seed {a.seed}; "
+    fig.suptitle(f"{a.dataset}: {a.method} maps before and after SCAAT\n(shipped runs; tiles drawn with seed {a.seed}; "
                  "shared colour scale per row, lesion outlined)", fontsize=8)
     fig.tight_layout()
     out = ROOT / "docs" / "results" / "scaat_study" / f"tiles_{a.dataset}.png"
