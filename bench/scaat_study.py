@@ -45,7 +45,7 @@ SHORT = {"accuracy": "acc", "sparseness": "Gini", "relevance_mass_accuracy": "re
          "relevance_rank_accuracy": "rel. rank", "pointing_game": "pointing", "deletion_auc": "del AUC",
          "insertion_auc": "ins AUC", "symmetric_relevance_gain": "SRG", "complexity": "entropy",
          "epoch_seconds": "s/epoch", "worst_group_accuracy": "worst group", "artifact_mass": "artifact mass"}
-BATCH = {"ihc": 16}  # ihc has 120 training tiles (ship_runs.sh uses the same)
+BATCH = {"ihc": 16}  # as bench/ship_runs.sh for ihc
 SECOND_ATTRIBUTION = "smoothgrad"
 
 
@@ -326,7 +326,7 @@ def report(results: Path, notes: str = "") -> Path:
              "seeds (`3/3+`: all three seeds higher). Targets (issue 12): Δ Gini >= +0.05 and Δ relevance mass "
              ">= +0.05 with every seed positive, Δ SRG >= -0.005, Δ accuracy >= -0.01. Deletion AUC: lower is "
              "better; entropy: lower is simpler; SRG, insertion, Gini, relevance: higher is better. `s/epoch` was measured "
-             "on a CPU shared with many other jobs: it is not a speed measurement (see `docs/results/objective_speed.txt`).\n"]
+             "on a CPU shared with many other jobs: it is not a speed measurement (see `docs/results/objective_speed.md`).\n"]
     if notes:
         parts.append(notes + "\n")
     for ds in sorted(data):
