@@ -53,6 +53,14 @@ def _endpoint(request: Any) -> Any:
     return Response(body, status_code=status, media_type=ctype, headers=headers)
 
 
+def _is_starlette(obj: Any, cls: type) -> bool:
+    """``isinstance(obj, cls)``, False for a weak proxy whose object is gone (``ReferenceError``)."""
+    try:
+        return isinstance(obj, cls)
+    except ReferenceError:
+        return False
+
+
 def ensure_routes() -> bool:
     """Add the tile route to the running Streamlit server once; True when it is there.
 
@@ -70,7 +78,7 @@ def ensure_routes() -> bool:
             return False
         with warnings.catch_warnings():  # isinstance on every object touches lazy modules' deprecated names
             warnings.simplefilter("ignore")
-            apps = [o for o in gc.get_objects() if isinstance(o, Starlette)]
+            apps = [o for o in gc.get_objects() if _is_starlette(o, Starlette)]
         path = _base_path() + PREFIX + "/{path:path}"
         for app in apps:
             routes = app.router.routes
