@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests._fixtures.browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server
+
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 DOCS = REPO / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PAGES = ["home", "explore", "consistency", "metrics", "train", "slide", "report"]
 
 pytestmark = [
@@ -32,12 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
                        "(`make test` installs it with apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _shipped_runs() -> bool:
@@ -55,47 +44,9 @@ def server(tmp_path_factory, request):
     shutil.copytree(source, sample, ignore=shutil.ignore_patterns("eval_cache", "checkpoint"))
     env = {**os.environ, "INTERP_SAMPLE_DATA": str(sample), "INTERP_RUNS_DIR": str(tmp / "runs"),
            "INTERP_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO)}
-    port = _free_port()
     t0 = time.monotonic()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with streamlit_server(tmp, env) as url:
         yield url, shipped, time.monotonic() - t0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def settle(page, timeout: float = 300.0) -> None:
-    """Wait until the page has a title and Streamlit has stopped running (three quiet polls)."""
-    page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout * 1000)
-    quiet, deadline = 0, time.monotonic() + timeout
-    while quiet < 3:
-        if time.monotonic() > deadline:
-            raise AssertionError("the page kept running")
-        state = page.get_attribute('[data-testid="stApp"]', "data-test-script-state")
-        busy = page.locator('[data-testid="stStatusWidget"]').count()
-        quiet = quiet + 1 if state == "notRunning" and busy == 0 else 0
-        time.sleep(0.4)
 
 
 def shoot(page, name: str) -> Path:

@@ -5,22 +5,17 @@ Screenshots go to ``tests/app/screenshots/byom-*.png``."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests._fixtures.browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server
 import torch
 from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -52,48 +47,8 @@ def server(tmp_path_factory):
     sample = _tree(tmp)
     env = {**os.environ, "INTERP_SAMPLE_DATA": str(sample), "INTERP_RUNS_DIR": str(tmp / "runs"),
            "INTERP_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with streamlit_server(tmp, env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _settle(page, timeout: float = 300.0) -> None:
-    page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout * 1000)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout * 1000)
-    quiet, deadline = 0, time.monotonic() + timeout
-    while quiet < 3:
-        if time.monotonic() > deadline:
-            raise AssertionError("the page kept running")
-        state = page.get_attribute('[data-testid="stApp"]', "data-test-script-state")
-        busy = page.locator('[data-testid="stStatusWidget"]').count()
-        quiet = quiet + 1 if state == "notRunning" and busy == 0 else 0
-        time.sleep(0.4)
 
 
 def _check(page, name: str) -> None:
@@ -117,26 +72,26 @@ def test_imported_models_in_chromium(server):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(server)
-        _settle(page)
+        settle(page)
         _check(page, "home")
         main = page.locator('[data-testid="stMain"]').inner_text()
         assert "Add your model" in main and "Trained models found" in main  # the table itself is a canvas
         _shoot(page, "home")
         page.goto(f"{server}/explore")
-        _settle(page)
+        settle(page)
         _check(page, "explore")
         text = page.locator('[data-testid="stMain"]').inner_text()
         assert "imported-resnet" in text and "imported-vit" in text and "Grad-CAM layer" in text
         assert page.locator('[data-testid="stImage"] img').count() >= 5  # tile + 2 models x 2 methods
         _shoot(page, "explore")
         page.goto(f"{server}/metrics")
-        _settle(page)
+        settle(page)
         page.get_by_role("button", name="Compute for").click()
-        _settle(page, timeout=600)
+        settle(page, timeout=600)
         _check(page, "metrics")
         assert page.locator('[data-testid="stPlotlyChart"]').count() >= 4
         _shoot(page, "metrics")
         page.goto(f"{server}/slide")
-        _settle(page)
+        settle(page)
         _check(page, "slide")
         browser.close()
