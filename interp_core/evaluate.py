@@ -142,8 +142,12 @@ def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, 
 def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSettings | None = None, *,
                  device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
                  predictions_csv: str | Path | None = None,
-                 attributions: str | Path | None = None) -> dict[str, Any]:
+                 attributions: str | Path | None = None, checkpoint: str | Path | None = None,
+                 checkpoint_id: str = "") -> dict[str, Any]:
     """Evaluate ``run`` on ``data``; see the module docstring for what is included.
+
+    ``checkpoint``/``checkpoint_id``: where the explanation metrics keep their progress so an
+    interrupted call resumes (``explanation_metrics``); ``cached_evaluate`` passes them.
 
     ``attributions``: folder of a finished ``explain_dataset`` job whose maps the explanation
     metrics use (matched by dataset index, read one shard at a time); refused with an
@@ -170,7 +174,8 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     if s.explanations:
         from .explanation_metrics import explanation_metrics
         em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps,
-                                     consistency=consistency_options_for(loaded.config))
+                                     consistency=consistency_options_for(loaded.config),
+                                     checkpoint=checkpoint, checkpoint_id=checkpoint_id)
         metrics.update(em)
         details["per_tile"].update(ed.pop("per_tile", {}))
         details.update(ed)
@@ -225,6 +230,9 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
 
     A read-only run directory still works: the result is returned, just not cached.
     ``attributions``: as in ``evaluate_run``; the key then includes the job's maps fingerprint.
+    While the explanation metrics run, their progress is kept in ``<key>.partial.npz`` beside the
+    entry (see :func:`partial_progress`): an interrupted call (a closed dashboard tab, a crash)
+    resumes with the tiles already scored; the file is deleted once the result is stored.
     """
     from .runs import read_json, write_json
     s = settings or EvalSettings()
@@ -232,18 +240,40 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
     if attributions is not None and s.explanations:
         from .explain_dataset import maps_fingerprint, read_manifest
         maps = maps_fingerprint(read_manifest(attributions))
-    path = Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, s, maps)}.json"
+    key = cache_key(run_dir, data, s, maps)
+    path = Path(run_dir) / CACHE_DIR / f"{key}.json"
     if path.is_file() and not refresh:
         try:
             return read_json(path)
         except Exception:  # a damaged cache entry is recomputed
             pass
-    result = evaluate_run(run_dir, data, s, device=device, progress=progress, attributions=attributions)
+    partial = _partial_path(run_dir, key)
+    if refresh:
+        partial.unlink(missing_ok=True)
+    result = evaluate_run(run_dir, data, s, device=device, progress=progress, attributions=attributions,
+                          checkpoint=partial, checkpoint_id=key)
     try:
         write_json(path, result)
+        partial.unlink(missing_ok=True)
     except OSError:
         pass
     return result
+
+
+def _partial_path(run_dir: str | Path, key: str) -> Path:
+    return Path(run_dir) / CACHE_DIR / f"{key}.partial.npz"
+
+
+def partial_progress(run_dir: str | Path, data: str | Path, settings: EvalSettings,
+                     maps: str | None = None) -> tuple[int, int] | None:
+    """``(tiles scored, tiles in all)`` of an interrupted ``cached_evaluate`` of these settings (and
+    stored maps of fingerprint ``maps``) that the next call resumes, or None when there is none."""
+    from .explanation_metrics import read_checkpoint
+    partial = _partial_path(run_dir, cache_key(run_dir, data, settings, maps))
+    if not partial.is_file():
+        return None
+    state = read_checkpoint(partial)
+    return None if state is None else (state["done"], state["total"])
 
 
 # -- stored maps beside the run (the Metrics page) -------------------------------------------------

@@ -8,10 +8,14 @@ its shards by dataset index instead of computed; every other computation is unch
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -28,7 +32,9 @@ ProgressFn = Callable[[int, int], None]
 def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor, s, *, device: torch.device,
                         progress: bool | ProgressFn = False,
                         maps: StoredMaps | None = None,
-                        consistency: ConsistencyOptions | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        consistency: ConsistencyOptions | None = None,
+                        checkpoint: str | Path | None = None,
+                        checkpoint_id: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-metric ``{"mean","std","n"}`` and details (mean deletion/insertion curves, randomisation table).
 
     Attribution maps come from ``model`` itself (hook-based methods need its modules); the
@@ -43,19 +49,36 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
 
     ``consistency``: the explanation-consistency settings (default: :class:`ConsistencyOptions`'s;
     ``evaluate`` passes an ECE run's own, see ``consistency_options_for``); stored in the details.
+
+    ``checkpoint``: an ``.npz`` file where the per-tile values finished so far (and the random state of
+    the consistency attack) are written atomically after every batch; a later call with the same
+    ``checkpoint_id`` and tiles continues after the last finished batch and returns exactly what one
+    uninterrupted call returns. A checkpoint of other settings is ignored; one that cannot be written
+    (e.g. a read-only folder) is skipped. The caller deletes it once the result is stored.
     """
-    loader = DataLoader(Subset(ds, idx), batch_size=s.batch_size, shuffle=False)
     values: dict[str, list[torch.Tensor]] = {}
     del_curves, ins_curves, fractions = [], [], None
     rand_layers, rand_tables = None, []
     gen = torch.Generator().manual_seed(s.seed)
     cons_opts = consistency or ConsistencyOptions()
-    fast = inference_copy(model)
-    chunk = default_batch_size(device)
     done, total = 0, len(idx)
     mismatched = 0
-    bar = tqdm(total=total, desc=f"explanation metrics ({s.attribution})", file=sys.stderr, leave=False,
-               disable=not (progress is True), dynamic_ncols=True)
+    ident = hashlib.sha1(json.dumps({"id": checkpoint_id, "idx": list(map(int, idx)), "batch_size": s.batch_size,
+                                     "pred": [int(v) for v in pred]}).encode()).hexdigest()
+    state = read_checkpoint(checkpoint, ident) if checkpoint is not None else None
+    if state is not None:  # continue after the batches finished by an earlier, interrupted call
+        done, mismatched = state["done"], state["mismatched"]
+        values = {k: [torch.from_numpy(v)] for k, v in state["values"].items()}
+        del_curves, ins_curves = [torch.from_numpy(state["deletion"])], [torch.from_numpy(state["insertion"])]
+        fractions = torch.from_numpy(state["fractions"]) if state["fractions"] is not None else None
+        if state["rand_table"] is not None:
+            rand_layers, rand_tables = state["rand_layers"], [torch.from_numpy(state["rand_table"])]
+        gen.set_state(torch.from_numpy(state["generator"]))
+    loader = DataLoader(Subset(ds, idx[done:]), batch_size=s.batch_size, shuffle=False)
+    fast = inference_copy(model)
+    chunk = default_batch_size(device)
+    bar = tqdm(total=total, initial=done, desc=f"explanation metrics ({s.attribution})", file=sys.stderr,
+               leave=False, disable=not (progress is True), dynamic_ncols=True)
 
     def add(name: str, v: torch.Tensor) -> None:
         values.setdefault(name, []).append(v.detach().float().cpu())
@@ -102,6 +125,9 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
             rand_tables.append(r.per_layer.cpu())
         done += len(x)
         bar.update(len(x))
+        if checkpoint is not None and done < total:
+            checkpoint = _write_checkpoint(checkpoint, ident, done, total, mismatched, values, del_curves, ins_curves,
+                                           fractions, rand_layers, rand_tables, gen)
         if callable(progress):
             progress(done, total)
     bar.close()
@@ -121,3 +147,50 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
         details["model_randomisation_layers"] = {
             "layers": rand_layers, "spearman_mean": torch.nanmean(table, dim=1).tolist()}
     return out, details
+
+
+# -- checkpoint of a metrics computation in progress ------------------------------------------------
+def _write_checkpoint(path: Path | str, ident: str, done: int, total: int, mismatched: int, values: dict[str, list[torch.Tensor]],
+                      del_curves: list, ins_curves: list, fractions, rand_layers, rand_tables: list,
+                      gen: torch.Generator) -> Path | None:
+    """Write the state after ``done`` tiles atomically; returns the path, or None (checkpointing off)
+    when it cannot be written."""
+    from .runs import atomic_write
+    meta = {"ident": ident, "done": done, "total": total, "mismatched": mismatched, "metrics": sorted(values),
+            "rand_layers": rand_layers}
+    arrays: dict[str, np.ndarray] = {"meta": np.asarray(json.dumps(meta)),
+                                     "generator": gen.get_state().numpy(),
+                                     "deletion": torch.cat(del_curves).numpy() if del_curves else np.zeros((0, 0)),
+                                     "insertion": torch.cat(ins_curves).numpy() if ins_curves else np.zeros((0, 0))}
+    if fractions is not None:
+        arrays["fractions"] = fractions.numpy()
+    if rand_tables:
+        arrays["rand_table"] = torch.cat(rand_tables, dim=1).numpy()
+    for k, v in values.items():
+        arrays[f"value_{k}"] = torch.cat(v).numpy()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError:
+        return None
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path, ident: str | None = None) -> dict[str, Any] | None:
+    """The state written by an interrupted :func:`explanation_metrics` (``done`` tiles finished,
+    per-metric values so far, ...), or None when there is none, it is unreadable, or (with
+    ``ident``) it belongs to other settings or tiles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if ident is not None and meta["ident"] != ident:
+                return None
+            return {"done": int(meta["done"]), "mismatched": int(meta["mismatched"]),
+                    "total": int(meta["total"]),
+                    "values": {k: z[f"value_{k}"].copy() for k in meta["metrics"]},
+                    "deletion": z["deletion"].copy(), "insertion": z["insertion"].copy(),
+                    "fractions": z["fractions"].copy() if "fractions" in z.files else None,
+                    "rand_table": z["rand_table"].copy() if "rand_table" in z.files else None,
+                    "rand_layers": meta["rand_layers"], "generator": z["generator"].copy()}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None

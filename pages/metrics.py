@@ -7,7 +7,7 @@ import streamlit as st
 from interp_core import figures
 from interp_core import verdict as V
 from interp_core.attribution import METHODS
-from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
 from interp_core.runs import read_history
 from ui import cache, catalog, shell, sidebar, text, widgets
 from ui import verdict as uiv
@@ -40,6 +40,7 @@ data = str(sel.dataset.path)
 
 results: dict[str, dict] = {}
 missing = []
+started: list[str] = []  # metrics interrupted midway, resumed by the next computation
 store_maps = True  # maps are written beside the run as they are computed: an interrupted computation resumes
 for entry in sel.runs:
     maps = cache.stored_maps(entry, data, settings)
@@ -48,6 +49,9 @@ for entry in sel.runs:
         found = cache.cached_eval_result(entry, data, settings)
     if found is None:
         missing.append(entry)
+        part = partial_progress(entry.key, data, settings, maps[1] if maps else None)
+        if part is not None:
+            started.append(f"{entry.label} ({part[0]} of {part[1]} tiles)")
     else:
         results[entry.label] = found
 
@@ -57,6 +61,9 @@ if missing:
              "page midway, coming back resumes where it stopped.")
     st.info(f"Not computed yet for {', '.join(e.label for e in missing)} with these settings.{slow}",
             icon=":material/hourglass_empty:")
+    if started:
+        st.info("Metrics scored earlier are kept and will be reused: " + ", ".join(started)
+                + ". Computing continues with the remaining tiles.", icon=":material/restore:")
 go = bool(missing) and st.button(f"Compute for {len(missing)} model(s)", type="primary", key=S.Metrics.COMPUTE,
                                  icon=":material/calculate:")
 notes = []

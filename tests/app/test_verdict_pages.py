@@ -96,6 +96,33 @@ def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env)
     assert "baseline" in info and "ece" in info and "scaat" not in info.split("with these settings")[0]
 
 
+def test_metrics_resume_inside_a_models_metrics_phase(h, app_env):
+    """A tab closed while a model's metrics were being scored: the page says how far it got and the
+    next computation continues from there (the resume itself is checked in tests/scale/test_metrics_resume.py)."""
+    import pytest
+
+    from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+
+    class Closed(Exception):
+        pass
+
+    def close_tab(phase: str, done: int, total: int) -> None:
+        if phase == "metrics" and done >= 4:
+            raise Closed
+
+    runs = app_env / "sample_data" / "runs" / "synthetic-he"
+    data = app_env / "sample_data" / "data" / "synthetic-he"
+    with pytest.raises(Closed):
+        evaluate_with_stored_maps(runs / "ece", data, EvalSettings(split="test", limit=9, batch_size=4),
+                                  progress=close_tab)
+    at = h.open_page("metrics")
+    at.number_input(key="metrics.limit").set_value(9).run()
+    h.assert_clean(at)
+    info = " ".join(i.value for i in at.info)
+    assert "Metrics scored earlier are kept and will be reused: synthetic-he / ece (4 of 9 tiles)" in info, info
+    assert "npz" not in info and "partial" not in info
+
+
 # -- Report: item 1 (verdict at the top, change table, random examples, colour scales, no paths) ------
 def test_report_opens_with_the_verdict_and_writes_no_machine_path(h, app_env):
     at = h.open_page("report")
