@@ -96,31 +96,43 @@ def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env)
     assert "baseline" in info and "ece" in info and "scaat" not in info.split("with these settings")[0]
 
 
-def test_metrics_resume_inside_a_models_metrics_phase(h, app_env):
+def test_metrics_resume_inside_a_models_metrics_phase(h, app_env, monkeypatch):
     """A tab closed while a model's metrics were being scored: the page says how far it got and the
     next computation continues from there (the resume itself is checked in tests/scale/test_metrics_resume.py)."""
+    import dataclasses
+
     import pytest
 
     from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+
+    # the tiny test split (16 tiles) fits in one batch of 64: batches of 4 so a tab can close between two
+    defaults = EvalSettings.__init__.__defaults__
+    i = [f.name for f in dataclasses.fields(EvalSettings)].index("batch_size")
+    monkeypatch.setattr(EvalSettings.__init__, "__defaults__", (*defaults[:i], 4, *defaults[i + 1:]))
 
     class Closed(Exception):
         pass
 
     def close_tab(phase: str, done: int, total: int) -> None:
-        if phase == "metrics" and done >= 4:
+        if phase == "metrics" and done >= 8:
             raise Closed
 
     runs = app_env / "sample_data" / "runs" / "synthetic-he"
     data = app_env / "sample_data" / "data" / "synthetic-he"
+    s = EvalSettings(split="test", limit=15)
     with pytest.raises(Closed):
-        evaluate_with_stored_maps(runs / "ece", data, EvalSettings(split="test", limit=9, batch_size=4),
-                                  progress=close_tab)
+        evaluate_with_stored_maps(runs / "ece", data, s, progress=close_tab)
+    assert len(list((runs / "ece" / "eval_cache").glob("*.partial.npz"))) == 1
     at = h.open_page("metrics")
-    at.number_input(key="metrics.limit").set_value(9).run()
+    at.number_input(key="metrics.limit").set_value(15).run()
     h.assert_clean(at)
     info = " ".join(i.value for i in at.info)
-    assert "Metrics scored earlier are kept and will be reused: synthetic-he / ece (4 of 9 tiles)" in info, info
+    assert "Metrics scored earlier are kept and will be reused: synthetic-he / ece (8 of 15 tiles)" in info, info
     assert "npz" not in info and "partial" not in info
+    at.button(key="metrics.compute").click().run()
+    h.assert_clean(at)
+    assert "Did retraining help?" in [x.value for x in at.subheader]
+    assert not list((runs / "ece" / "eval_cache").glob("*.partial.npz"))  # finished: the progress file is gone
 
 
 # -- Report: item 1 (verdict at the top, change table, random examples, colour scales, no paths) ------
