@@ -220,6 +220,10 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
                                "data": data_fingerprint(data), "settings": asdict(settings), "version": 3}
     if maps is not None:
         payload["maps"] = maps
+    from .attribution.registry import identity_options
+    base = identity_options(settings.attribution, None).get("baseline") if settings.explanations else None
+    if base is not None:  # occlusion against the blurred tile: never a result computed against black
+        payload["baseline"] = base
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -143,7 +143,8 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {loaded.classes}")
     idx = list(range(len(ds))) if limit is None or limit >= len(ds) else stratified_subset(ds.labels, limit)
     tgt = resolve_target(target, loaded.classes)
-    opts = seed_option(method, seed)
+    from .attribution.registry import identity_options
+    opts = identity_options(method, seed)  # the seed, and a non-black default baseline (occlusion's blur)
     if method == "gradcam" and getattr(model, "cam_layer_name", None):  # a named layer is part of the job
         opts = {**opts, "layer": model.cam_layer_name}
     n = len(idx)
@@ -417,7 +418,7 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
     the maps explain the predicted class (no fixed ``target``), that the job is complete, and that its
     shards hold every index evaluated (more is fine: tiles are matched by dataset index).
     """
-    from .attribution import seed_option
+    from .attribution.registry import identity_options
     from .evaluate import data_fingerprint
     m = read_manifest(out)
     out = Path(out)
@@ -436,7 +437,7 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
     cmp("split", m.get("split"), split)
     cmp("method", m.get("method"), method)
     if m.get("method") == method:
-        cmp("method_options", m.get("method_options"), json.loads(json.dumps(seed_option(method, seed))))
+        cmp("method_options", m.get("method_options"), json.loads(json.dumps(identity_options(method, seed))))
     if m.get("target") is not None:
         differ.append(f"target: class {m['target']} stored, the predicted class here")
     missing = [k for k in range(int(m.get("n_shards", 0))) if not (out / shard_name(k)).is_file()]

@@ -9,7 +9,7 @@ from interp_core import verdict as V
 from interp_core.attribution import METHODS
 from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
 from interp_core.runs import read_history
-from ui import cache, catalog, shell, sidebar, text, widgets
+from ui import cache, catalog, compute, shell, sidebar, text, widgets
 from ui import verdict as uiv
 from ui import state as S
 from ui.errors import guard
@@ -36,6 +36,8 @@ limit = int(c3.number_input("Tiles (N of the split, each class in turn)", 1, 100
                                  "turn from each class, so every class is represented.", **S.KEEP))
 limit = min(limit, widgets.split_size(sel.dataset.path, split))  # one cache entry for "all tiles"
 settings = EvalSettings(split=split, attribution=method, limit=limit)
+if method in compute.METHOD_NOTES:  # e.g. occlusion's baseline: the same setting as on Explore
+    st.caption(f":material/info: {compute.METHOD_NOTES[method]}")
 data = str(sel.dataset.path)
 
 results: dict[str, dict] = {}

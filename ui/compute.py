@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp_core import metrics as M
-from interp_core.attribution import attribute
+from interp_core.attribution import METHODS, attribute
 from interp_core.consistency import explanation_consistency
 from interp_core.errors import InterpError
 
@@ -99,18 +99,23 @@ def predict_probs(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     return torch.softmax(model(x).float(), 1)[0].cpu().numpy()
 
 
-#: Options the dashboard gives a method instead of its library default, and why (said on the page).
-PAGE_METHOD_OPTIONS: dict[str, dict] = {"occlusion": {"baseline": "blur"}}
+#: Options the dashboard gives a method instead of its library default (none: the pages use the core's
+#: defaults, so Explore and Metrics compute the same maps; occlusion's default baseline is the blurred tile).
+PAGE_METHOD_OPTIONS: dict[str, dict] = {}
+_BASELINE_TEXT = {"blur": "the same window of the blurred tile (as the deletion metric does), not with black: a "
+                          "black window on pink tissue looks like a nucleus to the model",
+                  "zeros": "black"}
 METHOD_NOTES: dict[str, str] = {
-    "occlusion": "Occlusion here replaces each window with the same window of the blurred tile (as the deletion "
-                 "metric does), not with black: a black window on pink tissue looks like a nucleus to the model.",
+    "occlusion": "Occlusion replaces each window with "
+                 + _BASELINE_TEXT.get(str(METHODS["occlusion"].options["baseline"]),
+                                      f"the value {METHODS['occlusion'].options['baseline']}") + ".",
 }
 
 
 def explain_tile(model: nn.Module, image: np.ndarray, size: int, method: str, target: int,
                  cam_layer: str | None = None) -> np.ndarray:
     """Attribution map ``[size, size]`` (float32) of ``method`` for class ``target`` (with
-    ``PAGE_METHOD_OPTIONS``, e.g. occlusion against the blurred tile); ``cam_layer`` (Grad-CAM only,
+    ``PAGE_METHOD_OPTIONS``; occlusion uses the core default, the blurred tile); ``cam_layer`` (Grad-CAM only,
     when the model has a module of that name) replaces the automatic layer."""
     x = to_tensor(image, size, model_device(model), _mode(model))
     opts = dict(PAGE_METHOD_OPTIONS.get(method, {}))

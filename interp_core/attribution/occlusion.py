@@ -7,7 +7,10 @@ One forward pass per window position, so the cost grows as ``(H / stride) * (W /
 
 Defaults [ours]: ``window = max(1, min(H, W) // 8)`` (8 on a 64x64 tile),
 ``stride = max(1, window // 2)`` (half-overlapping windows, 15 x 15 = 225 positions on 64x64),
-``baseline = 0.0`` (black; ``"blur"`` is the less out-of-distribution alternative).
+``baseline = "blur"``: each window is replaced by the same window of the image's own Gaussian blur
+(as the deletion metric does), a neutral value for tissue; a black window (``0.0``) on pink tissue
+looks like a nucleus to a pathology model. The Explore and Metrics pages, the CLI and the report all
+use this one default.
 """
 from __future__ import annotations
 
@@ -41,9 +44,10 @@ def _prepare(model: nn.Module, x: torch.Tensor, opts: dict) -> dict:
 
 
 @register_method("occlusion",
-                 description="Drop of the class score when a sliding window is blacked out (Zeiler & Fergus 2014)",
+                 description="Drop of the class score when a sliding window is replaced by the blurred image "
+                             "(Zeiler & Fergus 2014)",
                  signed=True, cost="slow", needs_gradients=False, black_box=True,
-                 options={"window": None, "stride": None, "baseline": 0.0, "blur_sigma": None},
+                 options={"window": None, "stride": None, "baseline": "blur", "blur_sigma": None},
                  per_sample_options=("baseline",), prepare=_prepare)
 def _occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, window: tuple[int, int],
                stride: tuple[int, int], baseline, blur_sigma: float | None) -> torch.Tensor:

@@ -98,6 +98,17 @@ def seed_option(method: str, seed: int | None) -> dict[str, int]:
     return {"seed": seed} if seed is not None and "seed" in get_method(method).options else {}
 
 
+def identity_options(method: str, seed: int | None) -> dict[str, Any]:
+    """The options that identify stored results of ``method`` (explain jobs, the evaluation cache):
+    ``seed_option`` plus a default ``baseline`` other than black (0), so results computed before the
+    default changed (occlusion used black) are never taken for today's."""
+    opts: dict[str, Any] = dict(seed_option(method, seed))
+    base = get_method(method).options.get("baseline")
+    if isinstance(base, str) and base != "zeros":
+        opts["baseline"] = base
+    return opts
+
+
 def list_methods() -> dict[str, str]:
     """Method names with a one-line description each, in display order."""
     return {name: info.description for name, info in METHODS.items()}

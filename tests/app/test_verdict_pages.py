@@ -190,6 +190,14 @@ def test_explore_occlusion_states_its_neutral_baseline(h):
     assert any("blurred tile" in c.value and "not with black" in c.value for c in at.caption)
 
 
+def test_metrics_page_states_the_same_occlusion_baseline_as_explore(h):
+    from ui import compute
+    at = h.open_page("metrics")
+    at.selectbox(key="metrics.method").set_value("occlusion").run()
+    h.assert_clean(at)
+    assert any(compute.METHOD_NOTES["occlusion"] in c.value and "blurred tile" in c.value for c in at.caption)
+
+
 def test_relevance_shares_and_change_map_by_hand():
     import numpy as np
 

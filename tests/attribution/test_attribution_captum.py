@@ -125,11 +125,13 @@ def test_occlusion(tiny_cnn, images, which):
                                                              strides=(3, 3, 3), baselines=0.5, target=t))
     torch.testing.assert_close(ours, ref[:, 0])
     torch.testing.assert_close(ref[:, 0], ref[:, 2])  # the window spans the channels: one value per pixel
-    small = images[:, :, :8, :8]  # default on 8x8: window 1, stride 1
+    small = images[:, :, :8, :8]  # default on 8x8: window 1, stride 1, baseline the blurred image
     default = attribute(tiny_cnn, small, "occlusion", target)
     t_small = t if target is not None else _captum(tiny_cnn, lambda m: m(small).argmax(1))
+    blurred = gaussian_blur(small)
     ref_default = _captum(tiny_cnn, lambda m: Occlusion(m).attribute(small, sliding_window_shapes=(3, 1, 1),
-                                                                     strides=(3, 1, 1), baselines=0.0, target=t_small))
+                                                                     strides=(3, 1, 1), baselines=blurred,
+                                                                     target=t_small))
     torch.testing.assert_close(default, ref_default[:, 0].abs())
 
 
