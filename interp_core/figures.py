@@ -179,6 +179,10 @@ class Panel:
     caption: str = ""
 
 
+#: Caption lines drawn under a panel of :func:`compose_png` (e.g. two relevance shares and three metrics).
+MAX_CAPTION_LINES = 6
+
+
 def compose_png(rows: Sequence[Sequence[Panel]], *, row_labels: Sequence[str] | None = None,
                 colorbars: Sequence[np.ndarray | None] | None = None, title: str = "", scale: int = 3,
                 max_side: int = 256) -> bytes:
@@ -197,7 +201,7 @@ def compose_png(rows: Sequence[Sequence[Panel]], *, row_labels: Sequence[str] | 
     cell = int(min(max_side, max(side, side * scale)))
     title_h, gap = 20, 10
     cap_lines = max((len(p.caption.split("\n")) for row in rows for p in row if p.caption), default=0)
-    cap_h = 4 + 15 * min(cap_lines, 3)
+    cap_h = 4 + 15 * min(cap_lines, MAX_CAPTION_LINES)
     n_cols = max(len(r) for r in rows)
     label_w = 0
     if row_labels:
@@ -221,7 +225,7 @@ def compose_png(rows: Sequence[Sequence[Panel]], *, row_labels: Sequence[str] | 
             img = Image.fromarray(_as_rgb_u8(p.image))
             img = img.resize((cell, cell), Image.NEAREST if img.width * 2 <= cell else Image.BILINEAR)
             canvas.paste(img, (x0, y0 + title_h))
-            for k, line in enumerate(p.caption.split("\n")[:3]):
+            for k, line in enumerate(p.caption.split("\n")[:MAX_CAPTION_LINES]):
                 d.text((x0, y0 + title_h + cell + 3 + 15 * k), _clip_text(small, line, cell), fill="#333333",
                        font=small)
         if colorbars and i < len(colorbars) and colorbars[i] is not None:

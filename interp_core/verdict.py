@@ -314,3 +314,10 @@ def verdict_note(n_metrics: int) -> str:
     return (f"Each interval is a 95% bootstrap interval over tiles (resampled {N_BOOT} times, seeded). With "
             f"{n_metrics} metrics, about one interval in twenty can miss 0 by chance: read a single borderline "
             "call with care, and confirm a result on other seeds of the training.")
+
+
+def share_lines(shares: dict[str, float | None]) -> str:
+    """The relevance shares of one map (``{"evidence": 0.42, "artifact": 0.1}``, None where the tile
+    has no such region) as short caption lines for a figure: ``"42% in evidence\\n10% on artifact"``."""
+    lines = {"evidence": "{:.0%} in evidence", "artifact": "{:.0%} on artifact"}
+    return "\n".join(fmt.format(shares[k]) for k, fmt in lines.items() if shares.get(k) is not None)

@@ -6,9 +6,10 @@ import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
-from interp_core.verdict import default_reference
+from interp_core.verdict import default_reference, share_lines
 from ui import cache, compute, shell, sidebar, text, widgets
 from ui import state as S
+from ui import verdict as uiv
 from ui.errors import guard, need
 
 shell.leave_legacy_pages_mode()
@@ -91,8 +92,9 @@ clip = c3.slider("Clip at percentile", 90.0, 100.0, key=S.Explore.CLIP, step=0.5
 S.init(S.Explore.CMAP, "jet")
 cmap = c4.selectbox("Colours", list(COLORMAPS), key=S.Explore.CMAP, **S.KEEP)
 classes0 = refs[0].classes
-ref_key = default_reference({e.key: e.config for e in sel.runs}) if len(refs) > 1 else None
-ref_i = next((i for i, e in enumerate(sel.runs) if e.key == ref_key), 0)
+reference = uiv.reference_picker(S.Explore.REFERENCE, sel.runs, container=st.columns([2, 3])[0])
+ref_i = next((i for i, e in enumerate(sel.runs) if reference is not None and e.key == reference.key), 0)
+ref_is_parent = reference is not None and reference.key == default_reference({e.key: e.config for e in sel.runs})
 S.init(S.Explore.TARGET, "predicted")
 target_choice = c5.selectbox("Explain class", ["predicted", *classes0], key=S.Explore.TARGET,
                              help="Explain each model's own prediction, or the same class for every model.", **S.KEEP)
@@ -138,9 +140,10 @@ st.caption("Colour scale (**share of max**): the maps of a row share one scale, 
            "value (1 = the strongest pixel of any model in the row); values above the clip percentile get the top "
            "colour.")
 if others:
-    st.caption(f"**Change** columns: each retrained model's map minus {sel.runs[ref_i].label}'s (the model it was "
-               "retrained from), both as a share of their own maximum, on a scale centred on 0: red where the new "
-               "map puts more weight, blue where it puts less, white where nothing changed.")
+    why = " (the model the others were retrained from)" if ref_is_parent else " (the reference chosen above)"
+    st.caption(f"**Change** columns: each other model's map minus {sel.runs[ref_i].label}'s{why}, both as a share "
+               "of their own maximum, on a scale centred on 0: red where the new map puts more weight, blue where "
+               "it puts less, white where nothing changed.")
 for method in methods:
     if method in compute.METHOD_NOTES:
         st.caption(f":material/info: {compute.METHOD_NOTES[method]}")
@@ -176,7 +179,7 @@ for method in methods:
             col.image(ov, caption=f"{entry.label} · explains {r.classes[t]}", width="stretch")
             if where:
                 col.caption(f"Relevance {where}")
-            panel = figures.Panel(ov, entry.label, where.replace(" · ", "\n"))
+            panel = figures.Panel(ov, entry.label, share_lines(share))
             pending.append((col.empty(), panel, r, method, t))
             row.append(panel)
         bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of max", length=200)
@@ -210,12 +213,14 @@ for slot, panel, r, method, t in pending if show_metrics else []:
             else ("hit" if pg >= 0.5 else "miss")
         st.caption(f"Sparseness **{m['sparseness']:.3f}** ↑ · Deletion AUC **{m['deletion_auc']:.3f}** ↓ · "
                    f"Pointing game **{pg_text}**")
-        panel.caption = (f"sparseness {m['sparseness']:.3f}\ndeletion AUC {m['deletion_auc']:.3f}\n"
-                         f"pointing game {pg_text}")
+        panel.caption = "\n".join(x for x in (panel.caption, f"sparseness {m['sparseness']:.3f}",
+                                               f"deletion AUC {m['deletion_auc']:.3f}", f"pointing game {pg_text}")
+                                   if x)
 
 if rows:
     with guard("building the PNG"):
         png = figures.compose_png([tile_row, *rows], row_labels=["predictions", *labels], colorbars=[None, *bars],
-                                  title=tile.title)
+                                  title=" · ".join([tile.title, *(["white outline: evidence"] if has_evidence else []),
+                                                    *(["cyan outline: artifact"] if has_artifact else [])]))
         st.download_button("Download this figure (PNG)", png, file_name="explore.png", mime="image/png",
                            icon=":material/download:", on_click="ignore")

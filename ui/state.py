@@ -60,6 +60,7 @@ class Explore:
     CMAP = "explore.cmap"
     TARGET = "explore.target"
     METRICS = "explore.metrics"
+    REFERENCE = "explore.reference"  # the run the change columns are measured against
     PICK_PREFIX = "explore.pick."
 
 

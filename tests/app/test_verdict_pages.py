@@ -166,6 +166,54 @@ def test_explore_shows_a_change_map_per_method_against_the_reference(h):
     assert sum("inside the evidence" in c.value for c in at.caption) >= 3
 
 
+def test_explore_reference_picker_sets_the_change_columns(h):
+    at = h.open_page("explore")
+    ref = at.selectbox(key="explore.reference")
+    assert Path(ref.value).name == "baseline"  # default: the run the others were retrained from
+    ref.set_value(next(k for k in _keys(at) if Path(k).name == "scaat")).run()
+    h.assert_clean(at)
+    caps = [c for img in at.image for c in img.captions]
+    assert [c for c in caps if c.startswith("change: ")] == ["change: baseline - scaat", "change: ece - scaat"] * 2
+    assert any("minus synthetic-he / scaat's (the reference chosen above)" in c.value for c in at.caption)
+
+
+def test_explore_png_has_tile_predictions_colour_scales_and_relevance_shares(h, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from interp_core import figures
+    calls = []
+    real = figures.compose_png
+
+    def spy(rows, **kw):
+        png = real(rows, **kw)
+        calls.append((rows, kw, png))
+        return png
+
+    monkeypatch.setattr(figures, "compose_png", spy)
+    at = h.open_page("explore")
+    h.assert_clean(at)
+    assert any(b.proto.label == "Download this figure (PNG)" for b in at.get("download_button"))
+    rows, kw, png = calls[-1]
+    assert kw["row_labels"] == ["predictions", "saliency", "gradcam"]
+    tile_row = rows[0]
+    assert [p.title for p in tile_row] == ["tile", "synthetic-he / baseline", "synthetic-he / scaat",
+                                           "synthetic-he / ece"]
+    assert all(re.search(r"normal: \d+\.\d%", p.caption) and "(predicted)" in p.caption for p in tile_row[1:])
+    for row in rows[1:]:
+        maps, changes = row[:3], row[3:]
+        assert all(re.match(r"\d+% in evidence\n", p.caption) for p in maps), [p.caption for p in maps]
+        assert all("sparseness" in p.caption and "pointing game" in p.caption for p in maps)  # shares kept
+        assert [p.title for p in changes] == ["change scaat", "change ece"]
+    assert kw["colorbars"][0] is None and all(b is not None and b.shape[0] > 100 for b in kw["colorbars"][1:])
+    assert "white outline: evidence" in kw["title"]
+    img = Image.open(io.BytesIO(png))
+    cell = 96  # 32 px tiles enlarged 3x
+    assert img.height >= 3 * (cell + 20 + 4 + 15 * 5)  # three rows, five caption lines under the maps
+    assert img.width >= 6 * cell + max(b.shape[1] for b in kw["colorbars"][1:])  # 5 panels + bars
+
+
 def test_explore_colour_bars_read_as_share_of_max(h):
     at = h.open_page("explore")
     bars = [img for img in at.image if "share of max" in img.captions]
@@ -338,8 +386,13 @@ def test_picker_labels_lead_with_the_part_that_differs():
     assert picker_label(mk("my-run", "yours", "ihc"), "synthetic-he") == "my-run (yours)"
 
 
-def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env):
+def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env, monkeypatch):
     import shutil
+
+    from interp_core import figures
+    calls = []
+    real = figures.compose_png
+    monkeypatch.setattr(figures, "compose_png", lambda rows, **kw: calls.append((rows, kw, None)) or real(rows, **kw))
 
     import numpy as np
     from PIL import Image
@@ -362,5 +415,8 @@ def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env):
         shares = [c.value for c in at.caption if "on the artifact" in c.value]
         assert len(shares) == 4, shares  # 2 models x (saliency, gradcam)
         assert all(re.search(r"\d+% on the artifact", v) for v in shares)
+        png_rows, png_kw, _ = calls[-1]
+        assert all(re.search(r"\d+% on artifact", p.caption) for row in png_rows[1:] for p in row[:2])
+        assert "cyan outline: artifact" in png_kw["title"]
     finally:
         shutil.rmtree(dst)
