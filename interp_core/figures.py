@@ -46,6 +46,9 @@ METRIC_TEXT: dict[str, tuple[str, str]] = {
     "model_randomisation": ("Model randomisation", "Spearman correlation, -1 to 1"),
 }
 
+#: Metrics computed on Grad-CAM heatmaps whatever attribution method is chosen (their charts say so).
+GRADCAM_METRICS = ("explanation_consistency", "attack_flip_rate")
+
 #: Direction of metrics that are not in ``interp_core.metrics.METRICS``.
 EXTRA_DIRECTION = {"worst_group_accuracy": True, "explanation_consistency": True, "attack_flip_rate": False,
                    "agree_accuracy": True, "disagree_accuracy": True, "agree_disagree_gap": False}
@@ -328,6 +331,7 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
     fig = go.Figure()
     last = 1
     first = top = None
+    y_top = 0.0
     offsets = offsets or {}
     for i, (full, name, hist) in enumerate(zip(histories, short_labels(list(histories)), histories.values())):
         shift = int(offsets.get(full, 0))
@@ -337,6 +341,7 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
             continue
         last = max(last, max(int(p[0]) for p in pts))
         lo_e, hi_e = min(int(p[0]) for p in pts), max(int(p[0]) for p in pts)
+        y_top = max([y_top, *(float(p[1]) for p in pts if math.isfinite(float(p[1])))])
         first, top = (lo_e, hi_e) if first is None else (min(first, lo_e), max(top, hi_e))
         # one point is drawn as a point (a line needs two), large enough to see
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
@@ -346,8 +351,8 @@ def history_figure(key: str, histories: Mapping[str, Sequence[Mapping[str, Any]]
     fig.update_xaxes(title_text="epoch", dtick=max(1, math.ceil(last / 10)), rangemode="tozero" if live else None)
     if first is not None and top - first < 2:  # one or two epochs: a sensible axis of whole epochs around them
         fig.update_xaxes(range=[first - 1, top + 1], dtick=1)
-        if not unit.endswith("0-1"):
-            fig.update_yaxes(rangemode="tozero")  # a loss axis from 0, not around a lone point
+        if not unit.endswith("0-1"):  # a loss axis from 0 with room above the points, not around a lone point
+            fig.update_yaxes(range=[0, 1.25 * y_top if y_top > 0 else 1])
     fig.update_yaxes(title_text=unit)
     if unit.endswith("0-1"):
         fig.update_yaxes(range=[0, 1.05])
@@ -363,33 +368,45 @@ def group_accuracy_figure(per_run: Mapping[str, Mapping[str, Mapping[str, Any]]]
     groups = sorted({g for d in per_run.values() for g in d})
     fig = go.Figure()
     for i, (name, d) in enumerate(zip(short_labels(list(per_run)), per_run.values())):
-        fig.add_trace(go.Bar(x=groups, y=[(d.get(g) or {}).get("mean") for g in groups], name=name,
-                             marker_color=RUN_COLORS[i % len(RUN_COLORS)],
+        ys = [(d.get(g) or {}).get("mean") for g in groups]
+        fig.add_trace(go.Bar(x=groups, y=ys, name=name, marker_color=RUN_COLORS[i % len(RUN_COLORS)],
+                             text=["n/a" if v is None else f"{v:.3f}" for v in ys], textposition="outside",
+                             textfont=dict(size=12), cliponaxis=False,
                              customdata=[(d.get(g) or {}).get("n") for g in groups],
                              hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + name + "</extra>"))
-    fig.update_yaxes(title_text="accuracy, share correct 0-1", range=[0, 1.05])
-    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="accuracy, share correct 0-1", range=[0, 1.12])
+    fig.update_layout(barmode="group", uniformtext=dict(minsize=10, mode="show"))
     return _layout(fig, title or "Accuracy per group (higher is better)", height)
 
 
 def consistency_distribution_figure(refresh_epochs: Sequence[int], consistency: np.ndarray, *,
                                     height: int = 300) -> Any:
-    """Box plots of per-sample consistency at each ECE refresh."""
+    """Box plots of per-sample consistency at each ECE refresh, on an axis zoomed to the bulk of the
+    values: from ``max(min, Q1 - 3 IQR)`` (far outliers, e.g. a few tiles at 0, would squash boxes
+    at 0.9-1.0) to the maximum; the tiles below the axis are counted in the subtitle."""
     import plotly.graph_objects as go
     fig = go.Figure()
     for e, row in zip(refresh_epochs, np.asarray(consistency)):
         fig.add_trace(go.Box(y=row.astype(float), name=f"epoch {int(e) + 1}", boxpoints="outliers",
                              marker_color="#7b3f8c", line=dict(width=1)))
     c = np.asarray(consistency, np.float64)
-    lo, hi = (float(np.nanmin(c)), float(np.nanmax(c))) if c.size else (0.0, 1.0)
+    finite = c[np.isfinite(c)]
+    lo, hi = 0.0, 1.0
+    if finite.size:
+        q1, q3 = np.percentile(finite, [25, 75])
+        lo, hi = max(float(finite.min()), float(q1 - 3 * (q3 - q1))), float(finite.max())
     pad = max(0.05 * (hi - lo), 0.002)
+    below = finite[finite < lo - pad]
     # the axis spans the data (not 0-1), so a distribution at 0.98-1.0 shows its spread
-    fig.update_yaxes(title_text="explanation consistency (axis zoomed to the data)", range=[lo - pad, hi + pad])
+    fig.update_yaxes(title_text="consistency (cosine)", range=[lo - pad, hi + pad])
     fig.update_xaxes(title_text="refresh (start of epoch)")
-    return _layout(fig, "Per-tile consistency over training (higher is better)", height, showlegend=False)
+    sub = "Grad-CAM heatmaps, whatever the method chosen; axis zoomed to the data"
+    if below.size:
+        sub += f"; {below.size} tile value(s) below the axis (lowest {below.min():.2f})"
+    return _layout(fig, "Per-tile consistency over training (higher is better)", height, subtitle=sub,
+                   showlegend=False)
 
 
-# -- slide ---------------------------------------------------------------------------------------
 def slide_figure(image: np.ndarray, heat: np.ndarray, *, title: str, zmin: float, zmax: float,
                  colorscale: str = "Inferno", opacity: float = 0.5, colorbar_title: str = "",
                  height: int = 520, hover: str = "value") -> Any:
@@ -465,7 +482,9 @@ def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, 
     fig = make_subplots(rows=len(metrics), cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.01,
                         row_heights=[row_height * n + 16 for n in n_rows],
                         vertical_spacing=gap / (height - 70) if len(metrics) > 1 else 0.0,
-                        subplot_titles=[t for m in metrics for t in (metric_title(m), "")])
+                        subplot_titles=[t for m in metrics for t in (
+                            metric_title(m) + (" · always Grad-CAM, whatever the method chosen"
+                                               if m in GRADCAM_METRICS else ""), "")])
     for i, m in enumerate(metrics, start=1):
         cs = sorted((c for c in changes if c.metric == m), key=lambda c: runs.index(c.run) if c.run in runs else 99)
         for c in cs:
@@ -503,14 +522,18 @@ def value_figure(metric: str, runs: Sequence[str], values: Sequence[tuple[float,
     names = short_labels(list(runs))
     fig = go.Figure()
     have = [v for v in values if v is not None]
+    left = min((v[1] for v in have), default=0.0)
+    right = max((v[2] for v in have), default=1.0)
     for i, (name, v) in enumerate(zip(names, values)):
         if v is None:
             continue
         m, lo, hi = v
+        where = (m - left) / (right - left) if right > left else 0.5  # a label near an edge extends inwards
+        position = "top left" if where > 0.7 else "top right" if where < 0.3 else "top center"
         fig.add_trace(go.Scatter(x=[m], y=[name], mode="markers+text", marker=dict(color=RUN_COLORS[i % len(
             RUN_COLORS)], size=11), error_x=dict(type="data", symmetric=False, array=[hi - m], arrayminus=[m - lo],
                                                  thickness=2, width=6, color=RUN_COLORS[i % len(RUN_COLORS)]),
-            text=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]"], textposition="top center", textfont=dict(size=12),
+            text=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]"], textposition=position, textfont=dict(size=12), cliponaxis=False,
             hovertemplate=f"{name}: %{{x:.4f}} (95% interval {lo:.4f} to {hi:.4f})<extra></extra>",
             showlegend=False))
     if have:

@@ -136,7 +136,7 @@ show_metrics = st.toggle("Per-tile metrics under each map", key=S.Explore.METRIC
                          + f"\n\nDeletion is estimated with {compute.TILE_DELETION_STEPS} steps here.", **S.KEEP)
 has_artifact = tile.artifact is not None and bool(tile.artifact.any())
 others = [i for i in range(len(refs)) if i != ref_i] if len(refs) > 1 else []
-st.caption("Colour scale (**share of max**): the maps of a row share one scale, in shares of the row's largest "
+st.caption("Colour scale (**share of the row's maximum**): the maps of a row share one scale, in shares of the row's largest "
            "value (1 = the strongest pixel of any model in the row); values above the clip percentile get the top "
            "colour.")
 if others:
@@ -182,8 +182,8 @@ for method in methods:
             panel = figures.Panel(ov, entry.label, share_lines(share))
             pending.append((col.empty(), panel, r, method, t))
             row.append(panel)
-        bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of max", length=200)
-        cols[len(refs) + len(others)].image(bar, caption="share of max")
+        bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of row max", length=200)
+        cols[len(refs) + len(others)].image(bar, caption="share of the row's maximum")
         diffs = [compute.change_map(maps[i], maps[ref_i]) for i in others]
         lim = max([float(np.abs(d).max(initial=0.0)) for d in diffs] + [1e-6])  # one scale per row, centred on 0
         for j, (i, d) in enumerate(zip(others, diffs)):

@@ -46,7 +46,7 @@ init = c2.selectbox("Start from", inits, key=S.Train.INIT,
                     format_func=lambda k: catalog.picker_label(by_key[k], sel.dataset.name) if k
                     else "scratch (a new, untrained model)",
                     help="Fine-tune an existing model (recommended for SCAAT and ECE) or train from scratch.", **S.KEEP)
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4 = st.columns([1, 1, 1, 1.6])  # the run name whole, its date included
 S.init(S.Train.EPOCHS, 2)
 epochs = c1.number_input("Epochs", 1, 500, key=S.Train.EPOCHS, help="Passes over the training tiles.", **S.KEEP)
 lr_key = f"{S.Train.LR}.{'finetune' if init else 'scratch'}"

@@ -59,8 +59,8 @@ def change_table(changes: list[V.Change]) -> pd.DataFrame:
     """One row per (run, metric): direction, before, after, change [95% interval], verdict."""
     arrow = {True: "↑ higher is better", False: "↓ lower is better", None: ""}
     return pd.DataFrame([{"model": c.run, "metric": figures.METRIC_TEXT.get(c.metric, (c.metric,))[0],
-                          "better is": arrow[c.higher_is_better], "reference": round(c.before, 4),
-                          "this model": round(c.after, 4), "change [95% interval]": c.text(),
+                          "better is": arrow[c.higher_is_better], "reference": f"{c.before:.4f}",
+                          "this model": f"{c.after:.4f}", "change [95% interval]": c.text(),
                           "verdict": c.call, "tiles": c.n} for c in changes])
 
 

@@ -160,7 +160,7 @@ def test_explore_shows_a_change_map_per_method_against_the_reference(h):
     caps = [c for img in at.image for c in img.captions]
     changes = [c for c in caps if c.startswith("change: ")]
     assert changes == ["change: scaat - baseline", "change: ece - baseline"] * 2  # saliency, gradcam
-    assert caps.count("change") == 2 and caps.count("share of max") == 2
+    assert caps.count("change") == 2 and caps.count("share of the row's maximum") == 2
     assert any("centred on 0" in c.value for c in at.caption)
     assert any("**Change** columns" in c.value for c in at.caption)
     assert sum("inside the evidence" in c.value for c in at.caption) >= 3
@@ -216,7 +216,7 @@ def test_explore_png_has_tile_predictions_colour_scales_and_relevance_shares(h, 
 
 def test_explore_colour_bars_read_as_share_of_max(h):
     at = h.open_page("explore")
-    bars = [img for img in at.image if "share of max" in img.captions]
+    bars = [img for img in at.image if "share of the row's maximum" in img.captions]
     assert len(bars) == 2  # one per method: the numbers are shares of the row's maximum, not raw gradients
     assert any("shares of the row's largest value" in c.value for c in at.caption)
 
@@ -420,3 +420,33 @@ def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env, mon
         assert "cyan outline: artifact" in png_kw["title"]
     finally:
         shutil.rmtree(dst)
+
+
+# -- readable charts (item 2, found walking the pages in a browser) -------------------------------------
+def test_charts_label_every_bar_keep_labels_inside_and_name_grad_cam():
+    import json
+
+    import numpy as np
+
+    from interp_core import figures
+    from interp_core.verdict import Change
+    mk = lambda m, run: Change(m, run, "base", 0.9, 0.95, 0.05, 0.02, 0.08, 50, True)  # noqa: E731
+    fig = json.loads(figures.change_figure([mk("accuracy", "scaat"), mk("explanation_consistency", "scaat")]).to_json())
+    titles = [a["text"] for a in fig["layout"]["annotations"] if a["text"]]
+    assert titles[0] == "Accuracy (higher is better)"
+    assert "always Grad-CAM, whatever the method chosen" in titles[1]
+    bars = json.loads(figures.group_accuracy_figure({"a": {"normal": {"mean": 0.97, "n": 9},
+                                                          "tumor": {"mean": 0.84, "n": 9}}}).to_json())
+    assert bars["data"][0]["text"] == ["0.970", "0.840"] and bars["data"][0]["textposition"] == "outside"
+    assert bars["layout"]["yaxis"]["range"][1] > 1.05  # room above a bar at 1 for its label
+    vals = json.loads(figures.value_figure("accuracy", ["a", "b", "c"],
+                                           [(0.90, 0.85, 0.93), (0.95, 0.93, 0.96), (0.88, 0.86, 0.90)]).to_json())
+    assert [t["textposition"] for t in vals["data"]] == ["top center", "top left", "top right"]
+    cons = np.r_[np.zeros(5), np.linspace(0.8, 0.99, 200)][None]  # a few tiles at 0 and the bulk at 0.8-0.99
+    dist = json.loads(figures.consistency_distribution_figure([1], cons).to_json())
+    lo, hi = dist["layout"]["yaxis"]["range"]
+    assert 0.5 < lo < 0.8 and 0.99 < hi < 1.02  # the boxes keep their spread
+    assert "5 tile value(s) below the axis (lowest 0.00)" in dist["layout"]["title"]["text"]
+    assert "Grad-CAM" in dist["layout"]["title"]["text"]
+    loss = json.loads(figures.history_figure("train_loss", {"a": [{"epoch": 1, "train_loss": 0.55}]}).to_json())
+    assert loss["layout"]["yaxis"]["range"] == [0, 1.25 * 0.55] and loss["data"][0]["mode"] == "markers"
