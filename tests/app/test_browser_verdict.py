@@ -255,3 +255,60 @@ def test_train_finished_job_opens_metrics_against_its_parent(server, page):
     assert len(widths) == 2 and any("(yours)" in t for t, _ in widths), widths
     assert all(d <= 1 for _, d in widths), widths  # every run name is shown whole, none cut with "..."
     shoot(page, "metrics-from-train")
+
+
+def test_explore_reference_filter_upload_grid_and_png(server, page, tmp_path):
+    """The Explore flow a pathologist walks: another reference for the change columns, a class filter
+    that moves the tile shown, a large upload cut into the model's tiles where a click picks one, and
+    the PNG download (tile, predictions, colour scales and relevance shares)."""
+    import numpy as np
+    from PIL import Image
+    url, _ = server
+    page.goto(f"{url}/explore")
+    settle(page)
+    ref = page.get_by_role("combobox", name="Compare against (reference)")
+    assert ref.input_value() == "synthetic-he / baseline-erm"
+    ref.click()
+    page.get_by_role("option", name="synthetic-he / scaat").click()
+    settle(page)
+    check(page, "explore, reference scaat")
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "change: baseline-erm - scaat" in text and "change: ece - scaat" in text
+    assert "share of the row's maximum" in text
+    # the class filter moves the tile shown to a tile of that class
+    tile_box = page.get_by_role("combobox", name="Tile shown")
+    assert "normal" in tile_box.input_value()
+    page.locator('[data-testid="stMultiSelect"]', has_text="normal").get_by_role("button", name="Remove normal") \
+        .first.click()
+    settle(page)
+    assert "tumor" in tile_box.input_value(), tile_box.input_value()
+    # a large upload: the whole image with the tile grid; a click picks a tile
+    tiles = sorted((REPO / "sample_data" / "data" / "synthetic-he" / "test" / "tumor").glob("*.png"))[:6]
+    big = np.vstack([np.hstack([np.asarray(Image.open(t).convert("RGB")) for t in tiles[r * 3:(r + 1) * 3]])
+                     for r in range(2)])  # 2 x 3 tiles of 64 px
+    path = tmp_path / "large-upload.png"
+    Image.fromarray(big).save(path)
+    page.get_by_text("Upload an image", exact=True).click()
+    settle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(path))
+    settle(page)
+    check(page, "explore, large upload")
+    assert "click a tile to explain it" in page.locator('[data-testid="stMain"]').inner_text()
+    choice = page.get_by_role("combobox", name="Tile of the upload")
+    before = choice.input_value()
+    grid = page.locator('[data-testid="stPlotlyChart"]').first
+    grid.scroll_into_view_if_needed()
+    box = grid.locator(".nsewdrag").first.bounding_box()
+    target = "row 2, column 3" if not before.startswith("row 2, column 3") else "row 1, column 1"
+    r, c = (1, 2) if target == "row 2, column 3" else (0, 0)
+    page.mouse.click(box["x"] + (c + 0.5) * box["width"] / 3, box["y"] + (r + 0.5) * box["height"] / 2)
+    settle(page)
+    check(page, "explore, upload tile clicked")
+    assert choice.input_value().startswith(target), (before, choice.input_value())
+    shoot(page, "explore-upload")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download this figure (PNG)").click()
+    png = SHOTS / "explore-upload-download.png"
+    dl.value.save_as(str(png))
+    w, h = Image.open(png).size
+    assert w > 1000 and h > 600, (w, h)  # tile + 3 models + 2 change maps + 2 scales; predictions + 2 methods
