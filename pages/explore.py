@@ -163,7 +163,7 @@ for method in methods:
         maps_n = [a / top for a in maps]  # shares of the row's largest value, so the colour bar reads 0-1
         vmin, vmax = shared_range(maps_n, clip)
         st.markdown(f"#### {method}  \n:gray[{METHODS[method].description}]")
-        cols = st.columns([4] * len(refs) + [4] * len(others) + [1.6] * (2 if others else 1))
+        cols = st.columns([4] * len(refs) + [4] * len(others) + [2.4] * (2 if others else 1))
         row = []
         for r, entry, t, a, col in zip(refs, sel.runs, targets, maps_n, cols):
             size = a.shape[0]

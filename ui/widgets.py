@@ -200,7 +200,7 @@ def fitted_upload_tile(image: np.ndarray, name: str, size: int, *, mode_key: str
         # the whole image with its tile grid: a click on a tile picks it
         from interp_core import figures
         rows, cols = fit.grid
-        cell = max(16, int(size * min(1.0, 720 / (max(rows, cols) * size))))
+        cell = max(16, int(size * min(3.0, 720 / (max(rows, cols) * size))))  # small uploads enlarged, up to 3x
         grid_key = f"{tile_key}.grid.{hashlib.sha1(image.tobytes()).hexdigest()[:8]}.{rows}x{cols}"
         fig = figures.clickable_grid_figure(
             figures.mosaic(fit.tiles, cols, cell, gap=0), (rows, cols), cell, lines=True,
