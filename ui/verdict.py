@@ -13,6 +13,7 @@ from interp_core import verdict as V
 from interp_core.errors import InterpError
 
 from . import catalog
+from . import state as S
 
 _MD_CALL = {"Better": ":green[**Better**]", "Worse": ":red[**Worse**]", "Changed": ":blue[**Changed**]"}
 
@@ -33,7 +34,7 @@ def reference_picker(key: str, runs: list[catalog.RunEntry], container: Any = st
     label = {r.key: r.label for r in runs}
     chosen = container.selectbox("Compare against (reference)", keys, key=key, format_func=lambda k: label[k],
                                  help="Every other model's change is measured against this one, tile by tile. "
-                                      "Default: the model the others were retrained from.")
+                                      "Default: the model the others were retrained from.", **S.KEEP)
     return next(r for r in runs if r.key == chosen)
 
 

@@ -269,7 +269,9 @@ def test_explore_reference_filter_upload_grid_and_png(server, page, tmp_path):
     ref = page.get_by_role("combobox", name="Compare against (reference)")
     assert ref.input_value() == "synthetic-he / baseline-erm"
     ref.click()
-    page.get_by_role("option", name="synthetic-he / scaat").click()
+    ref.fill("synthetic-he / scaat")  # typed: a redraw of the page can close an open dropdown
+    time.sleep(0.5)
+    page.keyboard.press("Enter")
     settle(page)
     check(page, "explore, reference scaat")
     text = page.locator('[data-testid="stMain"]').inner_text()
@@ -305,6 +307,8 @@ def test_explore_reference_filter_upload_grid_and_png(server, page, tmp_path):
     settle(page)
     check(page, "explore, upload tile clicked")
     assert choice.input_value().startswith(target), (before, choice.input_value())
+    assert ref.input_value() == "synthetic-he / scaat"  # the reference chosen is kept across the upload
+    assert "change: baseline-erm - scaat" in page.locator('[data-testid="stMain"]').inner_text()
     shoot(page, "explore-upload")
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download this figure (PNG)").click()
