@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .attribution.registry import identity_options
 from .consistency import consistency_options_for
 from .data import open_split
 from .device import pick_device
@@ -220,7 +221,6 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
                                "data": data_fingerprint(data), "settings": asdict(settings), "version": 3}
     if maps is not None:
         payload["maps"] = maps
-    from .attribution.registry import identity_options
     base = identity_options(settings.attribution, None).get("baseline") if settings.explanations else None
     if base is not None:  # occlusion against the blurred tile: never a result computed against black
         payload["baseline"] = base

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .attribution.registry import identity_options
 from .errors import DataError, InterpError
 from .runs import LoadedRun
 
@@ -119,7 +120,7 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     ``on_shard(k)``: called after shard ``k`` is on disk (tests use it to interrupt a job).
     Returns the final manifest plus ``shards_written`` (this call) and ``seconds``.
     """
-    from .attribution import attribute, attribution_state, get_method, seed_option
+    from .attribution import attribute, attribution_state, get_method
     from .data import open_split
     from .device import pick_device
     from .evaluate import data_fingerprint, stratified_subset
@@ -143,7 +144,6 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {loaded.classes}")
     idx = list(range(len(ds))) if limit is None or limit >= len(ds) else stratified_subset(ds.labels, limit)
     tgt = resolve_target(target, loaded.classes)
-    from .attribution.registry import identity_options
     opts = identity_options(method, seed)  # the seed, and a non-black default baseline (occlusion's blur)
     if method == "gradcam" and getattr(model, "cam_layer_name", None):  # a named layer is part of the job
         opts = {**opts, "layer": model.cam_layer_name}
@@ -418,7 +418,6 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
     the maps explain the predicted class (no fixed ``target``), that the job is complete, and that its
     shards hold every index evaluated (more is fine: tiles are matched by dataset index).
     """
-    from .attribution.registry import identity_options
     from .evaluate import data_fingerprint
     m = read_manifest(out)
     out = Path(out)

@@ -25,6 +25,7 @@ from . import metrics as M
 from .attribution import attribute, seed_option
 from .consistency import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
 from .explain_dataset import StoredMaps
+from .runs import atomic_write
 
 ProgressFn = Callable[[int, int], None]
 
@@ -155,7 +156,6 @@ def _write_checkpoint(path: Path | str, ident: str, done: int, total: int, misma
                       gen: torch.Generator) -> Path | None:
     """Write the state after ``done`` tiles atomically; returns the path, or None (checkpointing off)
     when it cannot be written."""
-    from .runs import atomic_write
     meta = {"ident": ident, "done": done, "total": total, "mismatched": mismatched, "metrics": sorted(values),
             "rand_layers": rand_layers}
     arrays: dict[str, np.ndarray] = {"meta": np.asarray(json.dumps(meta)),
