@@ -29,8 +29,8 @@ from .device import pick_device
 from .errors import InterpError
 from .evaluate import EvalSettings, cached_evaluate
 from . import verdict as V
-from .figures import (CALL_COLORS, METRIC_ORDER, change_figure, colorbar_png_array, curves_figure, history_figure,
-                      metric_direction, metric_summaries, value_figure)
+from .figures import (CALL_COLORS, METRIC_ORDER, METRIC_TEXT, change_figure, colorbar_png_array, curves_figure,
+                      history_figure, metric_direction, metric_summaries, value_figure)
 from .runs import load_run, run_interpolation
 
 N_EXAMPLES = 6
@@ -72,7 +72,8 @@ def metric_table_html(results: dict[str, dict]) -> str:
     rows = []
     for m in _metric_rows(results):
         cells = "".join(f"<td>{_fmt(results[r], m)}</td>" for r in runs)
-        rows.append(f"<tr><th>{html.escape(m)}</th><td class='dir'>{html.escape(_direction(m))}</td>{cells}</tr>")
+        name = METRIC_TEXT.get(m, (m,))[0]  # readable, as on the Metrics page
+        rows.append(f"<tr><th>{html.escape(name)}</th><td class='dir'>{html.escape(_direction(m))}</td>{cells}</tr>")
     return f"<table><thead><tr><th>metric</th><th>direction</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
