@@ -152,6 +152,7 @@ def test_report_opens_with_the_verdict_and_writes_no_machine_path(h, app_env):
     assert str(app_env) not in doc and "/tmp/" not in doc  # no absolute path of this machine
     assert doc.count("class='cbar'") == 6  # a colour scale on every row of maps
     assert "drawn at random (seed 0)" in doc
+    assert "<th>Sparseness (Gini)</th>" in doc and "<th>sparseness</th>" not in doc  # readable metric names
 
 
 # -- Explore: item 1 (change column, relevance shares) and item 4 ---------------------------------------
