@@ -3,6 +3,7 @@ the tiles already scored are read back from ``eval_cache/<key>.partial.npz`` and
 computed; the result equals an uninterrupted run's (the consistency attack's random state included)."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -30,12 +31,21 @@ def _strip(res: dict) -> dict:
     return res
 
 
-@pytest.mark.parametrize("expensive", [False, True])
-def test_interrupted_metrics_resume_with_the_remaining_batches_only(data, fake_run, tmp_path, expensive):
+def _copy(fake_run, dst, random_start: bool):
+    shutil.copytree(fake_run, dst)
+    if random_start:  # an ECE run whose consistency attack starts at random: the generator's state matters
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.update(objective="ece", objective_options={"random_start": True})
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("expensive,random_start", [(False, False), (True, True)])
+def test_interrupted_metrics_resume_with_the_remaining_batches_only(data, fake_run, tmp_path, expensive,
+                                                                     random_start, monkeypatch):
     s = EvalSettings(split="test", attribution="saliency", batch_size=4, expensive=expensive)  # 12 tiles, 3 batches
-    whole_run, cut_run = tmp_path / "whole", tmp_path / "cut"
-    shutil.copytree(fake_run, whole_run)
-    shutil.copytree(fake_run, cut_run)
+    whole_run = _copy(fake_run, tmp_path / "whole", random_start)
+    cut_run = _copy(fake_run, tmp_path / "cut", random_start)
     whole = cached_evaluate(whole_run, data, s, device=CPU)
 
     def stop_after_first_batch(done: int, total: int) -> None:
@@ -53,6 +63,23 @@ def test_interrupted_metrics_resume_with_the_remaining_batches_only(data, fake_r
     assert _strip(resumed) == _strip(whole)
     assert partial_progress(cut_run, data, s) is None  # removed once the result is stored
     assert not list((cut_run / CACHE_DIR).glob("*.partial.npz"))
+    if random_start:  # the check can fail: a resume that forgot the attack's random state gives other values
+        from interp_core import explanation_metrics as EM
+        lost_run = _copy(fake_run, tmp_path / "lost", random_start)
+        with pytest.raises(Interrupted):
+            cached_evaluate(lost_run, data, s, device=CPU, progress=stop_after_first_batch)
+        real = EM.read_checkpoint
+
+        def forgetful(path, ident=None):
+            state = real(path, ident)
+            if state is not None:
+                state["generator"] = torch.Generator().manual_seed(s.seed).get_state().numpy()
+            return state
+
+        monkeypatch.setattr(EM, "read_checkpoint", forgetful)
+        lost = cached_evaluate(lost_run, data, s, device=CPU)
+        assert lost["details"]["per_tile"]["explanation_consistency"][4:] != \
+            whole["details"]["per_tile"]["explanation_consistency"][4:]
 
 
 def test_a_checkpoint_of_other_tiles_is_not_used(data, fake_run, tmp_path):
