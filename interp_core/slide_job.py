@@ -420,13 +420,19 @@ def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
     class), ``measurements``: ``prob_<class>`` per class, ``entropy`` (nats), ``saliency_mean_abs``
     (mean ``|map|`` of the tile, raw) and ``saliency_mass`` (the tile's share of the slide's total
     ``|map|``, so the masses sum to 1), and ``row``/``col`` of the grid. ``id``: a UUID (QuPath reads
-    the object id as one), the same for the same grid tile.
+    the object id as one), the same for the same grid tile of the same run and grid, different for
+    another run. The shape follows what QuPath 0.4/0.5 reads (``QuPathTypeAdapters.PathObjectTypeAdapter``:
+    ``objectType`` "tile" makes a tile object; a classification object needs ``name`` and an RGB
+    ``color`` array; measurements as a name -> number map); see ``docs/slides.md``.
     """
     res = maps.result
     ds = float(plan["level_downsample"])
     W0, H0 = plan["level0_size"]
     T, S = int(plan["tile_size"]), int(plan["stride"])
     total = float(np.nansum(maps.tile_saliency))
+    # ids differ between runs and grids, so two runs' files imported into one QuPath image never share an id
+    key = (f"interp-core/tile/{plan.get('weights_sha1', '')}/{plan.get('slide_bytes', '')}/L{plan.get('level', 0)}"
+           f"/t{T}/s{S}")
     feats = []
     for r, c in zip(*np.nonzero(np.isfinite(res.probs[..., 0]))):
         r, c = int(r), int(c)
@@ -441,7 +447,7 @@ def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
                      "saliency_mass": float(maps.tile_saliency[r, c]) / total if total > 0 else 0.0,
                      "row": r, "col": c})
         color = list(CLASS_COLORS[k % len(CLASS_COLORS)])
-        feats.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"interp-core/tile/{r}/{c}")),
+        feats.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}/{r}/{c}")),
                       "geometry": {"type": "Polygon", "coordinates": [ring]},
                       "properties": {"objectType": "tile", "classification": {"name": res.classes[k], "color": color},
                                      "measurements": meas}})
