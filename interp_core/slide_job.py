@@ -668,3 +668,19 @@ def change_map(left: np.ndarray, right: np.ndarray) -> np.ndarray | None:
     if left.shape != right.shape:
         return None
     return right / (float(np.abs(right).max()) or 1.0) - left / (float(np.abs(left).max()) or 1.0)
+
+
+def stitched_view(slide: str | Path, m: SlideMaps | None, values: np.ndarray | None, vmin: float, vmax: float,
+                  cmap: str, alpha: float, map_side: int = 1024) -> np.ndarray:
+    """uint8 RGB: the stitched overlay on the slide's thumbnail (the job's own thumbnail when there are
+    results, else one of at most ``map_side`` px a side), what the page shows when the deep-zoom
+    viewer is unavailable."""
+    if m is not None:
+        thumb = m.result.thumbnail
+    else:
+        from .slide import open_slide, read_thumbnail
+        reader = open_slide(slide)
+        thumb = read_thumbnail(reader, map_downsample(reader.size, map_side))
+    if values is None or values.shape != thumb.shape[:2]:
+        return thumb
+    return overlay_nan(thumb, values, vmin, vmax, cmap=cmap, alpha=float(alpha))

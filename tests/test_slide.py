@@ -324,3 +324,20 @@ def test_slide_page_choices_by_hand():
     a, b = np.array([[1.0, -2.0]]), np.array([[0.0, 4.0]])
     np.testing.assert_allclose(change_map(a, b), [[0.0 - 0.5, 1.0 + 1.0]])
     assert change_map(a, np.zeros((2, 2))) is None
+
+
+def test_stitched_view_overlays_only_computed_pixels():
+    """The fallback image when the deep-zoom viewer is unavailable: the thumbnail where no tile was
+    computed, the alpha blend of thumbnail and colour map elsewhere."""
+    from types import SimpleNamespace as NS
+
+    from interp_core.attribution import colorize
+    from interp_core.slide_job import stitched_view
+    thumb = np.full((2, 3, 3), 200, np.uint8)
+    vals = np.array([[np.nan, 0.0, 1.0], [0.5, np.nan, np.nan]])
+    out = stitched_view("unused.tiff", NS(result=NS(thumbnail=thumb)), vals, 0.0, 1.0, "inferno", 0.25)
+    np.testing.assert_array_equal(out[0, 0], thumb[0, 0])
+    np.testing.assert_array_equal(out[1, 1:], thumb[1, 1:])
+    want = np.rint(0.75 * 200 + 0.25 * colorize(np.array([[1.0]]), "inferno")[0, 0] * 255)
+    np.testing.assert_array_equal(out[0, 2], want)
+    assert stitched_view("x", NS(result=NS(thumbnail=thumb)), None, 0, 1, "inferno", 0.5) is thumb

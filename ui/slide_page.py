@@ -18,8 +18,8 @@ from interp_core.errors import InterpError
 from interp_core.slide import open_slide
 from interp_core.slide_job import (OVERLAY_CMAPS, OVERLAYS, assemble, change_map, css_ramp, dataset_for_slide,
                                    default_pair, job_log_tail, job_state, native_tile_maps, overlay_scale,
-                                   overlay_values, read_progress, results_dir, start_background, stored_tile_metrics,
-                                   tile_stride, viewer_grid)
+                                   overlay_values, read_progress, results_dir, start_background, stitched_view,
+                                   stored_tile_metrics, tile_stride, viewer_grid)
 from ui import cache, tile_server
 from ui import state as S
 from ui.errors import guard, need
@@ -213,26 +213,50 @@ def linked_viewers(slide: SlideView, jobs: Jobs, ov: OverlayChoice, by_key: dict
     grid = viewer_grid(ref_plan)
     titles = [f"{by_key[k].label} · {job_state(p)}" for k, p in zip(jobs.keys, jobs.progs)]
     selected = S.get(S.Slide.TILE)
-    if not tile_server.viewer_installed():
-        st.warning("The deep-zoom viewer (OpenSeadragon) is not installed: run `make viewer` (npm) once.",
-                   icon=":material/warning:")
-    if not slide.served:
-        st.info("The tile server is not running in this session (the page is being tested without a server).")
+    unavailable = viewer_unavailable(slide)
+    if unavailable:
+        st.error(f"The deep-zoom viewer is unavailable: {unavailable}. Showing the stitched maps instead (no deep "
+                 "zoom; pick a tile's row and column below for its detail).", icon=":material/error:")
+        for c, t, v, m in zip(st.columns(len(titles)), titles, values, ov.maps):
+            c.image(stitched_view(slide.path, m, v, vmin, vmax, ov.cmap, ov.alpha), caption=t, width="stretch")
+        st.caption(f"Colour scale: {label}, {vmin:.3g} to {vmax:.3g}.")
+        if grid:
+            r1, r2, _ = st.columns([1, 1, 4])
+            row = r1.number_input("Tile row", 0, int(grid["rows"]) - 1, key=S.Slide.FALLBACK_ROW)
+            col = r2.number_input("Tile column", 0, int(grid["cols"]) - 1, key=S.Slide.FALLBACK_COL)
+            if st.button("Show this tile", key=S.Slide.FALLBACK_SHOW):
+                S.put(S.Slide.TILE, (int(row), int(col)))
+        caption(slide)
+        return ref_plan
     click = tile_server.viewer(
         {"base": tile_server.url_prefix(), "slide": {**slide.info, "id": slide.sid},
          "panes": [{"title": t, "overlay": o} for t, o in zip(titles, oids)], "opacity": ov.alpha,
          "legend": {"ramp": css_ramp(ov.cmap), "vmin": f"{vmin:.3g}", "vmax": f"{vmax:.3g}", "label": label},
          "grid": grid, "selected": list(selected) if selected else None, "height": 540},
         key=S.Slide.VIEWER)
-    info = slide.info
-    mpp = f"{info['mpp']:.3g} µm/px" if info["mpp"] else "no microns-per-pixel in the file"
-    st.caption(f"{slide.path.name}: {info['width']:,}x{info['height']:,} px at level 0, {mpp}; Deep Zoom tiles are "
-               f"made when the viewer asks for them and cached. Both viewers use the same colour scale.")
+    caption(slide)
     if isinstance(click, dict) and grid and click.get("n") != S.get(S.Slide.CLICK_N):
         S.put(S.Slide.CLICK_N, click.get("n"))
         S.put(S.Slide.TILE, (int(click["row"]), int(click["col"])))
         st.rerun()
     return ref_plan
+
+
+def caption(slide: SlideView) -> None:
+    info = slide.info
+    mpp = f"{info['mpp']:.3g} µm/px" if info["mpp"] else "no microns-per-pixel in the file"
+    st.caption(f"{slide.path.name}: {info['width']:,}x{info['height']:,} px at level 0, {mpp}; Deep Zoom tiles are "
+               f"made when the viewer asks for them and cached. Both viewers use the same colour scale.")
+
+
+def viewer_unavailable(slide: SlideView) -> str:
+    """Why the deep-zoom viewer cannot work in this session ("" when it can)."""
+    if not tile_server.viewer_installed():
+        return "OpenSeadragon is not installed (run `make viewer` once: npm)"
+    if not slide.served:
+        return (f"the tile route could not be added to this Streamlit server ({tile_server.FAILURE or 'not mounted'}); "
+                "start the app with `make app` (`streamlit run serve.py`)")
+    return ""
 
 
 def exports(slide: SlideView, jobs: Jobs, by_key: dict[str, Any]) -> None:
