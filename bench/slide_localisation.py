@@ -98,6 +98,19 @@ def evaluate(out: Path, slide: Path) -> dict:
             "area_evidence": float(frac_ev[ok].mean()), "map_downsample": d}
 
 
+def cached_evaluate(job: Path, slide: Path) -> dict:
+    """``evaluate``, kept in ``job/localisation.json`` for the job's summary (a rerun reads it back)."""
+    cache = job / "localisation.json"
+    stamp = (job / "summary.json").stat().st_mtime_ns
+    if cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("summary_mtime_ns") == stamp:
+            return got["result"]
+    r = evaluate(job, slide)
+    cache.write_text(json.dumps({"summary_mtime_ns": stamp, "result": r}))
+    return r
+
+
 def parse_triple(text: str) -> tuple[str, dict[str, Path]]:
     """``LABEL=BASE,CONTROL,SCAAT`` (run folders) -> (label, {"baseline": ..., "control": ..., "scaat": ...})."""
     label, _, rest = text.partition("=")
@@ -185,7 +198,7 @@ def main() -> int:
                 t = time.perf_counter()
                 s = explain_slide_file(runs[arm], slide, job, method="saliency", map_side=4096, tile_map_size=16,
                                        batch_size=128, device="cpu")
-                r = {"train": label, "slide_seed": seed, "arm": arm, **evaluate(job, slide),
+                r = {"train": label, "slide_seed": seed, "arm": arm, **cached_evaluate(job, slide),
                      "tiles_per_second": s["timings"]["tiles_per_second"], "reused": bool(s.get("reused"))}
                 rows.append(r)
                 print(f"{label} slide {seed} {arm}: {time.perf_counter() - t:.0f} s  " +
