@@ -93,3 +93,22 @@ def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp
         at.text_input(key="slide.path").input(typed).run()
         _clean(at)
         assert any(msg in e.value for e in at.error), (typed, [e.value for e in at.error])
+
+
+def test_tile_route_for_st_app_and_the_fallback_reason(monkeypatch):
+    """serve.py's route (st.App) marks the route mounted, so the page does not search the server; without
+    it and without a server, ensure_routes fails and says why (the page shows that message)."""
+    from ui import tile_server
+    monkeypatch.setattr(tile_server, "_MOUNTED", False)
+    monkeypatch.setattr(tile_server, "HOW", "")
+    monkeypatch.setattr(tile_server, "FAILURE", "")
+    assert tile_server.ensure_routes() is False  # no Streamlit server in this process
+    assert "no running Streamlit server application" in tile_server.FAILURE
+    (route,) = tile_server.routes()
+    assert route.path == "/_interp/wsi/{path:path}" and route.methods >= {"GET"}
+    assert tile_server.ensure_routes() is True and tile_server.HOW == "st.App"
+    import ast
+    tree = ast.parse((APP.parent / "serve.py").read_text())  # what `streamlit run` discovers: app = st.App(...)
+    assert any(isinstance(n, ast.Assign) and n.targets[0].id == "app" and isinstance(n.value, ast.Call)
+               and ast.unparse(n.value.func) == "st.App" and ast.unparse(n.value.args[0]) == "'app.py'"
+               for n in tree.body)
