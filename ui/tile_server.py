@@ -125,9 +125,13 @@ VIEWER_JS = ("node_modules", "openseadragon", "build", "openseadragon", "opensea
 
 
 def viewer_installed() -> bool:
-    """True when ``make viewer`` has installed OpenSeadragon next to the component."""
+    """True when ``make viewer`` has installed OpenSeadragon next to the component, as a real file inside
+    the component's folder (Streamlit's component route does not serve files a symbolic link leads out of
+    the folder to, so a linked ``node_modules`` would leave the viewer without OpenSeadragon)."""
     from pathlib import Path
-    return Path(__file__).resolve().parent.joinpath("slide_viewer", *VIEWER_JS).is_file()
+    folder = Path(__file__).resolve().parent / "slide_viewer"
+    js = folder.joinpath(*VIEWER_JS)
+    return js.is_file() and js.resolve().is_relative_to(folder)
 
 
 def viewer(args: dict, *, key: str) -> Any:
