@@ -76,6 +76,33 @@ def lesion_centre(slide: Path) -> tuple[float, float]:
     return float(x), float(y)
 
 
+def zoom_target(slide: Path) -> tuple[float, float, str]:
+    """Where to zoom (level-0 px): a lesion cell both shipped runs have already explained (the one
+    nearest the middle of those), else the largest lesion's centre."""
+    from PIL import Image
+
+    from interp_core.slide_job import assemble, results_dir
+    cells = np.asarray(Image.open(slide.with_suffix(".lesion_cells.png"))) > 0
+    done = np.ones_like(cells)
+    for run in ("baseline-erm", "scaat"):
+        out = results_dir(REPO / "sample_data/runs/synthetic-he" / run, slide, level=0, method="saliency",
+                          tile_size=64, stride=64)
+        try:
+            probs = assemble(out).result.probs
+        except Exception:  # noqa: BLE001 - no results yet
+            done[:] = False
+            break
+        ok = np.zeros_like(cells)
+        ok[:probs.shape[0], :probs.shape[1]] = np.isfinite(probs[..., 0])[:cells.shape[0], :cells.shape[1]]
+        done &= ok
+    both = np.argwhere(cells & done)
+    if len(both):
+        r, c = both[np.argmin(((both - both.mean(axis=0)) ** 2).sum(axis=1))]
+        return float(c * 64 + 32), float(r * 64 + 32), "a lesion cell both runs have explained"
+    x, y = lesion_centre(slide)
+    return x, y, "the largest lesion's centre (no lesion cell explained yet)"
+
+
 def shoot(page, name: str) -> str:
     from PIL import Image
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -138,8 +165,8 @@ def main() -> int:
         res["overlay_drawn"] = any(k == "overlay" for _, k, _ in tiles)
         shots = {"overview": shoot(page, "overview")}
         max_level = frame.evaluate("() => window.__viewers[0].world.getItemAt(0).source.maxLevel")
-        x, y = lesion_centre(slide)
-        res["zoom_point_level0"] = [x, y]
+        x, y, why = zoom_target(slide)
+        res["zoom_point_level0"], res["zoom_point"] = [x, y], why
         steps, levels_by_step = 0, []
         while frame.evaluate(PIXEL, 0) < a.target and steps < 40:
             sx, sy = frame.evaluate(TO_SCREEN, [0, x, y])
@@ -193,8 +220,7 @@ def main() -> int:
              f"| slide tile response in the browser, p50 / p90 (n = {ts['n']}) | {f(ts['p50'])} / {f(ts['p90'])} ms |",
              f"| overlay tile response in the browser, p50 / p90 (n = {ov['n']}) | {f(ov['p50'])} / {f(ov['p90'])} ms |",
              f"| failed tile responses / page exceptions | {len(bad)} / {res['exceptions']} |", "",
-             f"Viewer titles: {res['titles'][0]!r}, {res['titles'][1]!r}. Zoomed at level-0 ({x:.0f}, {y:.0f}), the "
-             "centre of a lesion cell. Trace (wheel steps, screen px per level-0 px, deepest level drawn): "
+             f"Viewer titles: {res['titles'][0]!r}, {res['titles'][1]!r}. Zoomed at level-0 ({x:.0f}, {y:.0f}): {why}. Trace (wheel steps, screen px per level-0 px, deepest level drawn): "
              f"{levels_by_step}.", "", "Screenshots: " + ", ".join(f"`{v}`" for v in shots.values()) + "."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
