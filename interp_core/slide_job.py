@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from .attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
+from .deepzoom import TileMaps, colormap_lut
 from .device import pick_device
 from .errors import InterpError
 from .explain_dataset import job_lock, run_identity
@@ -621,10 +622,9 @@ def overlay_scale(values: list[np.ndarray | None], show: str, normalize: str, cl
     return 0.0, 1.0, "tissue"
 
 
-def native_tile_maps(m: SlideMaps, normalize: str) -> Any:
+def native_tile_maps(m: SlideMaps, normalize: str) -> TileMaps:
     """Each tile's saliency map as computed, placed in level-0 pixels (``deepzoom.TileMaps``): what the
     viewer shows deeper than the stitched map."""
-    from .deepzoom import TileMaps
     ds = float(m.plan["level_downsample"])
     return TileMaps(m.tile_cells, m.native_maps(normalize), m.plan["tile_size"] * ds, m.plan["stride"] * ds,
                     tuple(m.plan["grid"]))
@@ -641,7 +641,6 @@ def viewer_grid(plan: dict[str, Any] | None) -> dict[str, float] | None:
 
 def css_ramp(cmap: str) -> list[str]:
     """The colour map as 9 CSS colours (the legend's gradient)."""
-    from .deepzoom import colormap_lut
     lut = colormap_lut(cmap)
     return [f"rgb({r},{g},{b})" for r, g, b in lut[::32].tolist() + [lut[-1].tolist()]]
 
@@ -678,7 +677,6 @@ def stitched_view(slide: str | Path, m: SlideMaps | None, values: np.ndarray | N
     if m is not None:
         thumb = m.result.thumbnail
     else:
-        from .slide import open_slide, read_thumbnail
         reader = open_slide(slide)
         thumb = read_thumbnail(reader, map_downsample(reader.size, map_side))
     if values is None or values.shape != thumb.shape[:2]:

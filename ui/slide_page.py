@@ -215,8 +215,8 @@ def linked_viewers(slide: SlideView, jobs: Jobs, ov: OverlayChoice, by_key: dict
     selected = S.get(S.Slide.TILE)
     unavailable = viewer_unavailable(slide)
     if unavailable:
-        st.error(f"The deep-zoom viewer is unavailable: {unavailable}. Showing the stitched maps instead (no deep "
-                 "zoom; pick a tile's row and column below for its detail).", icon=":material/error:")
+        st.warning(f"The deep-zoom viewer is unavailable: {unavailable}. Showing the stitched maps instead (no deep "
+                   "zoom; pick a tile's row and column below for its detail).", icon=":material/warning:")
         for c, t, v, m in zip(st.columns(len(titles)), titles, values, ov.maps):
             c.image(stitched_view(slide.path, m, v, vmin, vmax, ov.cmap, ov.alpha), caption=t, width="stretch")
         st.caption(f"Colour scale: {label}, {vmin:.3g} to {vmax:.3g}.")

@@ -65,8 +65,8 @@ def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp
     assert any("200x136 px at level 0, no microns-per-pixel" in c.value for c in at.caption)
     # no server here, so no tile route: the page says the viewer is unavailable, why and what to do,
     # and shows the stitched maps of both runs instead; a tile is picked by row and column
-    assert any("deep-zoom viewer is unavailable" in e.value and "serve.py" in e.value for e in at.error), \
-        [e.value for e in at.error]
+    assert any("deep-zoom viewer is unavailable" in w.value and "serve.py" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
     shown = [c for img in at.image for c in img.captions]
     assert len(shown) == 2 and all("· done" in c for c in shown), shown
     at.number_input(key="slide.fallback_row").set_value(3)
