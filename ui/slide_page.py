@@ -96,12 +96,14 @@ def pick_runs(sel: Any, slide: SlideView, by_key: dict[str, Any]) -> Jobs:
                           help="Attribution computed for every tile by explain-slide.")
     base_reader = open_slide(slide.path)
     levels = getattr(base_reader, "level_dimensions", [base_reader.size])
-    S.init(S.Slide.LEVEL, 0)
-    if S.get(S.Slide.LEVEL) not in range(len(levels)):
-        S.put(S.Slide.LEVEL, 0)
-    level = c4.selectbox("Level tiled", list(range(len(levels))), key=S.Slide.LEVEL, **S.KEEP,
-                         format_func=lambda i: f"{i} ({levels[i][0]}x{levels[i][1]})",
-                         help="Pyramid level cut into model-input tiles: the magnification the model was trained at.")
+    # the options are the labels themselves: with a level index as value, the browser kept showing the
+    # previous slide's label ("0 (2560x1920)") after another slide was chosen
+    labels = [f"{i} ({w}x{h})" for i, (w, h) in enumerate(levels)]
+    if S.get(S.Slide.LEVEL) not in labels:
+        S.put(S.Slide.LEVEL, labels[0])
+    level = labels.index(c4.selectbox("Level tiled", labels, key=S.Slide.LEVEL, **S.KEEP,
+                                      help="Pyramid level cut into model-input tiles: the magnification the "
+                                           "model was trained at."))
     keys = [run_a, run_b]
     S.init(S.Slide.STRIDE, "tile")
     step = st.radio("Tile step", ["tile", "half"], key=S.Slide.STRIDE, horizontal=True, **S.KEEP,

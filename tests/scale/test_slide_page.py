@@ -85,6 +85,17 @@ def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp
     _clean(at)
     assert any("Tile row 4, column 8" in m.value for m in at.subheader)
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 2
+    # the level picker follows the slide: its labels are those of the slide now shown
+    from interp_core.wsi import write_pyramid_tiff
+    other = app_tree / "slides" / "other.tiff"
+    import numpy as np
+    write_pyramid_tiff(other, np.full((64, 96, 3), 200, np.uint8), n_levels=1, tile=32)
+    at.run()
+    at.selectbox(key="slide.file").set_value(str(other.resolve())).run()
+    _clean(at)
+    assert at.selectbox(key="slide.level").options == ["0 (96x64)"]
+    assert at.selectbox(key="slide.level").value == "0 (96x64)"
+    at.selectbox(key="slide.file").set_value(str(slide.resolve())).run()
     # paths outside the slide folders are refused with a message
     outside = tmp_path / "elsewhere.tiff"
     outside.write_bytes(slide.read_bytes())
