@@ -153,7 +153,7 @@ def main() -> int:
         settle(page)
         box = page.get_by_placeholder("case1.svs")
         t0 = time.monotonic()
-        box.fill(str(slide))
+        box.fill(slide.name)  # a name inside the slide folders (no host path in the screenshots)
         box.press("Enter")
         settle(page)
         wait_for(lambda: page.get_by_text(f"{slide.name}: {W:,}x{H:,} px").count() > 0, 120, "the typed slide")
