@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 app: setup viewer
-	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+	$(PY) -m streamlit run serve.py --server.address 127.0.0.1 --server.port $(PORT)
 
 # Debian's chromium for the browser tests (never `playwright install`: no downloads here).
 chromium:

@@ -1,12 +1,17 @@
-"""Slide-level localisation of the shipped synthetic-he baseline and its SCAAT retrain on generated
-synthetic H&E whole-slide images with known lesions.
+"""Slide-level localisation of a baseline, a same-budget control and its SCAAT retrain, per training
+seed, on generated synthetic H&E whole-slide images with known lesions.
 
-    nice -n 10 python bench/slide_localisation.py [--size 12288] [--seeds 0 1 2] [--out bench/out/slides]
+    nice -n 10 python bench/slide_localisation.py [--size 6144] [--seeds 0 1 2]
+        [--study DIR --train-seeds 0 1 2 --control control --scaat l20-q0.3-rho0.95 | --triple LABEL=B,C,S ...]
+        [--shard i/n] [--out bench/out/slides]
 
-For each seed a slide of ``--size`` x ``--size`` pixels is generated (``interp_core.data.synthetic_wsi``,
-0.5 um/px, JPEG pyramidal TIFF) and explained at level 0 by each run with ``explain-slide``
-(``slide_job.explain_slide_file``: 64-pixel tiles = the runs' input, stride 64, saliency, tile
-maps kept at 16x16, maps at 1/ceil(size/4096)). Reported per slide and run:
+Runs: per training seed a triple (baseline, control, SCAAT); by default the SCAAT study's layout
+``DIR/seed<k>/{a-erm, control, l20-q0.3-rho0.95}`` (baseline = ERM 8 epochs; control = baseline + 3
+ERM epochs; SCAAT = baseline + 3 SCAAT epochs at the shipped defaults), or ``--triple`` per seed.
+For each slide seed a slide of ``--size`` x ``--size`` pixels is generated
+(``interp_core.data.synthetic_wsi``, 0.5 um/px, JPEG pyramidal TIFF) and explained at level 0 by
+each run with ``explain-slide`` (``slide_job.explain_slide_file``: 64-pixel tiles = the runs' input,
+stride 64, saliency, tile maps kept at 16x16, maps at 1/ceil(size/4096)). Reported per slide and run:
 
 - ``auroc``: AUROC of the per-tile tumour probability against the tile's ground truth (the tile
   is a lesion cell of the generator: its tumour tile), over the computed tissue tiles;
@@ -16,8 +21,10 @@ maps kept at 16x16, maps at 1/ceil(size/4096)). Reported per slide and run:
 - ``mass_evidence``: share of |saliency| inside the pixel evidence mask (the tumour tiles' own
   lesion masks: the abnormal nuclei), with ``area_evidence`` its uniform reference.
 
-Results are reused from disk (the jobs are resumable). Writes ``docs/results/slide_localisation.json``
-and ``.md`` (mean and spread over seeds, and the SCAAT - baseline difference per seed).
+A training seed's value is the mean over slides; SCAAT - control is paired per training seed and
+summarised as mean ± sd over training seeds. Results are reused from disk (the jobs are resumable;
+``--shard i/n`` lets two processes share the jobs, then a call without it collects them). Writes
+``docs/results/slide_localisation.json`` and ``.md``.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +44,7 @@ from interp_core.data.synthetic_wsi import write_synthetic_wsi  # noqa: E402
 from interp_core.slide_job import assemble, explain_slide_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = {"baseline": REPO / "sample_data/runs/synthetic-he/baseline-erm", "scaat": REPO / "sample_data/runs/synthetic-he/scaat"}
+ARMS = ("baseline", "control", "scaat")
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -90,61 +98,179 @@ def evaluate(out: Path, slide: Path) -> dict:
             "area_evidence": float(frac_ev[ok].mean()), "map_downsample": d}
 
 
+def cached_evaluate(job: Path, slide: Path) -> dict:
+    """``evaluate``, kept in ``job/localisation.json`` for the job's summary (a rerun reads it back)."""
+    cache = job / "localisation.json"
+    stamp = (job / "summary.json").stat().st_mtime_ns
+    if cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("summary_mtime_ns") == stamp:
+            return got["result"]
+    r = evaluate(job, slide)
+    cache.write_text(json.dumps({"summary_mtime_ns": stamp, "result": r}))
+    return r
+
+
+def parse_triple(text: str) -> tuple[str, dict[str, Path]]:
+    """``LABEL=BASE,CONTROL,SCAAT`` (run folders) -> (label, {"baseline": ..., "control": ..., "scaat": ...})."""
+    label, _, rest = text.partition("=")
+    parts = [x for x in rest.split(",") if x]
+    if not label or len(parts) != 3:
+        raise SystemExit(f"--triple {text!r}: expected LABEL=BASELINE,CONTROL,SCAAT")
+    return label, dict(zip(ARMS, (Path(x) for x in parts)))
+
+
+def study_triples(root: Path, seeds: list[int], control: str, scaat: str) -> list[tuple[str, dict[str, Path]]]:
+    """The SCAAT study's layout: ``root/seed<k>/{a-erm, <control>, <scaat>}`` per training seed."""
+    return [(f"seed{k}", {"baseline": root / f"seed{k}/a-erm", "control": root / f"seed{k}/{control}",
+                          "scaat": root / f"seed{k}/{scaat}"}) for k in seeds]
+
+
+def mean_sd(x: np.ndarray) -> str:
+    return f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
+
+
+METRICS = (("auroc", None, "tile AUROC, p(tumor) vs lesion"),
+           ("mass_region", "area_region", "saliency mass in lesion cells"),
+           ("mass_evidence", "area_evidence", "saliency mass on lesion nuclei"))
+
+
+def summarise(rows: list[dict], labels: list[str], slides: list[int]) -> dict[str, Any]:
+    """Per training seed: each arm's metric averaged over the slides, and SCAAT - control (and
+    SCAAT - baseline, control - baseline) per training seed; then mean ± sd over training seeds."""
+    out: dict[str, Any] = {}
+    for key, ref, _ in METRICS:
+        per = {arm: np.array([np.mean([r[key] for r in rows if r["train"] == lab and r["arm"] == arm])
+                              for lab in labels]) for arm in ARMS}
+        d: dict[str, Any] = {arm: per[arm].tolist() for arm in ARMS}
+        d["scaat_minus_control"] = (per["scaat"] - per["control"]).tolist()
+        d["scaat_minus_baseline"] = (per["scaat"] - per["baseline"]).tolist()
+        d["control_minus_baseline"] = (per["control"] - per["baseline"]).tolist()
+        # the same difference per (training seed, slide), to show it is not one slide's doing
+        d["scaat_minus_control_per_slide"] = [[
+            next(r[key] for r in rows if r["train"] == lab and r["arm"] == "scaat" and r["slide_seed"] == s) -
+            next(r[key] for r in rows if r["train"] == lab and r["arm"] == "control" and r["slide_seed"] == s)
+            for s in slides] for lab in labels]
+        if ref:
+            d["uniform"] = float(np.mean([r[ref] for r in rows if r["arm"] == "baseline"]))
+        out[key] = d
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=12288)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--size", type=int, default=6144)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="slide (generator) seeds")
+    p.add_argument("--study", default=str(REPO / "bench/out/scaat_runs/synthetic-he"),
+                   help="folder with seed<k>/{a-erm,CONTROL,SCAAT} run folders (the SCAAT study's layout)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--control", default="control")
+    p.add_argument("--scaat", default="l20-q0.3-rho0.95")
+    p.add_argument("--triple", action="append", default=[], metavar="LABEL=BASELINE,CONTROL,SCAAT",
+                   help="run triples instead of --study (repeat once per training seed)")
+    p.add_argument("--shard", default="0/1", help="i/n: compute only every n-th job (a second process "
+                   "can take another shard); a final call without --shard reuses them all from disk")
     p.add_argument("--out", default=str(REPO / "bench/out/slides"))
     p.add_argument("--results", default=str(REPO / "docs/results/slide_localisation"))
     a = p.parse_args()
+    triples = [parse_triple(t) for t in a.triple] if a.triple else \
+        study_triples(Path(a.study), a.train_seeds, a.control, a.scaat)
+    shard, nshard = (int(x) for x in a.shard.split("/"))
     out = Path(a.out)
-    rows = []
+    t_all = time.perf_counter()
+    slides = {}
     for seed in a.seeds:
         slide = out / f"synthetic-he-{a.size}-s{seed}.tiff"
         if not slide.is_file():
             t = time.perf_counter()
             meta = write_synthetic_wsi(slide, width=a.size, height=a.size, seed=seed, bank=128, mask_downsample=4)
-            print(f"seed {seed}: wrote {slide.name} ({meta['size']}, {meta['lesions']} lesions) in "
+            print(f"slide {seed}: wrote {slide.name} ({meta['size']}, {meta['lesions']} lesions) in "
                   f"{time.perf_counter() - t:.0f} s", flush=True)
-        for name, run in RUNS.items():
-            job = out / f"{slide.stem}-{name}"
-            t = time.perf_counter()
-            s = explain_slide_file(run, slide, job, method="saliency", map_side=4096, tile_map_size=16,
-                                   batch_size=128, device="cpu")
-            r = {"seed": seed, "run": name, **evaluate(job, slide),
-                 "tiles_per_second": s["timings"]["tiles_per_second"]}
-            rows.append(r)
-            print(f"seed {seed} {name}: {time.perf_counter() - t:.0f} s  " +
-                  ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
+        slides[seed] = slide
+    rows, k = [], -1
+    for label, runs in triples:
+        for seed, slide in slides.items():
+            for arm in ARMS:
+                k += 1
+                job = out / f"{slide.stem}-{label}-{arm}"
+                if nshard > 1 and k % nshard != shard:
+                    continue
+                t = time.perf_counter()
+                if (job / "summary.json").is_file() and (job / "localisation.json").is_file():
+                    s = json.loads((job / "summary.json").read_text())  # done and evaluated: nothing to check
+                else:
+                    s = explain_slide_file(runs[arm], slide, job, method="saliency", map_side=4096,
+                                           tile_map_size=16, batch_size=128, device="cpu")
+                r = {"train": label, "slide_seed": seed, "arm": arm, **cached_evaluate(job, slide),
+                     "tiles_per_second": s["timings"]["tiles_per_second"], "reused": bool(s.get("reused"))}
+                rows.append(r)
+                print(f"{label} slide {seed} {arm}: {time.perf_counter() - t:.0f} s  " +
+                      ", ".join(f"{k_} {v:.4f}" if isinstance(v, float) else f"{k_} {v}" for k_, v in r.items()),
+                      flush=True)
+    if nshard > 1:
+        print(f"shard {shard}/{nshard} done in {time.perf_counter() - t_all:.0f} s", flush=True)
+        return 0
+    labels = [lab for lab, _ in triples]
+    summ = summarise(rows, labels, list(slides))
     res = Path(a.results)
     res.parent.mkdir(parents=True, exist_ok=True)
-    res.with_suffix(".json").write_text(json.dumps({"size": a.size, "seeds": a.seeds, "rows": rows}, indent=2))
-    lines = [f"# Slide-level localisation on synthetic H&E slides ({a.size:,} x {a.size:,} px, seeds "
-             f"{', '.join(map(str, a.seeds))})", "",
-             "Generated by `bench/slide_localisation.py`. Runs: the shipped `synthetic-he/baseline-erm` and its "
-             "SCAAT retrain `synthetic-he/scaat` (one training seed each); spread = over slides (generator seeds). "
-             "AUROC: per-tile p(tumor) vs the tile's lesion label. Mass: share of the stitched |saliency| "
-             "(slide-wide normalisation) inside the lesion cells (region) or inside the abnormal-nuclei evidence "
-             "mask; 'uniform' is the share of the computed area they cover.", "",
-             "| metric | baseline | SCAAT | SCAAT - baseline (per slide) | uniform |", "|---|---|---|---|---|"]
-    for key, ref in (("auroc", None), ("mass_region", "area_region"), ("mass_evidence", "area_evidence")):
-        b = np.array([r[key] for r in rows if r["run"] == "baseline"])
-        s = np.array([r[key] for r in rows if r["run"] == "scaat"])
-        u = np.array([r[ref] for r in rows if r["run"] == "baseline"]) if ref else None
-
-        def fmt(x: np.ndarray) -> str:
-            return f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
-        lines.append(f"| {key} | {fmt(b)} | {fmt(s)} | {', '.join(f'{v:+.3f}' for v in s - b)} | "
-                     f"{fmt(u) if u is not None else '-'} |")
-    lines += ["", "Per slide and run:", "", "| seed | run | tiles | lesion tiles | AUROC | mass region | area region | "
-              "mass evidence | area evidence |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {r['run']} | {r['tiles']:,} | {r['lesion_tiles']:,} | {r['auroc']:.3f} | "
-                     f"{r['mass_region']:.3f} | {r['area_region']:.3f} | {r['mass_evidence']:.3f} | "
-                     f"{r['area_evidence']:.3f} |")
-    res.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    runs_rel = {lab: {arm: _rel(p_) for arm, p_ in runs.items()} for lab, runs in triples}
+    res.with_suffix(".json").write_text(json.dumps({"size": a.size, "slide_seeds": a.seeds, "runs": runs_rel,
+                                                    "summary": summ, "rows": rows}, indent=2))
+    res.with_suffix(".md").write_text(report(a, labels, list(slides), summ, rows))
+    print(res.with_suffix(".md").read_text())
     return 0
+
+
+def _rel(p_: Path) -> str:
+    try:
+        return str(Path(p_).resolve().relative_to(REPO))
+    except ValueError:
+        return Path(p_).name
+
+
+def report(a: argparse.Namespace, labels: list[str], slides: list[int], summ: dict, rows: list[dict]) -> str:
+    n = len(labels)
+    lines = [f"# Slide-level localisation: SCAAT vs a same-budget control, {n} training seeds "
+             f"({len(slides)} synthetic H&E slides of {a.size:,} x {a.size:,} px)", "",
+             "Generated by `bench/slide_localisation.py " + " ".join(
+                 f"{x}" for x in sys.argv[1:]) + "`. Per training seed, three runs of the SCAAT study: "
+             f"*baseline* (ERM, 8 epochs), *control* (baseline + 3 ERM epochs: the same budget as SCAAT) and "
+             f"*SCAAT* (baseline + 3 SCAAT epochs, `{a.scaat}`: the shipped defaults). Each run explains each "
+             "slide at level 0 (64-px tiles, stride 64, saliency, slide-wide normalisation). A training seed's "
+             "value is the mean over the slides; the table shows mean ± sd over training seeds and the paired "
+             "difference per training seed. AUROC: per-tile p(tumor) against the generator's lesion cells. "
+             "Mass: share of the stitched |saliency| inside the lesion cells, or inside the abnormal-nuclei "
+             "evidence mask; *uniform* is the share of the computed area they cover (a flat map's score).", "",
+             "| metric | baseline | control | SCAAT | SCAAT - control (per training seed) | "
+             "SCAAT - control, mean ± sd | uniform |", "|---|---|---|---|---|---|---|"]
+    for key, ref, name in METRICS:
+        d = summ[key]
+        diff = np.array(d["scaat_minus_control"])
+        uni = f"{d['uniform']:.3f}" if ref else "-"
+        sd = diff.std(ddof=1) if n > 1 else 0.0
+        lines.append(f"| {name} | {mean_sd(np.array(d['baseline']))} | {mean_sd(np.array(d['control']))} | "
+                     f"{mean_sd(np.array(d['scaat']))} | {', '.join(f'{v:+.4f}' for v in diff)} | "
+                     f"{diff.mean():+.4f} ± {sd:.4f} | {uni} |")
+    lines += ["", "Other differences (per training seed):", "", "| metric | SCAAT - baseline | control - baseline |",
+              "|---|---|---|"]
+    for key, _, name in METRICS:
+        d = summ[key]
+        lines.append(f"| {name} | {', '.join(f'{v:+.4f}' for v in d['scaat_minus_baseline'])} | "
+                     f"{', '.join(f'{v:+.4f}' for v in d['control_minus_baseline'])} |")
+    lines += ["", "SCAAT - control per training seed (rows) and slide (columns):", "",
+              "| metric | training seed | " + " | ".join(f"slide {s}" for s in slides) + " |",
+              "|---|---|" + "---|" * len(slides)]
+    for key, _, name in METRICS:
+        for lab, vals in zip(labels, summ[key]["scaat_minus_control_per_slide"]):
+            lines.append(f"| {name} | {lab} | " + " | ".join(f"{v:+.4f}" for v in vals) + " |")
+    lines += ["", "Per run and slide:", "", "| training seed | slide | arm | tiles | lesion tiles | AUROC | mass region | "
+              "area region | mass evidence | area evidence |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['train']} | {r['slide_seed']} | {r['arm']} | {r['tiles']:,} | {r['lesion_tiles']:,} | "
+                     f"{r['auroc']:.4f} | {r['mass_region']:.4f} | {r['area_region']:.3f} | {r['mass_evidence']:.4f} | "
+                     f"{r['area_evidence']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

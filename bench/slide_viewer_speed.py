@@ -1,6 +1,6 @@
 """Speed of the Slide page's viewer and of ``explain-slide`` on a large synthetic whole-slide image.
 
-    nice -n 10 python bench/slide_viewer_speed.py [--slide FILE | --size 12288] [--tiles 200] [--limit 2000]
+    nice -n 10 python bench/slide_viewer_speed.py [--slide FILE | --size 20480] [--tiles 200] [--limit 2000]
 
 Measured side by side in one process (a shared CPU changes absolute numbers; the ratios are the
 stable part), through ``interp_core.deepzoom.TileService`` as the tile route calls it (no HTTP):
@@ -171,7 +171,7 @@ def explain_rates(slide: Path, limit: int, out: Path, rounds: int = 3) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slide", default=None, help="a slide (default: generate or reuse a --size synthetic one)")
-    p.add_argument("--size", type=int, default=12288)
+    p.add_argument("--size", type=int, default=20480)
     p.add_argument("--tiles", type=int, default=200)
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--out", default=str(REPO / "bench/out/slides"))

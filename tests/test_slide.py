@@ -287,3 +287,57 @@ def test_prob_map_paints_each_tile_probability_over_its_footprint(model):
 def test_array_slide_is_a_slide_reader():
     from interp_core.slide import SlideReader
     assert isinstance(ArraySlide(pattern_image(8, 8)), SlideReader)
+
+
+def test_slide_page_choices_by_hand():
+    """What the Slide page shows, computed outside Streamlit (interp_core.slide_job), against hand values."""
+    from types import SimpleNamespace as NS
+
+    from interp_core.slide_job import (change_map, dataset_for_slide, default_pair, job_state, overlay_scale,
+                                       tile_stride, viewer_grid)
+    runs = [NS(key="a", dataset="he", config={"objective": "ece"}), NS(key="b", dataset="he", config={"objective": "erm"}),
+            NS(key="c", dataset="he", config={"objective": "scaat"}), NS(key="d", dataset="ihc", config={"objective": "erm"})]
+    assert default_pair(runs, "he") == ["b", "c"]  # baseline vs its SCAAT retrain, not the first two
+    assert default_pair(runs, "ihc") == ["d", "d"]  # one run: shown twice
+    assert default_pair(runs, None) == ["b", "c"] and default_pair(runs[:1], "x") == ["a", "a"]
+    assert dataset_for_slide({"synthetic-he", "synthetic-he-biased", "ihc"}, "/s/synthetic-he-biased.tiff") == \
+        "synthetic-he-biased"
+    assert dataset_for_slide({"synthetic-he", "ihc"}, "case.svs") is None
+    assert (tile_stride(64, "tile"), tile_stride(64, "half"), tile_stride(1, "half")) == (64, 32, 1)
+    assert viewer_grid(None) is None
+    assert viewer_grid({"level_downsample": 2.0, "tile_size": 64, "stride": 32, "grid": [3, 5]}) == \
+        {"tile": 128.0, "stride": 64.0, "rows": 3, "cols": 5}
+    assert job_state({"complete": False, "done": 1200, "total": 3000}) == "1,200/3,000 tiles"
+    assert job_state({"complete": False, "done": 0, "total": 0}) == "not explained yet"
+    # one colour scale for both maps: saliency 0..p99.5 of |values| (signed: symmetric), NaN ignored
+    left = np.array([[0.0, 1.0], [np.nan, 3.0]])
+    right = np.arange(200, dtype=float).reshape(10, 20) / 100
+    vmin, vmax, label = overlay_scale([left, right, None], "saliency", "slide", ["n", "t"], "t")
+    assert vmin == 0.0 and vmax == pytest.approx(np.percentile(np.r_[0.0, 1.0, 3.0, right.ravel()], 99.5))
+    assert label == "saliency (slide-wide)"
+    assert overlay_scale([-left], "saliency", "tile", ["n", "t"], "t")[:2] == \
+        pytest.approx((-np.percentile([0, 1, 3], 99.5), np.percentile([0, 1, 3], 99.5)))
+    assert overlay_scale([left], "entropy", "slide", ["a", "b", "c"], "a") == (0.0, pytest.approx(np.log(3)),
+                                                                               "entropy (nats)")
+    assert overlay_scale([left], "probability", "slide", ["n", "t"], "t") == (0.0, 1.0, "p(t)")
+    # the change view: each map over its own max |value|, right minus left
+    a, b = np.array([[1.0, -2.0]]), np.array([[0.0, 4.0]])
+    np.testing.assert_allclose(change_map(a, b), [[0.0 - 0.5, 1.0 + 1.0]])
+    assert change_map(a, np.zeros((2, 2))) is None
+
+
+def test_stitched_view_overlays_only_computed_pixels():
+    """The fallback image when the deep-zoom viewer is unavailable: the thumbnail where no tile was
+    computed, the alpha blend of thumbnail and colour map elsewhere."""
+    from types import SimpleNamespace as NS
+
+    from interp_core.attribution import colorize
+    from interp_core.slide_job import stitched_view
+    thumb = np.full((2, 3, 3), 200, np.uint8)
+    vals = np.array([[np.nan, 0.0, 1.0], [0.5, np.nan, np.nan]])
+    out = stitched_view("unused.tiff", NS(result=NS(thumbnail=thumb)), vals, 0.0, 1.0, "inferno", 0.25)
+    np.testing.assert_array_equal(out[0, 0], thumb[0, 0])
+    np.testing.assert_array_equal(out[1, 1:], thumb[1, 1:])
+    want = np.rint(0.75 * 200 + 0.25 * colorize(np.array([[1.0]]), "inferno")[0, 0] * 255)
+    np.testing.assert_array_equal(out[0, 2], want)
+    assert stitched_view("x", NS(result=NS(thumbnail=thumb)), None, 0, 1, "inferno", 0.5) is thumb

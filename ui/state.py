@@ -134,6 +134,9 @@ class Slide:
     DETAIL_METHOD = "slide.detail_method"
     TO_EXPLORE = "slide.to_explore"
     STARTED = "slide.started"    # when this session last started explain-slide jobs (time.time())
+    FALLBACK_ROW = "slide.fallback_row"  # tile row/column picked when the deep-zoom viewer is unavailable
+    FALLBACK_COL = "slide.fallback_col"
+    FALLBACK_SHOW = "slide.fallback_show"
 
 
 class Report:

@@ -25,12 +25,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(tmp: Path, env: dict[str, str]) -> Iterator[str]:
-    """``streamlit run app.py`` with ``env`` on a free port (log in ``tmp/server.log``); yields its URL
-    once ``/_stcore/health`` answers, and stops the server on exit."""
+def streamlit_server(tmp: Path, env: dict[str, str], script: str = "app.py") -> Iterator[str]:
+    """``streamlit run SCRIPT`` (``app.py``, or ``serve.py``: the same app with the Slide page's tile route)
+    with ``env`` on a free port (log in ``tmp/server.log``); yields its URL once ``/_stcore/health``
+    answers, and stops the server on exit."""
     port = free_port()
     log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
                              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -45,7 +45,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "INTERP_SAMPLE_DATA": str(sample), "INTERP_RUNS_DIR": str(tmp / "runs"),
            "INTERP_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("INTERP_SLIDES_DIR", None)
-    with streamlit_server(tmp, env) as url:
+    with streamlit_server(tmp, env, script="serve.py") as url:  # st.App: the tile route without internals
         yield url
 
 

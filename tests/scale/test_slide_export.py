@@ -37,6 +37,98 @@ def _assert_geojson(obj: dict) -> None:
                 assert all(len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt) for pt in ring)
 
 
+# What QuPath 0.4.x/0.5.x does with one GeoJSON Feature on *File > Import objects from file*, transcribed
+# from qupath-core/src/main/java/qupath/lib/io (tags v0.4.4 and v0.5.1, identical in these parts):
+# QuPathTypeAdapters.PathObjectTypeAdapter.parseObject, MeasurementListTypeAdapter.read,
+# GsonTools.PathClassTypeAdapter.read (+ PathClassProxy, arrayToRgb) and ROITypeAdapters.parseGeometry.
+# An independent reading of the format, not a call into our writer; not a running QuPath.
+QUPATH_TYPES = {"PathTileObject": "tile", "tile": "tile", "PathCellObject": "cell", "cell": "cell",
+                "TMACoreObject": "tmaCore", "tmaCore": "tmaCore", "tma_core": "tmaCore",
+                "PathDetectionObject": "detection", "detection": "detection", "PathRootObject": "root",
+                "root": "root", "PathAnnotationObject": "annotation", "annotation": "annotation",
+                "unknown": "annotation"}
+QUPATH_GEOMETRIES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
+                     "GeometryCollection"}
+
+
+def qupath_reads(feature: dict) -> dict:
+    """The object QuPath would make from ``feature``; raises where QuPath's import would throw, and
+    flags (``fallback``) where it would silently fall back (unknown type -> annotation, id not a UUID)."""
+    import uuid
+    out: dict = {"fallback": []}
+    fid = feature.get("id")
+    try:
+        out["uuid"] = uuid.UUID(str(fid)) if fid is not None else None
+    except ValueError:
+        out["fallback"].append("id is not a UUID: QuPath makes a new one")
+    g = feature["geometry"]
+    if g.get("type") not in QUPATH_GEOMETRIES:
+        raise ValueError(f"QuPath: no Geometry type found for {g.get('type')!r}")  # IllegalArgumentException
+    out["geometry"] = g["type"]
+    props = feature.get("properties", {})
+    kind = "unknown"
+    for key in ("objectType", "object_type", "type"):
+        if key in props:
+            kind = str(props[key])
+            break
+    if kind not in QUPATH_TYPES:
+        out["fallback"].append(f"unknown object type {kind!r}: QuPath makes an annotation")
+    out["object"] = QUPATH_TYPES.get(kind, "annotation")
+    cls = props.get("classification")
+    if cls is None or isinstance(cls, str):
+        out["class"], out["color"] = cls, None
+    elif isinstance(cls, dict):
+        if len(cls) == 0 or "colorRGB" in cls or "parentClass" in cls:
+            raise ValueError("QuPath: pre-0.4 PathClass serialisation")  # read another way; not what we write
+        if not (("name" in cls or "names" in cls) and "color" in cls):
+            raise ValueError("QuPath: Unable to parse PathClass (needs name/names and color)")  # JsonParseException
+        rgb = cls["color"]
+        if not (isinstance(rgb, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in rgb)):
+            raise ValueError("QuPath: classification color must be an int array")  # gson int[]
+        if len(rgb) not in (0, 1, 3, 4) or not all(0 <= v <= 255 for v in rgb[:3] if len(rgb) >= 3):
+            raise ValueError("QuPath: RGB array should have length 0, 1, 3 or 4")
+        out["class"] = cls["name"] if "name" in cls else ":".join(cls["names"])
+        out["color"] = tuple(rgb)
+    else:
+        raise ValueError("QuPath: Unable to parse PathClass")
+    meas = props.get("measurements")
+    out["measurements"] = {}
+    if isinstance(meas, dict):
+        for k, v in meas.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                out["fallback"].append(f"measurement {k!r} skipped (not a number)")
+            elif isinstance(v, str):
+                out["measurements"][k] = float({"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(v.lower(), v))
+            else:
+                out["measurements"][k] = float(v)
+    elif isinstance(meas, list):
+        out["measurements"] = {m["name"]: float(m["value"]) for m in meas}
+    return out
+
+
+def test_qupath_reader_transcription_rejects_what_qupath_rejects():
+    """The transcription above is not a pass-everything check: the shapes QuPath refuses are refused."""
+    ok = {"type": "Feature", "id": "0b7e3b2c-1111-4c4c-8c8c-123456789abc",
+          "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+          "properties": {"objectType": "tile", "classification": {"name": "tumor", "color": [1, 2, 3]},
+                         "measurements": {"a": 1, "b": "NaN"}}}
+    got = qupath_reads(ok)
+    assert got["object"] == "tile" and got["class"] == "tumor" and got["color"] == (1, 2, 3) and not got["fallback"]
+    assert got["measurements"]["a"] == 1.0 and np.isnan(got["measurements"]["b"])
+    import copy
+    for mutate in (lambda f: f["properties"]["classification"].pop("color"),  # a class without colour
+                   lambda f: f["properties"]["classification"].update(color="#ff0000"),
+                   lambda f: f["geometry"].update(type="Box")):
+        bad = copy.deepcopy(ok)
+        mutate(bad)
+        with pytest.raises(ValueError):
+            qupath_reads(bad)
+    bad = copy.deepcopy(ok)
+    bad["properties"]["objectType"] = "tiles"
+    bad["id"] = "tile-3-4"
+    assert len(qupath_reads(bad)["fallback"]) == 2 and qupath_reads(bad)["object"] == "annotation"
+
+
 def test_synthetic_wsi_is_a_jpeg_pyramid_with_consistent_ground_truth(wsi):
     import openslide
     import tifffile
@@ -95,6 +187,29 @@ def test_tiles_geojson_lands_on_the_lesion_mask(wsi, tmp_path, helpers, level):
         assert [m[f"prob_{k}"] for k in classes] == pytest.approx(p.tolist(), abs=1e-6)
         assert m["entropy"] == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-5)
     assert sum(f["properties"]["measurements"]["saliency_mass"] for f in gj["features"]) == pytest.approx(1.0)
+    # what QuPath 0.4/0.5 makes of each feature: a tile object of the predicted class, with its colour,
+    # every measurement a number, no silent fallback; ids unique
+    read = [qupath_reads(f) for f in gj["features"]]
+    for f, q in zip(gj["features"], read):
+        m = f["properties"]["measurements"]
+        assert q["object"] == "tile" and q["geometry"] == "Polygon" and not q["fallback"]
+        assert q["class"] in classes and len(q["color"]) == 3
+        assert q["measurements"] == pytest.approx({k: float(v) for k, v in m.items()})
+        assert set(q["measurements"]) == {f"prob_{k}" for k in classes} | {"entropy", "saliency_mean_abs",
+                                                                             "saliency_mass", "row", "col"}
+    assert len({q["uuid"] for q in read}) == len(read)
+    # another run's file (other weights) has other ids: both can be imported into one QuPath image
+    from interp_core.slide_job import assemble, tiles_geojson
+    plan = json.loads((out / "plan.json").read_text())
+    assert tiles_geojson(assemble(out), plan) == gj  # the file is what the function makes
+    other = tiles_geojson(assemble(out), {**plan, "weights_sha1": "0" * 40})
+    assert not {f["id"] for f in other["features"]} & {f["id"] for f in gj["features"]}
+    # the generator's lesion annotations too
+    lesions = json.loads((wsi.parent / meta["files"]["lesions"]).read_text())
+    for f in lesions["features"]:
+        q = qupath_reads(f)
+        assert q["object"] == "annotation" and q["geometry"] == "MultiPolygon" and not q["fallback"]
+        assert q["class"] == "Tumor"
 
 
 def test_explain_slide_resumes_from_its_pieces(wsi, tmp_path, helpers):
