@@ -245,13 +245,12 @@ class SCAAT(Objective):
             "'exact' = METHODS.md section 2 as written; 'fast' [ours] = saliency and the attack's sign step "
             "both from the training pass's own input gradient dCE/dx (no eval or attack pass), KL target "
             "detached; see docs/fast_modes.md"), "choices": SCAAT_MODES,
-            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
-            "cost": {"exact": "about 3.8x an ERM epoch",
-                     "fast": "about 2.2x an ERM epoch (1.7x with kl batch fraction 0.5)"}})
+            # its measured cost (Train page): interp_core.training.mode_costs, from docs/results/objective_speed.json
+        })
         kl_batch_fraction: float = field(default=1.0, metadata=_help(
             "[ours] fast mode only: share of each batch (drawn at random) given a perturbed copy and a KL "
             "term; the KL mean over that subset estimates the full batch's without bias, and the perturbed "
-            "pass costs this share of a full one (0.5: about 1.7x ERM instead of about 2.2x)"))
+            "pass costs this share of a full one (measured: docs/results/objective_speed.md)"))
 
         def __post_init__(self) -> None:
             if isinstance(self.alpha, str):
