@@ -69,6 +69,10 @@ def main() -> None:
     p.add_argument("--m-epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--tag", default="fast_effect")
+    p.add_argument("--speed", default="docs/results/objective_speed.json",
+                   help="bench/objective_speed.py's JSON, for the cost-vs-effect table ('' to skip)")
+    p.add_argument("--target-share", type=float, default=0.8)
+    p.add_argument("--target-cost", type=float, default=2.0)
     p.add_argument("--json-name", default=None, help="name of bench/out/<name>.json (default: the tag)")
     p.add_argument("--out", default="docs/results/fast_modes/scaat_effect.md")
     a = p.parse_args()
@@ -115,8 +119,64 @@ def main() -> None:
         out = ROOT / a.out  # rewritten after every dataset, so a long run leaves its finished part
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(lines) + "\n")
+    if a.speed and a.objective == "scaat":
+        lines += cost_vs_effect(payload, objectives, exact, fasts, control, ROOT / a.speed, a.target_share, a.target_cost)
+        out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("written", out, save(a.json_name or a.tag, payload))
+
+
+def epoch_cost(speed: dict, objective: str, options: dict, threads: int = 1) -> tuple[float, float] | None:
+    """(wall, CPU) epoch time over ERM's of the speed benchmark's row measured with exactly these
+    (resolved) options and thread count, or None."""
+    want = json.loads(json.dumps(options, default=str))
+    rows = [r for r in speed.get("rows", []) if r["objective"] == objective and r["threads"] == threads
+            and r["kind"] == "epoch" and r["resolved_options"] == want]
+    return (rows[0]["x_erm"], rows[0]["cpu_x_erm"]) if rows else None
+
+
+def cost_vs_effect(payload: dict, objectives: dict, exact: str, fasts: list[str], control: str, speed_path,
+                   target_share: float, target_cost: float, accuracy_tolerance: float = 0.01) -> list[str]:
+    """Markdown: per dataset and arm, the epoch cost (``bench/objective_speed.py``'s JSON, one
+    thread), the shares of exact's sparseness and relevance-mass effects, accuracy against exact,
+    and the effect per unit of time relative to exact's."""
+    speed = json.loads(speed_path.read_text())
+    cost = {n: epoch_cost(speed, spec["objective"], spec["options"]) for n, spec in objectives.items()}
+    lines = ["\n## Cost vs effect\n",
+             f"Epoch cost: `{speed_path.name}` (`bench/objective_speed.py`, one thread, wall / CPU time over an ERM "
+             "epoch, rows measured at exactly these options). Share: the arm's mean paired effect over exact's "
+             "(sparseness = Gini, relevance mass). Accuracy: the arm's paired accuracy effect minus exact's, mean ± sd "
+             "over seeds. Effect per unit of time relative to exact: `min share x (exact's cost / arm's cost)` "
+             "over the whole epoch, and `min share x (exact's cost - 1) / (arm's cost - 1)` over the time "
+             f"beyond an ERM epoch (the control's). Targets (issue 16): share >= {100 * target_share:.0f}% on both "
+             f"metrics at equal accuracy (mean accuracy vs exact >= -{accuracy_tolerance}), cost <= {target_cost:.1f}x.\n",
+             "| dataset | arm | cost x erm (wall / cpu) | sparseness share | relevance mass share | accuracy vs exact "
+             "| effect/time vs exact (epoch / beyond ERM) | targets |", "|---|---|---|---|---|---|---|---|"]
+    ce = cost.get(exact)
+    for name, res in payload["tables"].items():
+        acc = res[exact]["accuracy"]
+        lines.append(f"| {name} | {exact} | {_cost(ce)} | 100% | 100% | | 1.00 / 1.00 | (reference) |")
+        for f in fasts:
+            r = payload["retained"][name][f]
+            sh_s, sh_r = r["sparseness"]["retained"], r["relevance_mass_accuracy"]["retained"]
+            d = [x - y for x, y in zip(res[f]["accuracy"], acc)]
+            dm, dsd = statistics.mean(d), (statistics.stdev(d) if len(d) > 1 else 0.0)
+            cf, share = cost.get(f), min(sh_s, sh_r)
+            if cf and ce:
+                per = f"{share * ce[0] / cf[0]:.2f} / {share * (ce[0] - 1) / (cf[0] - 1):.2f}"
+            else:
+                per = "not measured"
+            verdict = [f"share {'ok' if share >= target_share else f'missed by {100 * (target_share - share):.0f} pts'}",
+                       f"accuracy {'equal' if dm >= -accuracy_tolerance else 'lower'}",
+                       "cost " + ("not measured" if not cf else "ok" if cf[0] <= target_cost
+                                  else f"missed by {cf[0] - target_cost:.2f}x")]
+            lines.append(f"| {name} | {f} | {_cost(cf)} | {100 * sh_s:.0f}% | {100 * sh_r:.0f}% | {dm:+.3f} ± {dsd:.3f} "
+                         f"| {per} | {'; '.join(verdict)} |")
+    return lines + [""]
+
+
+def _cost(c: tuple[float, float] | None) -> str:
+    return "not measured" if c is None else f"{c[0]:.2f} / {c[1]:.2f}"
 
 
 if __name__ == "__main__":
