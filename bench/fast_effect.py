@@ -127,12 +127,12 @@ def main() -> None:
 
 
 def epoch_cost(speed: dict, objective: str, options: dict, threads: int = 1) -> tuple[float, float] | None:
-    """(wall, CPU) epoch time over ERM's of the speed benchmark's row measured with exactly these
+    """(CPU, wall) epoch time over ERM's of the speed benchmark's row measured with exactly these
     (resolved) options and thread count, or None."""
     want = json.loads(json.dumps(options, default=str))
     rows = [r for r in speed.get("rows", []) if r["objective"] == objective and r["threads"] == threads
             and r["kind"] == "epoch" and r["resolved_options"] == want]
-    return (rows[0]["x_erm"], rows[0]["cpu_x_erm"]) if rows else None
+    return (rows[0]["cpu_x_erm"], rows[0]["x_erm"]) if rows else None
 
 
 def cost_vs_effect(payload: dict, objectives: dict, exact: str, fasts: list[str], control: str, speed_path,
@@ -143,14 +143,15 @@ def cost_vs_effect(payload: dict, objectives: dict, exact: str, fasts: list[str]
     speed = json.loads(speed_path.read_text())
     cost = {n: epoch_cost(speed, spec["objective"], spec["options"]) for n, spec in objectives.items()}
     lines = ["\n## Cost vs effect\n",
-             f"Epoch cost: `{speed_path.name}` (`bench/objective_speed.py`, one thread, wall / CPU time over an ERM "
-             "epoch, rows measured at exactly these options). Share: the arm's mean paired effect over exact's "
+             f"Epoch cost: `{speed_path.name}` (`bench/objective_speed.py`, one thread, CPU / wall time over an ERM "
+             "epoch, rows measured at exactly these options; the CPU-time ratio is used below: a niced benchmark's "
+             "wall time on a shared machine also counts waiting for a core). Share: the arm's mean paired effect over exact's "
              "(sparseness = Gini, relevance mass). Accuracy: the arm's paired accuracy effect minus exact's, mean ± sd "
              "over seeds. Effect per unit of time relative to exact: `min share x (exact's cost / arm's cost)` "
              "over the whole epoch, and `min share x (exact's cost - 1) / (arm's cost - 1)` over the time "
              f"beyond an ERM epoch (the control's). Targets (issue 16): share >= {100 * target_share:.0f}% on both "
              f"metrics at equal accuracy (mean accuracy vs exact >= -{accuracy_tolerance}), cost <= {target_cost:.1f}x.\n",
-             "| dataset | arm | cost x erm (wall / cpu) | sparseness share | relevance mass share | accuracy vs exact "
+             "| dataset | arm | cost x erm (CPU / wall) | sparseness share | relevance mass share | accuracy vs exact "
              "| effect/time vs exact (epoch / beyond ERM) | targets |", "|---|---|---|---|---|---|---|---|"]
     ce = cost.get(exact)
     for name, res in payload["tables"].items():
