@@ -63,9 +63,11 @@ perturbed) per step, about 2x ERM instead of about 4x. What differs from METHODS
   training loop's one ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
 - ``bn_stats`` must be ``separate`` (each half its own batch statistics, running statistics from
   the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on;
-- ``kl_batch_fraction`` < 1 (fast mode only): the perturbed branch and the KL term cover a random
-  subset of that share of the batch (an unbiased estimate of the batch's mean KL), so the
-  perturbed pass costs that share of a full one.
+- ``kl_batch_fraction`` ``f`` < 1 (fast mode only): the perturbed branch and the KL term cover the
+  rows ``sort(randperm(B)[:ceil(f * B)])``, drawn first from the step's seeded generator (an
+  unbiased estimate of the batch's mean KL), so the perturbed pass costs that share of a full
+  one. Default 1 (the whole batch: no draw): 0.5 met the 2x cost target but kept only 57-77% of
+  exact's effect (docs/fast_modes.md, docs/results/fast_modes/scaat_effect.md).
 - Single process only (not tested under torchrun).
 
 Tried and rejected (docs/fast_modes.md): carrying each sample's perturbation across epochs
