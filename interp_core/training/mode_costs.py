@@ -54,13 +54,13 @@ def measured_rows(objective: str, mode: str, *, threads: int = 1, path: str | Pa
 def mode_costs(objective: str, modes: list[str] | tuple[str, ...], *, threads: int = 1,
                path: str | Path = SPEED_RESULTS) -> dict[str, str]:
     """``{mode: text}`` for each of ``modes`` measured at the current defaults, e.g.
-    ``"2.2x an ERM epoch (2.1x the forward/backward floor), CPU time, 1 thread"``; modes
+    ``"2.04x an ERM epoch (2.23x the forward/backward floor), CPU time, 1 thread"``; modes
     without a measurement are left out."""
     out = {}
     for mode in modes:
         rows = measured_rows(objective, mode, threads=threads, path=path)
         if rows:
-            parts = [f"{r['cpu_x_erm']:.1f}x an ERM epoch{EPOCH_KINDS[r['kind']]} "
-                     f"({r['cpu_x_floor']:.1f}x the forward/backward floor)" for r in rows]
+            parts = [f"{r['cpu_x_erm']:.2f}x an ERM epoch{EPOCH_KINDS[r['kind']]} "
+                     f"({r['cpu_x_floor']:.2f}x the forward/backward floor)" for r in rows]
             out[mode] = "; ".join(parts) + f", CPU time, {threads} thread{'s' if threads > 1 else ''}"
     return out

@@ -25,7 +25,7 @@ def test_train_page_offers_the_mode_with_its_cost(h, objective):
                                          default=str))
         label = next(str(o) for o in radio.options if str(o).startswith(f"{mode}: "))
         measured = [r for r in rows if r["resolved_options"] == defaults]
-        assert measured and all(f"{r['cpu_x_erm']:.1f}x an ERM epoch" in label for r in measured), (label, measured)
+        assert measured and all(f"{r['cpu_x_erm']:.2f}x an ERM epoch" in label for r in measured), (label, measured)
     radio.set_value("fast").run()
     h.assert_clean(at)
     assert at.radio(key=f"train.opt.{objective}.mode").value == "fast"

@@ -33,16 +33,16 @@ def test_costs_come_from_rows_at_the_current_defaults_only(tmp_path):
     path = tmp_path / "speed.json"
     path.write_text(json.dumps({"rows": rows}))
     assert mode_costs("scaat", ["exact", "fast"], path=path) == {
-        "exact": "3.8x an ERM epoch (3.6x the forward/backward floor), CPU time, 1 thread",
-        "fast": "2.2x an ERM epoch (2.1x the forward/backward floor), CPU time, 1 thread"}
+        "exact": "3.84x an ERM epoch (3.61x the forward/backward floor), CPU time, 1 thread",
+        "fast": "2.21x an ERM epoch (2.08x the forward/backward floor), CPU time, 1 thread"}
     ece = mode_costs("ece", ["exact", "fast"], path=path)
-    assert ece["exact"] == ("1.8x an ERM epoch on average over its refresh schedule (1.8x the forward/backward "
+    assert ece["exact"] == ("1.84x an ERM epoch on average over its refresh schedule (1.75x the forward/backward "
                             "floor), CPU time, 1 thread")
     # both averages, the fine-tune first (EPOCH_KINDS order, not file order)
     assert ece["fast"].index("3-epoch fine-tune") < ece["fast"].index("long run")
-    assert "1.2x an ERM epoch on average over a 3-epoch fine-tune" in ece["fast"]
+    assert "1.24x an ERM epoch on average over a 3-epoch fine-tune (1.18x" in ece["fast"]
     assert mode_costs("scaat", ["exact", "fast"], threads=2, path=path) == {
-        "fast": "9.0x an ERM epoch (9.0x the forward/backward floor), CPU time, 2 threads"}
+        "fast": "9.00x an ERM epoch (9.00x the forward/backward floor), CPU time, 2 threads"}
     # a mode measured only under other defaults has no cost
     only_old = tmp_path / "old.json"
     only_old.write_text(json.dumps({"rows": [rows[3]]}))
