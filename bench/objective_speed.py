@@ -27,12 +27,19 @@ default schedule) is timed too, and an extra row gives the average over its sche
 so load from other processes hits all of them alike; the table shows the median over rounds of
 wall time and of this process's CPU time, and their ratios to ``erm``. Objectives that are not
 registered (a module not written yet) are skipped with a note.
+
+With ``--out X.md`` the same numbers are also written to ``X.json`` (one record per row: objective,
+its options as given and fully resolved, the row's kind, seconds and ratios per thread count);
+the Train page reads each mode's cost from it (:mod:`interp_core.training.mode_costs`). The
+report states the load average before and after the run: on a shared machine only the ratios
+within one table mean anything.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -179,6 +186,7 @@ def main() -> None:
     def ece_mode(n: str) -> str:
         return str(options[n].get("mode", "exact"))
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for t in threads:
@@ -201,7 +209,9 @@ def main() -> None:
                         names.remove(n)
     lines = [f"device: {describe_device(device)}; {a.arch}{f' width {a.width}' if kwargs else ''}, "
              f"tiles {a.size}x{a.size}, batch {a.batch}, {a.steps} steps per epoch, {a.rounds} interleaved rounds "
-             f"(median); threads {', '.join(map(str, threads))} measured in every round", ""]
+             f"(median); threads {', '.join(map(str, threads))} measured in every round; load average "
+             f"(1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores", ""]
+    records: list[dict] = []
     for t in threads:
         rec = times[t]
         ref_wall, ref_cpu = _median(rec["erm"])
@@ -211,11 +221,24 @@ def main() -> None:
                   f"| floor | one train forward + backward per batch | {floor_wall:.2f} | {floor_wall / ref_wall:.2f} "
                   f"| 1.00 | {floor_cpu / ref_cpu:.2f} | 1.00 |"]
 
-        def row(obj: str, label: str, wall: float, cpu: float) -> str:
+        records.append({"threads": t, "objective": "floor", "options": {}, "resolved_options": {}, "kind": "floor",
+                        "label": "one train forward + backward per batch", "seconds": floor_wall,
+                        "cpu_seconds": floor_cpu,
+                        "x_erm": floor_wall / ref_wall, "x_floor": 1.0, "cpu_x_erm": floor_cpu / ref_cpu,
+                        "cpu_x_floor": 1.0})
+        current: list[str] = []  # the entry whose rows are being written
+
+        def row(obj: str, label: str, wall: float, cpu: float, kind: str = "epoch") -> str:
+            n = current[0]
+            records.append({"threads": t, "objective": obj, "options": options[n],
+                            "resolved_options": resolved(obj, options[n]), "kind": kind, "label": label,
+                            "seconds": wall, "cpu_seconds": cpu, "x_erm": wall / ref_wall, "x_floor": wall / floor_wall,
+                            "cpu_x_erm": cpu / ref_cpu, "cpu_x_floor": cpu / floor_cpu})
             return (f"| {obj} | {label} | {wall:.2f} | {wall / ref_wall:.2f} | {wall / floor_wall:.2f} "
                     f"| {cpu / ref_cpu:.2f} | {cpu / floor_cpu:.2f} |")
 
         for n in names:
+            current[:] = [n]
             wall, cpu = _median(rec[n])
             opts = json.dumps(options[n]) if options[n] else "defaults"
             if objective_of[n] != "ece":
@@ -223,22 +246,47 @@ def main() -> None:
                 continue
             w2, c2 = _median(rec[n + " #2"])
             if ece_mode(n) == "fast":
-                lines.append(row("ece", f"{opts}: first refresh epoch", wall, cpu))
-                lines.append(row("ece", f"{opts}: later refresh epoch", w2, c2))
-                lines.append(row("ece", f"{opts}: avg, 3-epoch fine-tune", (wall + 2 * w2) / 3, (cpu + 2 * c2) / 3))
-                lines.append(row("ece", f"{opts}: avg, long run (refresh every epoch)", w2, c2))
+                lines.append(row("ece", f"{opts}: first refresh epoch", wall, cpu, "first refresh epoch"))
+                lines.append(row("ece", f"{opts}: later refresh epoch", w2, c2, "later refresh epoch"))
+                lines.append(row("ece", f"{opts}: avg, 3-epoch fine-tune", (wall + 2 * w2) / 3, (cpu + 2 * c2) / 3,
+                                 "avg 3-epoch fine-tune"))
+                lines.append(row("ece", f"{opts}: avg, long run (refresh every epoch)", w2, c2, "avg long run"))
             else:
                 every = int(options_from_dict(get_objective("ece"), options[n]).refresh_every)
-                lines.append(row("ece", f"{opts}: refresh epoch", wall, cpu))
+                lines.append(row("ece", f"{opts}: refresh epoch", wall, cpu, "refresh epoch"))
                 lines.append(row("ece", f"{opts}: avg, refresh every {every}", (wall + (every - 1) * w2) / every,
-                                 (cpu + (every - 1) * c2) / every))
+                                 (cpu + (every - 1) * c2) / every, "avg schedule" if every > 1 else "avg long run"))
         lines.append("")
+    lines += [READING, ""]
     text = "\n".join(lines)
     print(text)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(f"# Epoch time per objective, exact vs fast\n\nGenerated by `python bench/objective_speed.py "
-                               f"{shlex.join(sys.argv[1:])}`.\n\n{text}\n")
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = f"python bench/objective_speed.py {shlex.join(sys.argv[1:])}"
+        out.write_text(f"# Epoch time per objective, exact vs fast\n\nGenerated by `{command}`.\n\n{text}\n")
+        out.with_suffix(".json").write_text(json.dumps({
+            "command": command, "device": describe_device(device), "arch": a.arch, "width": a.width, "size": a.size,
+            "batch": a.batch, "steps": a.steps, "rounds": a.rounds, "threads": threads,
+            "load_average_before": load_before[0], "rows": records}, indent=1) + "\n")
+
+
+#: How to read the tables (no numbers: those are above).
+READING = (
+    "How to read: `x erm` and `cpu x erm` are wall and CPU time (this process) relative to ERM at the same "
+    "thread count; `x fwd/bwd` relative to the bare floor (one train-mode forward and backward per batch, no "
+    "optimiser step), the least any objective that trains on the batch can cost. Rounds are interleaved "
+    "across objectives and thread counts, so load from other processes hits every row alike; with a load "
+    "average near or above the core count the absolute seconds are inflated and only ratios within one "
+    "table mean anything, and the 2-thread table measures contention more than parallel speed-up. ECE in "
+    "`exact` mode refreshing every epoch (METHODS.md's schedule, `--refresh-every 1`) is its `refresh epoch` "
+    "row; in `fast` mode every epoch past the warm-up is a refresh epoch.")
+
+
+def resolved(objective: str, options: dict) -> dict:
+    """``options`` with the objective's defaults filled in (JSON-ready)."""
+    import dataclasses
+    return json.loads(json.dumps(dataclasses.asdict(options_from_dict(get_objective(objective), options)), default=str))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import streamlit as st
 from interp_core import figures
 from interp_core.errors import InterpError
 from interp_core.runs import read_history
+from interp_core.training.mode_costs import mode_costs
 from interp_core.training.objectives import get_objective, objective_names
 from ui import cache, catalog, shell, sidebar, text
 from ui import state as S
@@ -67,8 +68,8 @@ name = c4.text_input("Name of the new run", key=name_key, help="Saved under `run
 
 flags: list[str] = []
 mode_field = next((f for f in dataclasses.fields(get_objective(objective).Options) if f.name == "mode"), None)
-if mode_field is not None:  # exact or fast (issue 16), each with its measured cost per epoch
-    costs = mode_field.metadata.get("cost", {})
+if mode_field is not None:  # exact or fast (issue 16), each with its cost read from the speed benchmark's results
+    costs = mode_costs(objective, mode_field.metadata["choices"])
     mode_key = f"{S.Train.OPTION_PREFIX}{objective}.mode"
     S.init(mode_key, mode_field.default)
     mode = st.radio("Mode", list(mode_field.metadata["choices"]), key=mode_key, horizontal=True,

@@ -89,7 +89,7 @@ def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
     with x + delta rebuilt independently (train-mode dCE/dx -> mask; random start + sign step)."""
     model, b = _model(), _batch()
     ref = copy.deepcopy(model)
-    obj = _fast(kl_weight=3.0)
+    obj = _fast(kl_weight=3.0, kl_batch_fraction=1.0)  # the whole batch (the fraction-1 path draws no subset)
     loss, extras = obj.batch_loss(model, b, _ctx(seed=4))
     loss.backward()
     assert model.training
@@ -184,14 +184,54 @@ def test_fast_options_validation():
         options_from_dict(SCAAT, {"mode": "fast", "kl_batch_fraction": 0.0})
 
 
-def test_kl_batch_fraction_perturbs_a_subset():
-    model, b = _model(), _batch()
-    obj = _fast(kl_batch_fraction=0.5)
+def test_kl_batch_fraction_picks_the_seeded_subset_and_averages_its_kl():
+    """``kl_batch_fraction`` f: the perturbed branch gets the rows ``sort(randperm(B)[:ceil(f B)])``
+    drawn first from the step's generator (the same rows for the same seed); CE covers the whole
+    batch, the KL term is the mean over those rows; rebuilt independently here."""
+    from interp_core.training.saliency_guidance import _running_stats_frozen
+    model, b = _model(), _batch(n=8)
+    ref = copy.deepcopy(model)
+    obj = _fast(kl_batch_fraction=0.3, kl_weight=5.0)  # ceil(0.3 * 8) = 3 rows
     rec = _Inputs(model)
-    loss, _ = obj.batch_loss(model, b, _ctx())
+    loss, extras = obj.batch_loss(model, b, _ctx(seed=7))
     loss.backward()
-    assert len(rec.seen[1]) == 4 and len(rec.seen[0]) == 8
+    clean, x_adv = rec.seen
     rec.handle.remove()
+    gen = torch.Generator().manual_seed(7)
+    sub = torch.randperm(8, generator=gen)[:3].sort().values
+    assert len(clean) == 8 and len(x_adv) == 3
+    x = b["image"].clone().requires_grad_(True)
+    logits = ref(x)
+    ce = F.cross_entropy(logits, b["label"])
+    (gx,) = torch.autograd.grad(ce, x, retain_graph=True)
+    xs, gs = b["image"][sub], gx[sub]
+    mask = adaptive_low_saliency_mask(loss_input_saliency(gs, xs), obj.options.q, obj.options.rho_min,
+                                      obj.options.rho_max, generator=gen)
+    u = (torch.rand(xs.shape, generator=gen) * 2 - 1) * EPS
+    expected = (xs + (u + 1.25 * EPS * gs.sign()).clamp(-EPS, EPS) * mask).clamp(0, 1)
+    assert torch.allclose(x_adv, expected, atol=1e-6)
+    with _running_stats_frozen([m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]):
+        logits_adv = ref(expected)
+    kl = kl_divergence(logits[sub].detach(), logits_adv).mean()
+    total = ce + 5.0 * kl
+    assert loss.item() == pytest.approx(total.item(), rel=1e-5)
+    assert extras["kl"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-9)
+    total.backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4)
+    # the same seed picks the same rows; another seed (almost surely) others
+    again = _Inputs(m2 := copy.deepcopy(ref))
+    obj.batch_loss(m2, b, _ctx(seed=7))
+    assert torch.equal(again.seen[1], x_adv)
+    picks = set()
+    for seed in range(6):
+        r = _Inputs(m3 := copy.deepcopy(ref))
+        obj.batch_loss(m3, b, _ctx(seed=seed))
+        rows = torch.randperm(8, generator=torch.Generator().manual_seed(seed))[:3].sort().values
+        # each perturbed row is within eps of the batch row the seed picked (random rows differ by far more)
+        assert len(r.seen[1]) == 3 and (r.seen[1] - b["image"][rows]).abs().max() <= EPS + 1e-6
+        picks.add(tuple(rows.tolist()))
+    assert len(picks) > 1
 
 
 # -- SCAAT fast through the training loop --------------------------------------------------------------

@@ -156,10 +156,8 @@ class ECE(Objective):
             "a refresh every epoch, the background perturbation carried per sample and advanced one step "
             "per refresh, a refresh_fraction share re-scored (lowest consistency and oldest scores first); "
             "see docs/fast_modes.md"), "choices": ECE_MODES,
-            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
-            "cost": {"exact": "about 1.8x an ERM epoch on average with the default refresh every 3rd epoch "
-                              "(3.3x when refreshing every epoch)",
-                     "fast": "about 1.1-1.6x an ERM epoch, refreshing every epoch"}})
+            # its measured cost (Train page): interp_core.training.mode_costs, from docs/results/objective_speed.json
+        })
         refresh_fraction: float = field(default=0.5, metadata={"help": (
             "[ours] fast mode: share of the training samples re-scored at each refresh after the first "
             "(half lowest consistency, half oldest score); 1 = all")})

@@ -63,9 +63,11 @@ perturbed) per step, about 2x ERM instead of about 4x. What differs from METHODS
   training loop's one ``backward()`` (and its gradient scaler) sees ``CE + lambda * KL`` as usual;
 - ``bn_stats`` must be ``separate`` (each half its own batch statistics, running statistics from
   the clean half only, as exact's default); ``eval_precision`` has no eval pass to act on;
-- ``kl_batch_fraction`` < 1 (fast mode only): the perturbed branch and the KL term cover a random
-  subset of that share of the batch (an unbiased estimate of the batch's mean KL), so the
-  perturbed pass costs that share of a full one.
+- ``kl_batch_fraction`` ``f`` < 1 (fast mode only): the perturbed branch and the KL term cover the
+  rows ``sort(randperm(B)[:ceil(f * B)])``, drawn first from the step's seeded generator (an
+  unbiased estimate of the batch's mean KL), so the perturbed pass costs that share of a full
+  one. Default 1 (the whole batch: no draw): 0.5 met the 2x cost target but kept only 57-77% of
+  exact's effect (docs/fast_modes.md, docs/results/fast_modes/scaat_effect.md).
 - Single process only (not tested under torchrun).
 
 Tried and rejected (docs/fast_modes.md): carrying each sample's perturbation across epochs
@@ -245,13 +247,12 @@ class SCAAT(Objective):
             "'exact' = METHODS.md section 2 as written; 'fast' [ours] = saliency and the attack's sign step "
             "both from the training pass's own input gradient dCE/dx (no eval or attack pass), KL target "
             "detached; see docs/fast_modes.md"), "choices": SCAAT_MODES,
-            # measured by bench/objective_speed.py (docs/results/objective_speed.md), shown by the Train page
-            "cost": {"exact": "about 3.8x an ERM epoch",
-                     "fast": "about 2.2x an ERM epoch (1.7x with kl batch fraction 0.5)"}})
+            # its measured cost (Train page): interp_core.training.mode_costs, from docs/results/objective_speed.json
+        })
         kl_batch_fraction: float = field(default=1.0, metadata=_help(
             "[ours] fast mode only: share of each batch (drawn at random) given a perturbed copy and a KL "
             "term; the KL mean over that subset estimates the full batch's without bias, and the perturbed "
-            "pass costs this share of a full one (0.5: about 1.7x ERM instead of about 2.2x)"))
+            "pass costs this share of a full one (measured: docs/results/objective_speed.md)"))
 
         def __post_init__(self) -> None:
             if isinstance(self.alpha, str):
