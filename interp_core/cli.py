@@ -149,7 +149,7 @@ def _run_arg(a: argparse.Namespace, device: Any = "cpu") -> Any:
 # -- evaluate / explain / compare ----------------------------------------------------------
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .device import pick_device
-    from .evaluate import EvalSettings, evaluate_run
+    from .evaluation.evaluate import EvalSettings, evaluate_run
     settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
                             expensive=a.expensive, seed=a.seed)
     result = evaluate_run(_run_arg(a, a.device), a.data, settings, device=pick_device(a.device), progress=not a.quiet,
@@ -162,7 +162,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_explain(a: argparse.Namespace) -> int:
     if a.data is not None:  # dataset mode: sharded, resumable
-        from .explain_dataset import explain_dataset
+        from .evaluation.explain_dataset import explain_dataset
         info = explain_dataset(_run_arg(a, a.device), a.data, a.split, a.out, method=a.attribution, shard_size=a.shard_size,
                                batch_size=a.batch_size, device=a.device, limit=a.limit, target=a.target,
                                seed=a.seed, workers=a.workers, progress=not a.quiet)
@@ -170,7 +170,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
                "shards_written": info["shards_written"], "complete": info["complete"],
                "seconds": round(info["seconds"], 3)}, None)
         return 0
-    from .explain import explain_image
+    from .evaluation.explain import explain_image
     info = explain_image(_run_arg(a, a.device), a.image, a.out, method=a.attribution, target=a.target, device=a.device,
                          alpha=a.alpha, seed=a.seed)
     _emit(info, None)

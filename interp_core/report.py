@@ -1,7 +1,7 @@
 """``compare``: a self-contained HTML report across runs on one dataset.
 
 At the top, the verdict: one paragraph per run saying which metrics got better and which worse
-against a reference run, with 95% intervals (``interp_core.verdict``), and the change table and
+against a reference run, with 95% intervals (``interp_core.evaluation.verdict``), and the change table and
 chart. Then the metric table (value [95% interval], each metric's better direction), value charts
 and deletion/insertion curves (plotly.js embedded once, inline: the file opens with no network),
 training curves, and example tiles drawn at random with a fixed seed, each map with its colour
@@ -27,8 +27,8 @@ from .attribution import attribute, overlay, seed_option, shared_range
 from .data import open_split
 from .device import pick_device
 from .errors import InterpError
-from .evaluate import EvalSettings, cached_evaluate
-from . import verdict as V
+from .evaluation.evaluate import EvalSettings, cached_evaluate
+from .evaluation import verdict as V
 from .figures import (CALL_COLORS, METRIC_ORDER, change_figure, colorbar_png_array, curves_figure, history_figure,
                       metric_direction, metric_summaries, value_figure)
 from .runs import load_run, run_interpolation

@@ -37,7 +37,7 @@ from PIL import Image
 from .attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
 from .device import pick_device
 from .errors import InterpError
-from .explain_dataset import job_lock, run_identity
+from .evaluation.explain_dataset import job_lock, run_identity
 from .runs import atomic_write, load_run, read_json, run_interpolation, write_json
 from .slide import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _positive_int, _resample, _stitch,
                     explain_tiles, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction, tissue_mask)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
-from interp_core.verdict import default_reference
+from interp_core.evaluation.verdict import default_reference
 from ui import cache, compute, shell, sidebar, text, widgets
 from ui import state as S
 from ui.errors import guard, need

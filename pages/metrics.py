@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from interp_core import figures
-from interp_core import verdict as V
+from interp_core.evaluation import verdict as V
 from interp_core.attribution import METHODS
-from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps
 from interp_core.runs import read_history
 from ui import cache, catalog, shell, sidebar, text, widgets
 from ui import verdict as uiv

@@ -266,7 +266,7 @@ def test_evaluate_scores_an_ece_run_with_its_own_consistency_settings(tiny_data,
     import shutil
 
     from interp_core.consistency import ConsistencyOptions, consistency_options_for
-    from interp_core.evaluate import EvalSettings, evaluate_run
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
 
     assert consistency_options_for({"objective": "erm", "objective_options": {"threshold": "mean"}}) == \
         ConsistencyOptions()

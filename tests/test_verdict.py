@@ -1,4 +1,4 @@
-"""interp_core.verdict: paired bootstrap changes, Wilson intervals, calls in each metric's direction."""
+"""interp_core.evaluation.verdict: paired bootstrap changes, Wilson intervals, calls in each metric's direction."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from interp_core import verdict as V
+from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
 
@@ -131,7 +131,7 @@ def test_verdict_sentence_names_better_worse_and_unchanged_metrics():
 
 
 def test_evaluate_stores_per_tile_values_and_a_run_compared_with_itself_is_unchanged(tiny_run, tiny_data):
-    from interp_core.evaluate import EvalSettings, evaluate_run
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
     res = evaluate_run(tiny_run, tiny_data, EvalSettings(limit=8))
     pt = res["details"]["per_tile"]
     assert len(pt["file"]) == 8 and len(pt["accuracy"]) == 8 and len(pt["group"]) == 8

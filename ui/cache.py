@@ -145,7 +145,7 @@ def split_predictions(r: ModelRef, path: str, split_name: str) -> np.ndarray:
     """Softmax probabilities ``[N, C]`` of a run on every tile of a split (for the gallery filters)."""
     from torch.utils.data import DataLoader
 
-    from interp_core.predict import predict_loader
+    from interp_core.evaluation.predict import predict_loader
     loaded = r.load()
     ds = open_split(path, split_name, image_size=loaded.config["image_size"])
     loader = DataLoader(ds, batch_size=128, shuffle=False)
@@ -239,26 +239,26 @@ def job_manager(root: str):
 def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple, maps: str | None = None) -> str:
     """Where ``cached_evaluate`` keeps this result (hashing the weights once per stamp); ``maps``: the
     fingerprint of the stored maps it was computed from, if any."""
-    from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key
+    from interp_core.evaluation.evaluate import CACHE_DIR, EvalSettings, cache_key
     s = EvalSettings(**dict(settings))
     return str(Path(run_key) / CACHE_DIR / f"{cache_key(run_key, data, s, maps)}.json")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _stored_maps(run_key: str, stamp: int, data: str, settings: tuple, manifest_mtime: int) -> tuple[str, str] | None:
-    from interp_core.evaluate import EvalSettings, stored_maps_job
-    from interp_core.explain_dataset import maps_fingerprint, read_manifest
+    from interp_core.evaluation.evaluate import EvalSettings, stored_maps_job
+    from interp_core.evaluation.explain_dataset import maps_fingerprint, read_manifest
     folder = stored_maps_job(run_key, data, EvalSettings(**dict(settings)))
     return None if folder is None else (str(folder), maps_fingerprint(read_manifest(folder)))
 
 
 def stored_maps(entry: catalog.RunEntry, data: str, settings) -> tuple[str, str] | None:
     """``(folder, maps fingerprint)`` of the finished sharded explain job beside ``entry`` that an
-    evaluation with ``settings`` can reuse (``interp_core.evaluate.stored_maps_job``), or None;
+    evaluation with ``settings`` can reuse (``interp_core.evaluation.evaluate.stored_maps_job``), or None;
     re-checked when the weights or the job's manifest change."""
     from dataclasses import asdict
 
-    from interp_core.explain_dataset import MANIFEST, default_job_dir
+    from interp_core.evaluation.explain_dataset import MANIFEST, default_job_dir
     try:
         mtime = (default_job_dir(entry.key, settings.split, settings.attribution) / MANIFEST).stat().st_mtime_ns
     except OSError:
@@ -285,7 +285,7 @@ def shipped_scaat_effect(sel, dataset: str = "synthetic-he") -> str | None:
     """The Home page's sentence on the shipped SCAAT run of ``dataset`` against its baseline, built
     from their stored test-split evaluations (``eval_cache``, shipped with the runs; default
     ``EvalSettings``), or None when either is missing (nothing is computed here)."""
-    from interp_core.evaluate import EvalSettings
+    from interp_core.evaluation.evaluate import EvalSettings
 
     from . import text
     ds = next((d for d in sel.datasets if d.name == dataset), None)

@@ -1,4 +1,4 @@
-"""Drawing the verdict (``interp_core.verdict``) with Streamlit: the reference picker, one paragraph per
+"""Drawing the verdict (``interp_core.evaluation.verdict``) with Streamlit: the reference picker, one paragraph per
 run, the change table and the dot-and-interval chart. Pages call :func:`reference_picker` and
 :func:`show_verdict`; every number comes from the core."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from interp_core import figures
-from interp_core import verdict as V
+from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
 from . import catalog

@@ -86,7 +86,7 @@ def test_metrics_messages_speak_the_users_language(h):
 def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env):
     """Maps and results are stored as they are computed: a model finished before the tab closed is not
     computed again, and its maps are reused."""
-    from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps
     runs = app_env / "sample_data" / "runs" / "synthetic-he"
     data = app_env / "sample_data" / "data" / "synthetic-he"
     evaluate_with_stored_maps(runs / "scaat", data, EvalSettings(split="test", limit=7))  # "before the tab closed"

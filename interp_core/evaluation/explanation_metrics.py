@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import metrics as M
-from .attribution import attribute, seed_option
-from .consistency import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
+from .. import metrics as M
+from ..attribution import attribute, seed_option
+from ..consistency import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
 from .explain_dataset import StoredMaps
 
 ProgressFn = Callable[[int, int], None]

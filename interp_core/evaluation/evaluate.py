@@ -27,14 +27,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .consistency import consistency_options_for
-from .data import open_split
-from .device import pick_device
-from .errors import DataError
-from .metrics import summarise
-from .metrics.bias import aligned_groups, bias_readout
+from ..consistency import consistency_options_for
+from ..data import open_split
+from ..device import pick_device
+from ..errors import DataError
+from ..metrics import summarise
+from ..metrics.bias import aligned_groups, bias_readout
 from .predict import predict_loader
-from .runs import LoadedRun, load_run, run_interpolation
+from ..runs import LoadedRun, load_run, run_interpolation
 
 
 @dataclass
@@ -127,7 +127,7 @@ def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, 
 
     Written atomically (``runs.write_text``): a full disk leaves the old file or none, never a part.
     """
-    from .runs import write_text
+    from ..runs import write_text
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["file", "label", "pred", "confidence"])
@@ -226,7 +226,7 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
     A read-only run directory still works: the result is returned, just not cached.
     ``attributions``: as in ``evaluate_run``; the key then includes the job's maps fingerprint.
     """
-    from .runs import read_json, write_json
+    from ..runs import read_json, write_json
     s = settings or EvalSettings()
     maps = None
     if attributions is not None and s.explanations:
@@ -265,7 +265,7 @@ def stored_maps_job(run_dir: str | Path, data: str | Path, settings: EvalSetting
     """``explain_dataset.default_job_dir`` of these settings if it holds a finished job that
     ``evaluate_run(..., attributions=)`` accepts for them; None otherwise (never raises for a
     missing, foreign or unfinished folder)."""
-    from .errors import InterpError
+    from ..errors import InterpError
     from .explain_dataset import MANIFEST, check_job, default_job_dir
     folder = default_job_dir(run_dir, settings.split, settings.attribution)
     if not (folder / MANIFEST).is_file():

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .errors import DataError, InterpError
-from .runs import LoadedRun
+from ..errors import DataError, InterpError
+from ..runs import LoadedRun
 
 MANIFEST = "manifest.json"
 FORMAT = "interp_core.explain_shards"
@@ -119,12 +119,12 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     ``on_shard(k)``: called after shard ``k`` is on disk (tests use it to interrupt a job).
     Returns the final manifest plus ``shards_written`` (this call) and ``seconds``.
     """
-    from .attribution import attribute, attribution_state, get_method, seed_option
-    from .data import open_split
-    from .device import pick_device
+    from ..attribution import attribute, attribution_state, get_method, seed_option
+    from ..data import open_split
+    from ..device import pick_device
     from .evaluate import data_fingerprint, stratified_subset
     from .explain import resolve_target
-    from .runs import load_run, write_json
+    from ..runs import load_run, write_json
     t0 = time.perf_counter()
     shard_size = _positive(shard_size, "shard_size")
     batch_size = _positive(batch_size, "batch_size")
@@ -137,7 +137,7 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     loaded = run if isinstance(run, LoadedRun) else load_run(run, dev)
     model = loaded.model.to(dev).eval()
     image_size = int(loaded.config["image_size"])
-    from .runs import run_interpolation
+    from ..runs import run_interpolation
     ds = open_split(data, split, image_size=image_size, interpolation=run_interpolation(loaded.config))
     if ds.classes != loaded.classes:
         raise DataError(f"{data}: classes {ds.classes} differ from the run's {loaded.classes}")
@@ -417,7 +417,7 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
     the maps explain the predicted class (no fixed ``target``), that the job is complete, and that its
     shards hold every index evaluated (more is fine: tiles are matched by dataset index).
     """
-    from .attribution import seed_option
+    from ..attribution import seed_option
     from .evaluate import data_fingerprint
     m = read_manifest(out)
     out = Path(out)
@@ -451,7 +451,7 @@ def check_job(out: str | Path, run_dir: str | Path, data: str | Path, split: str
                           f"(e.g. index {int(lack[0])}; the job has {len(have)})")
         else:
             # indices are positions in the split's file list: the same files must still sit there
-            from .data import open_split
+            from ..data import open_split
             ds = open_split(data, split, image_size=m.get("image_size"))
             if int(have.max(initial=-1)) >= len(ds) or tiles_digest(ds, np.sort(have)) != m.get("tiles_digest"):
                 differ.append("tiles: the split's files or labels changed since the maps were stored")

@@ -28,8 +28,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InterpError
-from .figures import METRIC_ORDER, METRIC_TEXT, metric_direction
+from ..errors import InterpError
+from ..figures import METRIC_ORDER, METRIC_TEXT, metric_direction
 
 #: Metrics whose per-tile value is 0 or 1 (their mean is a proportion).
 PROPORTIONS = frozenset({"accuracy", "pointing_game", "attack_flip_rate"})
