@@ -42,7 +42,7 @@ KNOWN_LAZY = {
                         "interp_core.slide_job", "interp_core.report", "interp_core.models",
                         "interp_core.evaluation.explain_dataset"},
     # files other branches are editing (issue 15): left alone until those merges
-    "interp_core.consistency": {"interp_core.attribution.cam", "interp_core.attribution", "tqdm.auto"},
+    "interp_core.consistency.score": {"interp_core.attribution.cam", "interp_core.attribution", "tqdm.auto"},
     "interp_core.evaluation.evaluate": {"interp_core.runs", "interp_core.errors", "interp_core.evaluation.explain_dataset",
                              "interp_core.evaluation.explanation_metrics"},
     "interp_core.evaluation.explain_dataset": {"interp_core.attribution", "interp_core.data", "interp_core.device",

@@ -1,4 +1,4 @@
-"""Similarity functions, explanation_consistency and dataset_consistency (interp_core.consistency)."""
+"""Similarity functions, explanation_consistency and dataset_consistency (interp_core.consistency.score)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from torch import nn
 
 import interp_core.attribution as attribution_pkg
 from interp_core.attribution.cam import class_activation_map
-from interp_core.consistency import (ConsistencyOptions, cosine_similarity, dataset_consistency, explanation_consistency,
+from interp_core.consistency.score import (ConsistencyOptions, cosine_similarity, dataset_consistency, explanation_consistency,
                                      map_similarity, max_normalise, pearson_similarity, rebatch, topk_iou)
 from interp_core.device import torch_threads
 from interp_core.errors import InterpError
@@ -247,7 +247,7 @@ def test_dataset_consistency_matches_batches(model, batch) -> None:
 
 
 def test_inference_copy_is_the_same_function_and_leaves_the_model_alone(model, batch) -> None:
-    from interp_core.consistency import inference_copy
+    from interp_core.consistency.score import inference_copy
 
     x, _ = batch
     model.train()
@@ -265,7 +265,7 @@ def test_evaluate_scores_an_ece_run_with_its_own_consistency_settings(tiny_data,
     import json
     import shutil
 
-    from interp_core.consistency import ConsistencyOptions, consistency_options_for
+    from interp_core.consistency.score import ConsistencyOptions, consistency_options_for
     from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
 
     assert consistency_options_for({"objective": "erm", "objective_options": {"threshold": "mean"}}) == \

@@ -1,4 +1,4 @@
-"""Background split and masked L-inf PGD (interp_core.perturb)."""
+"""Background split and masked L-inf PGD (interp_core.consistency.perturb)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 from interp_core.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
-from interp_core.perturb import background_attack, background_mask, default_step_size, masked_pgd, parse_threshold
+from interp_core.consistency.perturb import background_attack, background_mask, default_step_size, masked_pgd, parse_threshold
 
 EPS = 8 / 255
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from interp_core import metrics as M
 from interp_core.attribution import attribute
-from interp_core.consistency import explanation_consistency
+from interp_core.consistency.score import explanation_consistency
 from interp_core.errors import InterpError
 
 #: Uploads larger than this many times the model's input side are cut into tiles, not resized.
@@ -240,7 +240,7 @@ class TileConsistency:
 
 def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int | None, *, eps: float,
                      steps: int, threshold: str, similarity: str = "cosine", seed: int = 0) -> TileConsistency:
-    """Explanation consistency of one tile (``interp_core.consistency``), as arrays for display."""
+    """Explanation consistency of one tile (``interp_core.consistency.score``), as arrays for display."""
     dev = model_device(model)
     x = to_tensor(image, size, dev)
     t = None if target is None else torch.tensor([int(target)], device=dev)

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..consistency import consistency_options_for
+from ..consistency.score import consistency_options_for
 from ..data import open_split
 from ..device import pick_device
 from ..errors import DataError

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import metrics as M
 from ..attribution import attribute, seed_option
-from ..consistency import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
+from ..consistency.score import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
 from .explain_dataset import StoredMaps
 
 ProgressFn = Callable[[int, int], None]
@@ -33,7 +33,7 @@ def explanation_metrics(model: nn.Module, ds, idx: list[int], pred: torch.Tensor
 
     Attribution maps come from ``model`` itself (hook-based methods need its modules); the
     forward-only work (deletion, insertion, the consistency attack: about 70 forward passes per
-    tile) runs on an :func:`~interp_core.consistency.inference_copy` of it, the same function with
+    tile) runs on an :func:`~interp_core.consistency.score.inference_copy` of it, the same function with
     BatchNorm folded and channels-last layout, in cache-sized chunks on the CPU.
 
     ``maps``: stored maps (``explain_dataset.StoredMaps``, already checked against this evaluation)

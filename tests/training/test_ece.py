@@ -157,7 +157,7 @@ def test_refresh_schedule_npz_and_history(setup) -> None:
     assert not (run_dir / f".{CONSISTENCY_FILE}.tmp").exists()
 
     # the scores are those of explanation_consistency on the true labels, by dataset index
-    from interp_core.consistency import explanation_consistency
+    from interp_core.consistency.score import explanation_consistency
 
     ref = explanation_consistency(model, x, y, eps=16 / 255)
     assert np.allclose(e, ref.score.numpy(), atol=1e-5)

@@ -1,7 +1,7 @@
 """ECE: explanation-consistency sample reweighting (METHODS.md section 3; Wu et al. 2024).
 
 At a refresh, every training sample gets its explanation consistency ``E_i`` (heatmap of the
-true class before and after a background-only adversarial attack, :mod:`interp_core.consistency`)
+true class before and after a background-only adversarial attack, :mod:`interp_core.consistency.score`)
 and a weight ``v_i = 1 - E_i + beta`` normalised to mean 1 over the training set [paper: low
 consistency -> more weight; the form is ours]. Until the next refresh the loss is
 ``mean_i v_i * CE(f(x_i), y_i)`` over the batch.
@@ -38,7 +38,7 @@ Under torchrun the refresh is split across ranks: each scores its share of the t
 full weight vector; only rank 0 (the one with a ``run_dir``) writes ``consistency.npz``.
 
 Cost: a refresh is ``K`` forward + input-only backward passes and one forward over the training
-set, run as in :func:`interp_core.consistency.dataset_consistency` (BatchNorm folded,
+set, run as in :func:`interp_core.consistency.score.dataset_consistency` (BatchNorm folded,
 channels-last, no-grad CAM, device-sized batches): about 2.5 ERM epochs on the CPU (smallcnn,
 64x64 tiles, one thread, channels-last training), amortised by ``refresh_every``.
 
@@ -49,7 +49,7 @@ cheap. What differs from METHODS.md section 3:
 - step 3, the attack: the first refresh takes one PGD step from ``x`` (step size ``alpha`` of the
   exact attack, ``2.5 eps / K``) instead of ``K``; the perturbation each sample reached is
   carried (int8, :class:`~interp_core.training.sample_store.PerturbationStore`) and every later
-  refresh continues it by one step (:func:`~interp_core.consistency.carried_consistency`,
+  refresh continues it by one step (:func:`~interp_core.consistency.score.carried_consistency`,
   "free" warm start, Shafahi et al. 2019). ``E`` is scored at the carried perturbation (found
   at the previous refresh's weights, projected onto the current background), so after ``K``
   refreshes the attack has taken ``K`` steps in total;
@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...consistency import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
+from ...consistency.score import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
                             explanation_consistency, inference_copy, rebatch)
 from ...errors import InterpError, TrainingDiverged
 from ..distributed import all_gather_rows

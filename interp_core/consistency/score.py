@@ -3,7 +3,7 @@ Interpretability via Explanation Consistency Evaluation").
 
 ``E = sim(H(x), H(x_hat))``: the similarity between the heatmap of a sample and that of a
 semantic-preserved adversarial sample ``x_hat`` whose background (``H(x) < tau``) was attacked
-with a masked L-inf PGD (:mod:`interp_core.perturb`). ``H`` is Grad-CAM of the target class
+with a masked L-inf PGD (:mod:`interp_core.consistency.perturb`). ``H`` is Grad-CAM of the target class
 (CAM, computed without gradients, when the head is global-average-pool + linear: the two coincide
 after max-normalisation), ReLU, upsampled, max-normalised to ``[0,1]``. Higher is better.
 
@@ -40,10 +40,10 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .errors import InterpError
+from ..errors import InterpError
 from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
-from .attribution.cam import cam_from_features
-from .attribution.normalize import normalize_max
+from ..attribution.cam import cam_from_features
+from ..attribution.normalize import normalize_max
 
 SIMILARITIES = ("cosine", "pearson", "topk_iou")
 
@@ -189,7 +189,7 @@ def _cam_from_features(model: nn.Module, feats: torch.Tensor, target: torch.Tens
 
 
 def _uses_cam(model: nn.Module) -> bool:
-    from .attribution.cam import supports_cam
+    from ..attribution.cam import supports_cam
 
     return supports_cam(model) and hasattr(model, "forward_head")
 
@@ -202,11 +202,11 @@ def consistency_heatmap(model: nn.Module, x: torch.Tensor, target: torch.Tensor)
     """
     with eval_mode(model):
         if _uses_cam(model):
-            from .attribution.cam import class_activation_map
+            from ..attribution.cam import class_activation_map
 
             h = class_activation_map(model, x, target)
         else:
-            from .attribution import attribute  # lazy: the attribution package imports Captum
+            from ..attribution import attribute  # lazy: the attribution package imports Captum
 
             with torch.enable_grad():
                 h = attribute(model, x, "gradcam", target)
