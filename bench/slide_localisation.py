@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from interp_core.data.synthetic_wsi import write_synthetic_wsi  # noqa: E402
-from interp_core.slide_job import assemble, explain_slide_file  # noqa: E402
+from interp_core.slides.job import assemble, explain_slide_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"baseline": REPO / "sample_data/runs/synthetic-he/baseline-erm", "scaat": REPO / "sample_data/runs/synthetic-he/scaat"}

@@ -25,7 +25,7 @@ from skimage import data  # noqa: E402
 
 from interp_core.device import pick_device  # noqa: E402
 from interp_core.models import create_model  # noqa: E402
-from interp_core.slide import ArraySlide, explain_slide  # noqa: E402
+from interp_core.slides.explain import ArraySlide, explain_slide  # noqa: E402
 
 METHODS = ("cam", "saliency", "gradcam")
 

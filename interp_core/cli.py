@@ -178,7 +178,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_explain_slide(a: argparse.Namespace) -> int:
-    from .slide_job import explain_slide_file
+    from .slides.job import explain_slide_file
     bar = None
     progress = None
     if not a.quiet:
@@ -189,7 +189,7 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
     try:
-        from .slide_job import results_dir
+        from .slides.job import results_dir
         if a.out is None:
             if not Path(a.run, "config.json").is_file():
                 raise InterpError(f"{a.run}: not a run folder (no config.json)")

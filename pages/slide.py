@@ -10,10 +10,10 @@ import streamlit as st
 
 from interp_core import figures
 from interp_core.attribution import METHODS
-from interp_core.deepzoom import COLORMAPS, SlideAccessError, SlideRoots, TileMaps, colormap_lut
+from interp_core.slides.deepzoom import COLORMAPS, SlideAccessError, SlideRoots, TileMaps, colormap_lut
 from interp_core.errors import InterpError
-from interp_core.slide import open_slide
-from interp_core.slide_job import assemble, job_log_tail, read_progress, results_dir, start_background
+from interp_core.slides.explain import open_slide
+from interp_core.slides.job import assemble, job_log_tail, read_progress, results_dir, start_background
 from ui import cache, shell, sidebar, text, tile_server
 from ui import state as S
 from ui.errors import guard, need

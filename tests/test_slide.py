@@ -1,4 +1,4 @@
-"""Slide tiling, tissue detection and stitching (interp_core.slide), checked against direct per-tile computation."""
+"""Slide tiling, tissue detection and stitching (interp_core.slides.explain), checked against direct per-tile computation."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from interp_core.attribution import attribute
 from interp_core.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
-from interp_core.slide import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
+from interp_core.slides.explain import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
                                tissue_mask)
 from interp_core.testing import pattern_image
 
@@ -285,5 +285,5 @@ def test_prob_map_paints_each_tile_probability_over_its_footprint(model):
 
 
 def test_array_slide_is_a_slide_reader():
-    from interp_core.slide import SlideReader
+    from interp_core.slides.explain import SlideReader
     assert isinstance(ArraySlide(pattern_image(8, 8)), SlideReader)

@@ -3,7 +3,7 @@
 Streamlit (1.67, Starlette/uvicorn) serves the app; the Slide page's deep-zoom viewer needs tiles
 made on request, so ``ensure_routes()`` inserts one route, ``/_interp/wsi/{path}``, at the front
 of the running Starlette application's router (found once per process). The route only forwards
-to ``interp_core.deepzoom.TileService.handle``: slides are admitted by ``register_slide`` (slide
+to ``interp_core.slides.deepzoom.TileService.handle``: slides are admitted by ``register_slide`` (slide
 roots checked there) and requested by opaque id, and every reply is a tile, a JSON description or
 a one-line 4xx message. Starlette runs the synchronous handler in its thread pool, so tile
 decoding never blocks the server's event loop.
@@ -15,7 +15,7 @@ import threading
 import warnings
 from typing import Any
 
-from interp_core.deepzoom import SlideRoots, TileService
+from interp_core.slides.deepzoom import SlideRoots, TileService
 
 PREFIX = "/_interp/wsi"
 _SERVICE: TileService | None = None

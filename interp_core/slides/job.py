@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
-from .device import pick_device
-from .errors import InterpError
-from .evaluation.explain_dataset import job_lock, run_identity
-from .runs import atomic_write, load_run, read_json, run_interpolation, write_json
-from .slide import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _positive_int, _resample, _stitch,
+from ..attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
+from ..device import pick_device
+from ..errors import InterpError
+from ..evaluation.explain_dataset import job_lock, run_identity
+from ..runs import atomic_write, load_run, read_json, run_interpolation, write_json
+from .explain import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _positive_int, _resample, _stitch,
                     explain_tiles, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction, tissue_mask)
 
 #: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.

@@ -45,11 +45,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import wsi
-from .attribution import attribute, attribution_state, get_method, normalize_max
-from .data.image_io import load_rgb
-from .device import pick_device
-from .errors import InterpError
-from .slide_io import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
+from ..attribution import attribute, attribution_state, get_method, normalize_max
+from ..data.image_io import load_rgb
+from ..device import pick_device
+from ..errors import InterpError
+from .reader import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
 
 #: Refuse grids with more tiles than this (a stride of 1 on a large image is a mistake, not a job).
 MAX_TILES = 200_000

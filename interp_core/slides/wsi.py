@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, InterpError
-from .slide_io import ArraySlide, block_mean_thumbnail
+from ..errors import DataError, InterpError
+from .reader import ArraySlide, block_mean_thumbnail
 
 #: File suffixes that are tried with OpenSlide (when ``detect_format`` recognises the file).
 WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide")
