@@ -210,7 +210,7 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from .report import build_report
+    from .viz.report import build_report
     info = build_report(a.runs, a.data, a.out, split=a.split, attribution=a.attribution, limit=a.limit,
                         device=a.device, progress=not a.quiet, seed=a.seed, reference=a.reference)
     _emit(info, None)

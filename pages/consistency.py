@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.attribution import overlay
 from interp_core.runs import safe_child
 from ui import cache, compute, shell, sidebar, text, widgets

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
 from interp_core.evaluation.verdict import default_reference
 from ui import cache, compute, shell, sidebar, text, widgets

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.evaluation import verdict as V
 from interp_core.attribution import METHODS
 from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.attribution import METHODS
 from interp_core.slides.deepzoom import COLORMAPS, SlideAccessError, SlideRoots, TileMaps, colormap_lut
 from interp_core.errors import InterpError

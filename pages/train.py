@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.errors import InterpError
 from interp_core.runs import read_history
 from interp_core.training.objectives import get_objective, objective_names

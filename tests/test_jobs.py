@@ -1,4 +1,4 @@
-"""Background training jobs (interp_core.jobs): queue, states on disk, cancel, vanished processes.
+"""Background training jobs (interp_core.jobs.queue): queue, states on disk, cancel, vanished processes.
 
 Real ``train`` subprocesses on a 16-pixel toy dataset for the end-to-end cases; a fake
 "interpreter" (a shell script that just sleeps) for the queue-mechanics cases, so they do not
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from interp_core.errors import InterpError
-from interp_core.jobs import JOB_FILE, JobInfo, JobManager, _proc_stat, _process_alive
+from interp_core.jobs.queue import JOB_FILE, JobInfo, JobManager, _proc_stat, _process_alive
 from interp_core.runs import load_run, run_status, write_json
 from interp_core.testing import make_tiny_dataset
 

@@ -230,7 +230,7 @@ def store(name: str) -> ResultStore:
 @st.cache_resource(show_spinner=False)
 def job_manager(root: str):
     """The background-job manager of ``root`` (state on disk, so it survives reloads and restarts)."""
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     return JobManager(root, max_running=1, max_queued=8)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 

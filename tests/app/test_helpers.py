@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.errors import InterpError
 
 

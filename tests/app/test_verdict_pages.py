@@ -195,7 +195,7 @@ def test_background_view_and_consistency_axis_by_hand():
 
     import numpy as np
 
-    from interp_core.figures import consistency_distribution_figure
+    from interp_core.viz.figures import consistency_distribution_figure
     from ui import compute
     img = np.full((4, 4, 3), 250, np.uint8)  # white tile: a white background mask would not show
     bg = np.zeros((4, 4), bool)
@@ -233,7 +233,7 @@ def test_train_finished_job_shows_accuracy_and_opens_metrics_against_its_parent(
 def test_history_figure_draws_a_single_epoch_as_a_point_on_a_whole_epoch_axis():
     import json
 
-    from interp_core.figures import history_figure
+    from interp_core.viz.figures import history_figure
     fig = json.loads(history_figure("val_accuracy", {"a": [{"epoch": 0, "val_accuracy": 0.8}]}).to_json())
     assert fig["data"][0]["mode"] == "markers"
     assert fig["layout"]["xaxis"]["range"] == [-1, 1] and fig["layout"]["xaxis"]["dtick"] == 1

@@ -183,7 +183,7 @@ def test_parallel_sessions_share_no_state(parallel_apptest, app_env):
     assert any("conc-a" in m for m in ok_a) and not any("conc-b" in m for m in ok_a), ok_a
     assert any("conc-b" in m for m in ok_b) and not any("conc-a" in m for m in ok_b), ok_b
 
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     mgr = JobManager(catalog.jobs_root())
     deadline = time.monotonic() + 240
     while any(j.active for j in mgr.list()):
@@ -207,7 +207,7 @@ def test_parallel_sessions_share_no_state(parallel_apptest, app_env):
 def test_train_page_refuses_when_the_queue_is_full(h, app_env):
     """With one job running and the queue full (8 waiting), starting another gives a clear message
     and creates nothing."""
-    from interp_core.jobs import JOB_FILE, _proc_stat
+    from interp_core.jobs.queue import JOB_FILE, _proc_stat
     from interp_core.runs import write_json
     from ui import catalog
     root = catalog.jobs_root()

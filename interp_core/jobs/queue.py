@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InterpError, RunError
-from .runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
+from ..errors import InterpError, RunError
+from ..runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
 
 JOB_FILE = "job.json"
 STDOUT = "stdout.log"

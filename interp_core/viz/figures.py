@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .attribution import colorbar_image
-from .attribution.overlay import colorize, scale_to_unit
-from .errors import InterpError
-from .metrics import METRICS
+from ..attribution import colorbar_image
+from ..attribution.overlay import colorize, scale_to_unit
+from ..errors import InterpError
+from ..metrics import METRICS
 
 #: Colours of runs, in order (colour-blind friendly, Okabe-Ito).
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")

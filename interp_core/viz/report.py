@@ -23,15 +23,15 @@ from plotly.offline import get_plotlyjs
 import torch
 from PIL import Image
 
-from .attribution import attribute, overlay, seed_option, shared_range
-from .data import open_split
-from .device import pick_device
-from .errors import InterpError
-from .evaluation.evaluate import EvalSettings, cached_evaluate
-from .evaluation import verdict as V
+from ..attribution import attribute, overlay, seed_option, shared_range
+from ..data import open_split
+from ..device import pick_device
+from ..errors import InterpError
+from ..evaluation.evaluate import EvalSettings, cached_evaluate
+from ..evaluation import verdict as V
 from .figures import (CALL_COLORS, METRIC_ORDER, change_figure, colorbar_png_array, curves_figure, history_figure,
                       metric_direction, metric_summaries, value_figure)
-from .runs import load_run, run_interpolation
+from ..runs import load_run, run_interpolation
 
 N_EXAMPLES = 6
 
@@ -115,7 +115,7 @@ def verdict_html(results: dict[str, dict], reference: str) -> tuple[str, list[V.
 
 
 def _figures(results: dict[str, dict], histories: dict[str, list[dict]]) -> dict[str, list[go.Figure]]:
-    """The report's charts by section, built by the dashboard's own builders (``interp_core.figures``)."""
+    """The report's charts by section, built by the dashboard's own builders (``interp_core.viz.figures``)."""
     runs = list(results)
     bars = []
     for m in _metric_rows(results):
