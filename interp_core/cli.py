@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .device import DEVICE_CHOICES
+from ._utils.device import DEVICE_CHOICES
 from .errors import InterpError
 
 EXIT_USER_ERROR = 2
@@ -129,7 +129,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_import_model(a: argparse.Namespace) -> int:
-    from .import_model import import_model
+    from .models.import_model import import_model
     if (a.mean is None) != (a.std is None):
         raise InterpError("give --mean and --std together (or neither: the architecture's own)")
     _emit(import_model(a.arch, a.weights, a.classes, a.out, image_size=a.image_size, mean=a.mean, std=a.std,
@@ -141,14 +141,14 @@ def _run_arg(a: argparse.Namespace, device: Any = "cpu") -> Any:
     """``a.run`` as a path, or loaded with ``--cam-layer`` applied when one is given."""
     if not getattr(a, "cam_layer", None):
         return a.run
-    from .device import pick_device
+    from ._utils.device import pick_device
     from .runs import load_run
     return load_run(a.run, pick_device(device) if isinstance(device, str) else device, cam_layer=a.cam_layer)
 
 
 # -- evaluate / explain / compare ----------------------------------------------------------
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .device import pick_device
+    from ._utils.device import pick_device
     from .evaluation.evaluate import EvalSettings, evaluate_run
     settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
                             expensive=a.expensive, seed=a.seed)

@@ -14,7 +14,7 @@ import interp_core.attribution as attribution_pkg
 from interp_core.attribution.cam import class_activation_map
 from interp_core.consistency.score import (ConsistencyOptions, cosine_similarity, dataset_consistency, explanation_consistency,
                                      map_similarity, max_normalise, pearson_similarity, rebatch, topk_iou)
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from interp_core.attribution import attribute
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.slides.explain import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,

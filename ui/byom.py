@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from interp_core.errors import InterpError
-from interp_core.import_model import import_model
+from interp_core.models.import_model import import_model
 from interp_core.models.weights import SUFFIXES
 
 from . import catalog

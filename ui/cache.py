@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 
 from interp_core.data import TileDataset, open_split
-from interp_core.device import describe_device, pick_device
+from interp_core._utils.device import describe_device, pick_device
 from interp_core.runs import LoadedRun, load_run
 
 from . import catalog, compute
@@ -70,7 +70,7 @@ def configure_threads() -> int:
 
 @st.cache_resource(show_spinner=False)
 def device(name: str) -> torch.device:
-    """``interp_core.device.pick_device`` (raises InterpError when the device is unavailable)."""
+    """``interp_core._utils.device.pick_device`` (raises InterpError when the device is unavailable)."""
     configure_threads()
     return pick_device(name)
 

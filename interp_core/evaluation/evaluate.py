@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..consistency.score import consistency_options_for
 from ..data import open_split
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import DataError
 from ..metrics import summarise
 from ..metrics.bias import aligned_groups, bias_readout

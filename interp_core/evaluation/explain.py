@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..attribution import attribute, get_method, overlay, seed_option
 from ..data import load_rgb
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import InterpError
 from ..runs import LoadedRun, load_run, run_interpolation
 

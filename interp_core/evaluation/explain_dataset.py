@@ -121,7 +121,7 @@ def explain_dataset(run: str | Path | LoadedRun, data: str | Path, split: str, o
     """
     from ..attribution import attribute, attribution_state, get_method, seed_option
     from ..data import open_split
-    from ..device import pick_device
+    from .._utils.device import pick_device
     from .evaluate import data_fingerprint, stratified_subset
     from .explain import resolve_target
     from ..runs import load_run, write_json

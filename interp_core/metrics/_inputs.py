@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attribution import attribute
 from ..errors import InterpError
-from ..modes import eval_mode  # noqa: F401  (re-exported)
+from .._utils.modes import eval_mode  # noqa: F401  (re-exported)
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Method = Union[str, AttributionFn]

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import wsi
 from ..attribution import attribute, attribution_state, get_method, normalize_max
 from ..data.image_io import load_rgb
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import InterpError
 from .reader import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
 

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from ..attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import InterpError
 from ..evaluation.explain_dataset import job_lock, run_identity
 from ..runs import atomic_write, load_run, read_json, run_interpolation, write_json

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import InterpError
 
 

@@ -13,7 +13,7 @@ ranks). Resume works as for one process; the run directory must be on a filesyst
 process sees.
 
 Speed switches (``--precision``, ``--channels-last``, ``--compile``, pinned memory and
-non-blocking copies on CUDA) live in :mod:`interp_core.device` and change speed and float
+non-blocking copies on CUDA) live in :mod:`interp_core._utils.device` and change speed and float
 rounding, not the algorithm.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import dataset_classes, infer_image_size, open_split
-from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
+from .._utils.device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import is_zoo_name, zoo_defaults

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..attribution import attribute, overlay, seed_option, shared_range
 from ..data import open_split
-from ..device import pick_device
+from .._utils.device import pick_device
 from ..errors import InterpError
 from ..evaluation.evaluate import EvalSettings, cached_evaluate
 from ..evaluation import verdict as V

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.testing import pattern_image
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError, TrainingDiverged
 from interp_core.models import create_model
 from interp_core.training.objectives.base import EpochContext, StepContext, get_objective, options_from_dict

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import InterpError
+from ..errors import InterpError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
