@@ -13,14 +13,25 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ._utils.device import DEVICE_CHOICES
+from ._utils.device import DEVICE_CHOICES, pick_device
+from .data.generate import make_dataset
 from .errors import InterpError
+from .evaluation.evaluate import EvalSettings, evaluate_run
+from .evaluation.explain import explain_image
+from .evaluation.explain_dataset import explain_dataset
+from .models import is_known_arch, list_models
+from .models.import_model import import_model
+from .runs import load_run, write_json
+from .slides.job import explain_slide_file, results_dir
+from .training import TrainConfig, train
+from .training.objectives import get_objective, objective_names
+from .training.objectives.base import field_type
+from .viz.report import build_report
 
 EXIT_USER_ERROR = 2
 
 
 def _emit(obj: Any, out: str | None) -> None:
-    from .runs import write_json
     if out:
         write_json(out, obj)
         print(json.dumps({"written": str(out)}))
@@ -43,7 +54,6 @@ def _cam_layer_arg(p: argparse.ArgumentParser) -> None:
 
 # -- make-data -------------------------------------------------------------------------------
 def cmd_make_data(a: argparse.Namespace) -> int:
-    from .data.generate import make_dataset
     info = make_dataset(a.kind, a.out, size=a.size, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test,
                         seed=a.seed, progress=not a.quiet)
     _emit(info, None)
@@ -53,7 +63,6 @@ def cmd_make_data(a: argparse.Namespace) -> int:
 # -- train -----------------------------------------------------------------------------------
 def _objective_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
     """Union of every objective's options: field name -> (a field, objectives using it)."""
-    from .training.objectives import get_objective, objective_names
     fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
     for name in objective_names():
         for f in dataclasses.fields(get_objective(name).Options):
@@ -73,8 +82,6 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def _add_objective_flags(p: argparse.ArgumentParser) -> None:
-    from .training.objectives import get_objective
-    from .training.objectives.base import field_type
     g = p.add_argument_group("objective options (apply to the objectives named in brackets)")
     for name, (f, users) in sorted(_objective_fields().items()):
         defaults, helps = [], []
@@ -102,8 +109,6 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
-    from .training.objectives import get_objective
     valid = {f.name for f in dataclasses.fields(get_objective(a.objective).Options)}
     opts, wrong = {}, []
     for k, v in vars(a).items():
@@ -129,7 +134,6 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_import_model(a: argparse.Namespace) -> int:
-    from .models.import_model import import_model
     if (a.mean is None) != (a.std is None):
         raise InterpError("give --mean and --std together (or neither: the architecture's own)")
     _emit(import_model(a.arch, a.weights, a.classes, a.out, image_size=a.image_size, mean=a.mean, std=a.std,
@@ -141,15 +145,11 @@ def _run_arg(a: argparse.Namespace, device: Any = "cpu") -> Any:
     """``a.run`` as a path, or loaded with ``--cam-layer`` applied when one is given."""
     if not getattr(a, "cam_layer", None):
         return a.run
-    from ._utils.device import pick_device
-    from .runs import load_run
     return load_run(a.run, pick_device(device) if isinstance(device, str) else device, cam_layer=a.cam_layer)
 
 
 # -- evaluate / explain / compare ----------------------------------------------------------
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from ._utils.device import pick_device
-    from .evaluation.evaluate import EvalSettings, evaluate_run
     settings = EvalSettings(split=a.split, attribution=a.attribution, limit=a.limit, batch_size=a.batch_size,
                             expensive=a.expensive, seed=a.seed)
     result = evaluate_run(_run_arg(a, a.device), a.data, settings, device=pick_device(a.device), progress=not a.quiet,
@@ -162,7 +162,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_explain(a: argparse.Namespace) -> int:
     if a.data is not None:  # dataset mode: sharded, resumable
-        from .evaluation.explain_dataset import explain_dataset
         info = explain_dataset(_run_arg(a, a.device), a.data, a.split, a.out, method=a.attribution, shard_size=a.shard_size,
                                batch_size=a.batch_size, device=a.device, limit=a.limit, target=a.target,
                                seed=a.seed, workers=a.workers, progress=not a.quiet)
@@ -170,7 +169,6 @@ def cmd_explain(a: argparse.Namespace) -> int:
                "shards_written": info["shards_written"], "complete": info["complete"],
                "seconds": round(info["seconds"], 3)}, None)
         return 0
-    from .evaluation.explain import explain_image
     info = explain_image(_run_arg(a, a.device), a.image, a.out, method=a.attribution, target=a.target, device=a.device,
                          alpha=a.alpha, seed=a.seed)
     _emit(info, None)
@@ -178,7 +176,6 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_explain_slide(a: argparse.Namespace) -> int:
-    from .slides.job import explain_slide_file
     bar = None
     progress = None
     if not a.quiet:
@@ -189,7 +186,6 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
     try:
-        from .slides.job import results_dir
         if a.out is None:
             if not Path(a.run, "config.json").is_file():
                 raise InterpError(f"{a.run}: not a run folder (no config.json)")
@@ -210,7 +206,6 @@ def cmd_explain_slide(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from .viz.report import build_report
     info = build_report(a.runs, a.data, a.out, split=a.split, attribution=a.attribution, limit=a.limit,
                         device=a.device, progress=not a.quiet, seed=a.seed, reference=a.reference)
     _emit(info, None)
@@ -220,7 +215,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------
 def _arch_name(name: str) -> str:
     """argparse type for ``--arch``: a registered name, timm/NAME or torchvision/NAME."""
-    from .models import is_known_arch, list_models
     if not is_known_arch(name):
         raise argparse.ArgumentTypeError(f"unknown architecture {name!r}; choose one of "
                                          f"{', '.join(sorted(list_models()))}, or timm/NAME or torchvision/NAME")
@@ -228,8 +222,6 @@ def _arch_name(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.objectives import objective_names
-    from .models import list_models
     p = argparse.ArgumentParser(prog="python -m interp_core", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

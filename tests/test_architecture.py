@@ -22,34 +22,6 @@ LAZY_ALLOWED = {
     "matplotlib", "plotly", "PIL", "tqdm", "torch.distributed", "torch.nn.parallel", "torch.fx",
 }
 
-# KNOWN CYCLE, TO BE REMOVED: general dataset helpers live in evaluate.py and the shard reader in
-# the shard writer's module (issue 15, item 2). Other branches are editing these three files; once
-# they are merged the helpers move and these edges go. Exactly these edges may close a cycle.
-KNOWN_CYCLE_EDGES = {
-    ("interp_core.evaluation.evaluate", "interp_core.evaluation.explain_dataset"),
-    ("interp_core.evaluation.evaluate", "interp_core.evaluation.explanation_metrics"),
-    ("interp_core.evaluation.explain_dataset", "interp_core.evaluation.evaluate"),
-    ("interp_core.evaluation.explanation_metrics", "interp_core.evaluation.explain_dataset"),
-}
-
-# KNOWN, TO BE REMOVED: imports inside functions that are not optional heavy dependencies
-# (module -> what it imports lazily). The list may only shrink: a stale entry fails the test too.
-KNOWN_LAZY = {
-    # the CLI imports each command's module when the command runs (keeps `--help` fast)
-    "interp_core.cli": {"interp_core.runs", "interp_core.data.generate", "interp_core.training.objectives",
-                        "interp_core.training.objectives.base", "interp_core.training", "interp_core.models.import_model",
-                        "interp_core._utils.device", "interp_core.evaluation.evaluate", "interp_core.evaluation.explain",
-                        "interp_core.slides.job", "interp_core.viz.report", "interp_core.models",
-                        "interp_core.evaluation.explain_dataset"},
-    # files other branches are editing (issue 15): left alone until those merges
-    "interp_core.consistency.score": {"interp_core.attribution.cam", "interp_core.attribution", "tqdm.auto"},
-    "interp_core.evaluation.evaluate": {"interp_core.runs", "interp_core.errors", "interp_core.evaluation.explain_dataset",
-                             "interp_core.evaluation.explanation_metrics"},
-    "interp_core.evaluation.explain_dataset": {"interp_core.attribution", "interp_core.data", "interp_core._utils.device",
-                                    "interp_core.evaluation.evaluate", "interp_core.evaluation.explain", "interp_core.runs", "sys"},
-}
-
-
 def _modules() -> dict[str, Path]:
     mods = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -137,12 +109,9 @@ def test_cycle_finder_on_a_hand_made_graph():
     assert find_cycle({"a": {"b"}, "b": {"b2"}, "b2": {"b"}}) == ["b", "b2", "b"]
 
 
-def test_no_import_cycles_beyond_the_known_one():
+def test_no_import_cycles():
     edges, _ = import_graph()
-    for a, b in KNOWN_CYCLE_EDGES:
-        assert b in edges[a], f"known cycle edge {a} -> {b} is gone: remove it from KNOWN_CYCLE_EDGES"
-    pruned = {a: {b for b in targets if (a, b) not in KNOWN_CYCLE_EDGES} for a, targets in edges.items()}
-    cycle = find_cycle(pruned)
+    cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
@@ -150,17 +119,12 @@ def test_no_import_cycles_beyond_the_known_one():
 def test_a_new_cycle_would_be_caught(extra):
     edges, _ = import_graph()
     edges[extra[0]].add(extra[1])  # slide imports slide_io, so this closes a cycle
-    pruned = {a: {b for b in t if (a, b) not in KNOWN_CYCLE_EDGES} for a, t in edges.items()}
-    assert find_cycle(pruned) is not None
+    assert find_cycle(edges) is not None
 
 
 def test_imports_inside_functions_are_optional_heavy_dependencies():
     _, lazy = import_graph()
-    unexpected = {m: sorted(n for n in names if not _allowed_lazy(n) and n not in KNOWN_LAZY.get(m, set()))
-                  for m, names in lazy.items()}
+    unexpected = {m: sorted(n for n in names if not _allowed_lazy(n)) for m, names in lazy.items()}
     unexpected = {m: names for m, names in unexpected.items() if names}
     assert not unexpected, ("imports inside functions must be optional heavy dependencies (LAZY_ALLOWED); "
                             f"move these to module level: {unexpected}")
-    stale = {m: sorted(names - lazy.get(m, set())) for m, names in KNOWN_LAZY.items()}
-    stale = {m: names for m, names in stale.items() if names}
-    assert not stale, f"these lazy imports are gone: remove them from KNOWN_LAZY: {stale}"

@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from interp_core.consistency.history import ConsistencyHistory, read_consistency
 from interp_core.data import TileDataset, open_split
 from interp_core._utils.device import describe_device, pick_device
 from interp_core.runs import LoadedRun, load_run
@@ -191,9 +192,9 @@ def consistency(r: ModelRef, image: np.ndarray, target: int | None, eps: float, 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def consistency_history(run_key: str, mtime: float) -> compute.ConsistencyHistory | None:
+def consistency_history(run_key: str, mtime: float) -> ConsistencyHistory | None:
     """An ECE run's ``consistency.npz`` (``mtime`` re-reads it after a new refresh)."""
-    return compute.read_consistency(run_key)
+    return read_consistency(run_key)
 
 
 # -- long results computed with a progress bar -------------------------------------------------------
@@ -247,7 +248,7 @@ def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple, maps: 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _stored_maps(run_key: str, stamp: int, data: str, settings: tuple, manifest_mtime: int) -> tuple[str, str] | None:
     from interp_core.evaluation.evaluate import EvalSettings, stored_maps_job
-    from interp_core.evaluation.explain_dataset import maps_fingerprint, read_manifest
+    from interp_core.evaluation.shards import maps_fingerprint, read_manifest
     folder = stored_maps_job(run_key, data, EvalSettings(**dict(settings)))
     return None if folder is None else (str(folder), maps_fingerprint(read_manifest(folder)))
 
@@ -258,7 +259,7 @@ def stored_maps(entry: catalog.RunEntry, data: str, settings) -> tuple[str, str]
     re-checked when the weights or the job's manifest change."""
     from dataclasses import asdict
 
-    from interp_core.evaluation.explain_dataset import MANIFEST, default_job_dir
+    from interp_core.evaluation.shards import MANIFEST, default_job_dir
     try:
         mtime = (default_job_dir(entry.key, settings.split, settings.attribution) / MANIFEST).stat().st_mtime_ns
     except OSError:

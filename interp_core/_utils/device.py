@@ -31,6 +31,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model lives: the device of its first parameter (else first buffer; CPU for neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def describe_device(device: torch.device) -> str:
     """A short human description, e.g. 'cpu (2 threads)' or 'cuda: NVIDIA A100'."""
     if device.type == "cuda":

@@ -40,10 +40,12 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from .._utils.device import model_device
 from ..errors import InterpError
-from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
-from ..attribution.cam import cam_from_features
+from ..attribution import attribute
+from ..attribution.cam import cam_from_features, class_activation_map, supports_cam
 from ..attribution.normalize import normalize_max
+from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
 
 SIMILARITIES = ("cosine", "pearson", "topk_iou")
 
@@ -189,8 +191,6 @@ def _cam_from_features(model: nn.Module, feats: torch.Tensor, target: torch.Tens
 
 
 def _uses_cam(model: nn.Module) -> bool:
-    from ..attribution.cam import supports_cam
-
     return supports_cam(model) and hasattr(model, "forward_head")
 
 
@@ -202,12 +202,8 @@ def consistency_heatmap(model: nn.Module, x: torch.Tensor, target: torch.Tensor)
     """
     with eval_mode(model):
         if _uses_cam(model):
-            from ..attribution.cam import class_activation_map
-
             h = class_activation_map(model, x, target)
         else:
-            from ..attribution import attribute  # lazy: the attribution package imports Captum
-
             with torch.enable_grad():
                 h = attribute(model, x, "gradcam", target)
     return max_normalise(h.detach().float().clamp_min(0))
@@ -459,7 +455,7 @@ def dataset_consistency(model: nn.Module, loader: Iterable[dict[str, Any]], opti
     options = options or ConsistencyOptions()
     options.validate()
     if device is None:
-        device = next(iter(model.parameters())).device
+        device = model_device(model)
     device = torch.device(device)
     if batch_size is None:
         batch_size = default_batch_size(device)

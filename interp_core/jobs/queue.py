@@ -21,7 +21,6 @@ it again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .._utils.locking import file_lock
+from .._utils.validation import positive_int
 from ..errors import InterpError, RunError
 from ..runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
 
@@ -227,10 +228,8 @@ class JobManager:
 
     def __init__(self, root: str | Path, *, max_running: int = 1, max_queued: int = 8, python: str = sys.executable,
                  cancel_grace: float = CANCEL_GRACE_S):
-        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-            raise InterpError(f"max_running must be a positive integer, got {max_running!r}")
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
-            raise InterpError(f"max_queued must be a non-negative integer, got {max_queued!r}")
+        max_running = positive_int(max_running, "max_running")
+        max_queued = positive_int(max_queued, "max_queued", minimum=0)
         self.root = Path(root).resolve()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -332,21 +331,11 @@ class JobManager:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive ``flock`` on ROOT/.lock; a fresh open file each time, so threads exclude each other too."""
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise InterpError(f"{self.root}: the job queue is locked by another process for more "
-                                          f"than {LOCK_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.02)
+        def stuck() -> InterpError:
+            return InterpError(f"{self.root}: the job queue is locked by another process for more "
+                               f"than {LOCK_TIMEOUT_S:.0f} s")
+        with file_lock(self.root / LOCK_FILE, LOCK_TIMEOUT_S, stuck):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     @staticmethod
     def _check_args(train_args: list[str]) -> list[str]:

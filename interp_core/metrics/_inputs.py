@@ -83,12 +83,6 @@ def work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless model)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None) -> torch.Tensor:
     """Target classes ``[B]`` (long, on ``x``'s device): given, broadcast from an int, or predicted.

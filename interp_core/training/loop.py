@@ -40,9 +40,10 @@ from .._utils.device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_t
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import is_zoo_name, zoo_defaults
 from ..models.weights import load_into_network, read_state_dict
+from .._utils.io import is_temp_file, remove_stale_temp_files
 from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, build_model, load_run,
-                    load_tensors, is_temp_file, load_weights_into, portable_path, read_history, read_json,
-                    recorded_path, remove_stale_temp_files, run_interpolation,
+                    load_tensors, load_weights_into, portable_path, read_history, read_json,
+                    recorded_path, run_interpolation,
                     save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,

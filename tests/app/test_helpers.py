@@ -155,7 +155,7 @@ def test_tile_metrics_skip_the_pointing_game_without_evidence(app_tree):
 
 
 def test_least_consistent_picks_the_lowest_scores_of_a_refresh():
-    from ui.compute import ConsistencyHistory, least_consistent
+    from interp_core.consistency.history import ConsistencyHistory, least_consistent
     hist = ConsistencyHistory(["a", "b", "c", "d"], np.zeros(4, int), np.array([0, 1]),
                               np.array([[0.1, 0.2, 0.3, 0.4], [0.9, 0.2, 0.5, 0.1]], np.float32),
                               np.ones((2, 4), np.float32), None)

@@ -22,7 +22,8 @@ import pytest
 
 from interp_core.cli import main
 from interp_core.errors import InterpError
-from interp_core.runs import is_temp_file, load_run, read_history
+from interp_core._utils.io import is_temp_file
+from interp_core.runs import load_run, read_history
 from interp_core.testing import make_tiny_dataset
 from interp_core.training.checkpoint import latest_checkpoint
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from interp_core.errors import InterpError
-from interp_core.evaluation.explain_dataset import MANIFEST, explain_dataset, load_shards, read_manifest, shard_name
+from interp_core.evaluation.explain_dataset import explain_dataset
+from interp_core.evaluation.shards import MANIFEST, load_shards, read_manifest, shard_name
 from interp_core.testing import cli_in_process
 
 

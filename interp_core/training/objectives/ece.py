@@ -66,18 +66,17 @@ training pixel and channel.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...consistency.score import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
                             explanation_consistency, inference_copy, rebatch)
+from ...consistency.history import CONSISTENCY_FILE, write_consistency
 from ...errors import InterpError, TrainingDiverged
 from ..distributed import all_gather_rows
 from ..sample_store import PerturbationStore
@@ -85,7 +84,6 @@ from .base import EpochContext, Objective, StepContext, register_objective
 
 ECE_MODES = ("exact", "fast")
 
-CONSISTENCY_FILE = "consistency.npz"
 
 
 def consistency_weights(consistency: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
@@ -256,7 +254,7 @@ class ECE(Objective):
         }
 
     def _write_npz(self, ctx: EpochContext) -> None:
-        """Write ``consistency.npz`` from the state (temp file + os.replace); remove a stale file
+        """Write ``consistency.npz`` from the state (atomically); remove a stale file
         when the state has no refresh yet."""
         if ctx.run_dir is None:
             return
@@ -269,19 +267,10 @@ class ECE(Objective):
         if len(ids) != self.num_train:
             raise InterpError(f"{len(ids)} sample ids for {self.num_train} training samples")
         weights = torch.stack([consistency_weights(row, float(self.options.beta)) for row in self.consistency])
-        tmp = path.with_name(f".{CONSISTENCY_FILE}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh,
-                     sample_ids=np.asarray(ids, dtype=np.str_),
-                     labels=self.labels.numpy().astype(np.int64),
-                     refresh_epochs=self.refresh_epochs.numpy().astype(np.int64) + 1,  # as history.jsonl
-                     consistency=self.consistency.numpy().astype(np.float32),
-                     weights=weights.numpy().astype(np.float32),
-                     pred_changed=self.pred_changed.numpy().astype(np.bool_),
-                     rescored=self.rescored.numpy().astype(np.bool_))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_consistency(path, sample_ids=ids, labels=self.labels.numpy(),
+                          refresh_epochs=self.refresh_epochs.numpy() + 1,  # as history.jsonl
+                          consistency=self.consistency.numpy(), weights=weights.numpy(),
+                          pred_changed=self.pred_changed.numpy(), rescored=self.rescored.numpy())
 
     # -- per batch -------------------------------------------------------------------------
     def sample_weights(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
