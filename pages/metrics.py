@@ -9,7 +9,8 @@ from interp_core.evaluation import verdict as V
 from interp_core.attribution import METHODS
 from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps
 from interp_core.runs import read_history
-from ui import cache, catalog, shell, sidebar, text, widgets
+from interp_core import catalog
+from ui import cache, shell, sidebar, text, widgets
 from ui import verdict as uiv
 from ui import state as S
 from ui.errors import guard

@@ -128,3 +128,51 @@ def test_imports_inside_functions_are_optional_heavy_dependencies():
     unexpected = {m: names for m, names in unexpected.items() if names}
     assert not unexpected, ("imports inside functions must be optional heavy dependencies (LAZY_ALLOWED); "
                             f"move these to module level: {unexpected}")
+
+
+# -- sizes (issue 15, item 5) ------------------------------------------------------------------------
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+# Over the limits today, each with the reason it is not split yet. The list may only shrink: an
+# entry that fits (or no longer exists) fails the test too.
+SIZE_ALLOWED = {
+    # being edited on the viewer2 branch (slide viewer): split after that merge
+    "interp_core/slides/deepzoom.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/explain.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/explain.py:explain_slide": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/job.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/job.py:_explain_slide_file": "viewer2 branch edits it; split after the merge",
+    # being edited on the fast2 branch (fast objective modes): split after that merge
+    "interp_core/training/loop.py": "fast2 branch edits it; split after the merge",
+    "interp_core/training/loop.py:_train": "fast2 branch edits it; split after the merge",
+    "interp_core/training/distributed.py": "fast2 branch edits the training package; split after the merge",
+    # the pages call its charts and PNG helpers as figures.X; verdict2 edits those pages
+    "interp_core/viz/figures.py": "verdict2 branch edits its callers; split after the merge",
+    "interp_core/viz/report.py:build_report": "verdict2 branch edits the verdict part of the report",
+    # a generator whose drawing steps share local state; splitting it would change no behaviour but
+    # needs its own regeneration check against the shipped datasets (not done here)
+    "interp_core/data/synthetic_he.py": "generator of the shipped datasets; split with a byte-identical regeneration check",
+}
+
+
+def _sizes() -> dict[str, int]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        src = path.read_text(encoding="utf-8")
+        out[rel] = len(src.splitlines())
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[f"{rel}:{node.name}"] = max(out.get(f"{rel}:{node.name}", 0), node.end_lineno - node.lineno + 1)
+    return out
+
+
+def test_modules_and_functions_stay_small():
+    sizes = _sizes()
+    over = {k: n for k, n in sizes.items()
+            if n > (MAX_FUNCTION_LINES if ":" in k else MAX_MODULE_LINES) and k not in SIZE_ALLOWED}
+    assert not over, f"split these (modules <= {MAX_MODULE_LINES} lines, functions <= {MAX_FUNCTION_LINES}): {over}"
+    fits = [k for k in SIZE_ALLOWED
+            if sizes.get(k, 0) <= (MAX_FUNCTION_LINES if ":" in k else MAX_MODULE_LINES)]
+    assert not fits, f"these fit now: remove them from SIZE_ALLOWED: {fits}"
+

@@ -12,8 +12,9 @@ from torch import nn
 
 import interp_core.consistency.score as score_mod
 from interp_core.attribution.cam import class_activation_map
-from interp_core.consistency.score import (ConsistencyOptions, cosine_similarity, dataset_consistency, explanation_consistency,
-                                     map_similarity, max_normalise, pearson_similarity, rebatch, topk_iou)
+from interp_core.consistency.options import ConsistencyOptions
+from interp_core.consistency.score import dataset_consistency, explanation_consistency, max_normalise, rebatch
+from interp_core.consistency.similarity import cosine_similarity, map_similarity, pearson_similarity, topk_iou
 from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
@@ -265,7 +266,7 @@ def test_evaluate_scores_an_ece_run_with_its_own_consistency_settings(tiny_data,
     import json
     import shutil
 
-    from interp_core.consistency.score import ConsistencyOptions, consistency_options_for
+    from interp_core.consistency.options import ConsistencyOptions, consistency_options_for
     from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
 
     assert consistency_options_for({"objective": "erm", "objective_options": {"threshold": "mean"}}) == \

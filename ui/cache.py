@@ -19,10 +19,13 @@ import torch
 
 from interp_core.consistency.history import ConsistencyHistory, read_consistency
 from interp_core.data import TileDataset, open_split
+from interp_core.evaluation.evaluate import EvalSettings, cache_path, read_cached, stored_maps_fingerprint
 from interp_core._utils.device import describe_device, pick_device
 from interp_core.runs import LoadedRun, load_run
 
-from . import catalog, compute
+from interp_core import catalog
+
+from . import compute
 
 
 # -- catalog -----------------------------------------------------------------------------------
@@ -240,17 +243,13 @@ def job_manager(root: str):
 def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple, maps: str | None = None) -> str:
     """Where ``cached_evaluate`` keeps this result (hashing the weights once per stamp); ``maps``: the
     fingerprint of the stored maps it was computed from, if any."""
-    from interp_core.evaluation.evaluate import CACHE_DIR, EvalSettings, cache_key
-    s = EvalSettings(**dict(settings))
-    return str(Path(run_key) / CACHE_DIR / f"{cache_key(run_key, data, s, maps)}.json")
+    return str(cache_path(run_key, data, EvalSettings(**dict(settings)), maps))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _stored_maps(run_key: str, stamp: int, data: str, settings: tuple, manifest_mtime: int) -> tuple[str, str] | None:
-    from interp_core.evaluation.evaluate import EvalSettings, stored_maps_job
-    from interp_core.evaluation.shards import maps_fingerprint, read_manifest
-    folder = stored_maps_job(run_key, data, EvalSettings(**dict(settings)))
-    return None if folder is None else (str(folder), maps_fingerprint(read_manifest(folder)))
+    found = stored_maps_fingerprint(run_key, data, EvalSettings(**dict(settings)))
+    return None if found is None else (str(found[0]), found[1])
 
 
 def stored_maps(entry: catalog.RunEntry, data: str, settings) -> tuple[str, str] | None:
@@ -272,22 +271,13 @@ def cached_eval_result(entry: catalog.RunEntry, data: str, settings, maps: str |
     fingerprint ``maps``, if given), or None when not computed yet."""
     from dataclasses import asdict
 
-    from interp_core.runs import read_json
-    path = Path(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), maps))
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except Exception:  # a damaged entry is recomputed
-        return None
+    return read_cached(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), maps))
 
 
 def shipped_scaat_effect(sel, dataset: str = "synthetic-he") -> str | None:
     """The Home page's sentence on the shipped SCAAT run of ``dataset`` against its baseline, built
     from their stored test-split evaluations (``eval_cache``, shipped with the runs; default
     ``EvalSettings``), or None when either is missing (nothing is computed here)."""
-    from interp_core.evaluation.evaluate import EvalSettings
-
     from . import text
     ds = next((d for d in sel.datasets if d.name == dataset), None)
     if ds is None:

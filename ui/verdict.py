@@ -12,7 +12,7 @@ from interp_core.viz import figures
 from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
-from . import catalog
+from interp_core import catalog
 
 _MD_CALL = {"Better": ":green[**Better**]", "Worse": ":red[**Worse**]", "Changed": ":blue[**Changed**]"}
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from .._utils.device import pick_device
 from .._utils.hashing import file_sha1
 from .._utils.locking import folder_lock
-from ..consistency.score import consistency_options_for
+from ..consistency.options import consistency_options_for
 from ..data import open_split
 from ..data.selection import data_fingerprint, stratified_subset
 from ..errors import DataError, InterpError
@@ -182,6 +182,22 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def cache_path(run_dir: str | Path, data: str | Path, settings: EvalSettings, maps: str | None = None) -> Path:
+    """Where :func:`cached_evaluate` keeps the result of these settings: ``RUN/eval_cache/<key>.json``."""
+    return Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, settings, maps)}.json"
+
+
+def read_cached(path: str | Path) -> dict[str, Any] | None:
+    """A cached evaluation, or None when there is none or it is damaged (then it is recomputed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+        return None
+
+
 def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
                     device: torch.device | None = None, progress: bool | Callable[[int, int], None] = False,
                     refresh: bool = False, attributions: str | Path | None = None) -> dict[str, Any]:
@@ -194,12 +210,10 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
     maps = None
     if attributions is not None and s.explanations:
         maps = maps_fingerprint(read_manifest(attributions))
-    path = Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, s, maps)}.json"
-    if path.is_file() and not refresh:
-        try:
-            return read_json(path)
-        except Exception:  # a damaged cache entry is recomputed
-            pass
+    path = cache_path(run_dir, data, s, maps)
+    cached = None if refresh else read_cached(path)
+    if cached is not None:
+        return cached
     result = evaluate_run(run_dir, data, s, device=device, progress=progress, attributions=attributions)
     try:
         write_json(path, result)
@@ -237,6 +251,12 @@ def stored_maps_job(run_dir: str | Path, data: str | Path, settings: EvalSetting
     except InterpError:
         return None
     return folder
+
+
+def stored_maps_fingerprint(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> tuple[Path, str] | None:
+    """``(folder, maps fingerprint)`` of the finished explain job :func:`stored_maps_job` finds, or None."""
+    folder = stored_maps_job(run_dir, data, settings)
+    return None if folder is None else (folder, maps_fingerprint(read_manifest(folder)))
 
 
 def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .. import metrics as M
 from ..attribution import attribute, seed_option
-from ..consistency.score import ConsistencyOptions, default_batch_size, explanation_consistency, inference_copy
+from ..consistency.options import ConsistencyOptions
+from ..consistency.score import default_batch_size, explanation_consistency, inference_copy
 from .shards import StoredMaps
 
 ProgressFn = Callable[[int, int], None]

@@ -101,7 +101,7 @@ def test_fit_to_input_keeps_resizes_or_tiles():
 
 # -- catalog ---------------------------------------------------------------------------------------
 def test_runs_map_to_datasets_by_folder_name_from_any_clone_path(app_tree, tmp_path, monkeypatch):
-    from ui import catalog
+    from interp_core import catalog
     sample = tmp_path / "sample_data"
     shutil.copytree(app_tree / "sample_data", sample)
     cfg_path = sample / "runs" / "synthetic-he" / "scaat" / "config.json"
@@ -126,7 +126,7 @@ def test_runs_map_to_datasets_by_folder_name_from_any_clone_path(app_tree, tmp_p
 
 
 def test_new_run_dir_refuses_escapes_and_finished_runs(app_tree, monkeypatch):
-    from ui import catalog
+    from interp_core import catalog
     root = app_tree / "sample_data" / "runs" / "synthetic-he"
     monkeypatch.setenv("INTERP_RUNS_DIR", str(root))
     for bad in ("../x", "/abs", "", "a b", ".hidden", "a/b"):

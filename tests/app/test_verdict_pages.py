@@ -282,7 +282,7 @@ def test_explore_gallery_and_large_upload_are_clickable_grids(h):
 
 
 def test_picker_labels_lead_with_the_part_that_differs():
-    from ui.catalog import RunEntry, picker_label
+    from interp_core.catalog import RunEntry, picker_label
     mk = lambda name, src, ds, rel="": RunEntry(Path("/r") / name, src, {}, ds, None, {}, rel or name)  # noqa: E731
     assert picker_label(mk("scaat", "shipped", "synthetic-he"), "synthetic-he") == "scaat"
     assert picker_label(mk("scaat", "shipped", "ihc"), "synthetic-he") == "scaat (ihc)"

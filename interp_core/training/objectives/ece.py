@@ -74,8 +74,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...consistency.score import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
-                            explanation_consistency, inference_copy, rebatch)
+from ...consistency.options import ConsistencyOptions
+from ...consistency.score import (carried_consistency, dataset_consistency, default_batch_size, explanation_consistency,
+                                 inference_copy, rebatch)
 from ...consistency.history import CONSISTENCY_FILE, write_consistency
 from ...errors import InterpError, TrainingDiverged
 from ..distributed import all_gather_rows
