@@ -148,9 +148,6 @@ SIZE_ALLOWED = {
     "interp_core/training/distributed.py": "fast2 branch edits the training package; split after the merge",
     # the pages call its charts and PNG helpers as figures.X; verdict2 edits those pages
     "interp_core/viz/figures.py": "verdict2 branch edits its callers; split after the merge",
-    # a generator whose drawing steps share local state; splitting it would change no behaviour but
-    # needs its own regeneration check against the shipped datasets (not done here)
-    "interp_core/data/synthetic_he.py": "generator of the shipped datasets; split with a byte-identical regeneration check",
 }
 
 
