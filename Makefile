@@ -53,7 +53,7 @@ sample-data: setup
 	$(PY) -m interp_core make-data synthetic-he-biased --out sample_data/data/synthetic-he-biased --seed $(SEED) --quiet
 	$(PY) -m interp_core make-data synthetic-he-bgbias --out sample_data/data/synthetic-he-bgbias --seed $(SEED) --quiet
 	$(PY) -m interp_core make-data ihc --out sample_data/data/ihc --seed $(SEED) --quiet
-	$(PY) -c "from interp_core.wsi import write_sample_slide; write_sample_slide('sample_data/slides/ihc.tiff')"
+	$(PY) -c "from interp_core.slides.wsi import write_sample_slide; write_sample_slide('sample_data/slides/ihc.tiff')"
 	$(PY) -c "from interp_core.data.synthetic_wsi import write_sample_wsi; write_sample_wsi('sample_data/slides/synthetic-he.tiff')"
 
 # Retrain the shipped runs with the project's own commands (see bench/ship_runs.sh).

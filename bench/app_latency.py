@@ -106,7 +106,7 @@ def main() -> int:
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
     at.sidebar.selectbox(key="sidebar.device").set_value("cpu").run()
-    from ui.catalog import list_runs
+    from interp_core.catalog import list_runs
     found = [r for r in list_runs() if r.arch == "smallcnn" and r.dataset == at.sidebar.selectbox(
         key="sidebar.dataset").value]
     by_objective = {}

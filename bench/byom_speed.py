@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from interp_core.attribution import attribute  # noqa: E402
 from interp_core.data.generate import make_dataset  # noqa: E402
-from interp_core.device import describe_device  # noqa: E402
-from interp_core.evaluate import EvalSettings, evaluate_run  # noqa: E402
-from interp_core.import_model import import_model  # noqa: E402
+from interp_core._utils.device import describe_device  # noqa: E402
+from interp_core.evaluation.evaluate import EvalSettings, evaluate_run  # noqa: E402
+from interp_core.models.import_model import import_model  # noqa: E402
 from interp_core.runs import load_run, save_tensors  # noqa: E402
 from objective_speed import make_batches, run_epoch  # noqa: E402
 

@@ -26,9 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp_core.consistency import ConsistencyOptions, dataset_consistency  # noqa: E402
+from interp_core.consistency.options import ConsistencyOptions  # noqa: E402
+from interp_core.consistency.score import dataset_consistency  # noqa: E402
 from interp_core.data import open_split  # noqa: E402
-from interp_core.evaluate import training_aligned_groups  # noqa: E402
+from interp_core.evaluation.evaluate import training_aligned_groups  # noqa: E402
 from interp_core.metrics.bias import auroc, minority_mask  # noqa: E402
 from interp_core.runs import load_run  # noqa: E402
 from interp_core.training.objectives.ece import consistency_weights  # noqa: E402

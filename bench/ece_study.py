@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interp_core.data import open_split  # noqa: E402
-from interp_core.evaluate import EvalSettings, cached_evaluate, training_aligned_groups  # noqa: E402
+from interp_core.evaluation.evaluate import EvalSettings, cached_evaluate, training_aligned_groups  # noqa: E402
 from interp_core.metrics.bias import auroc, consistency_groups, minority_mask  # noqa: E402
 from interp_core.runs import load_run  # noqa: E402
 from interp_core.training import TrainConfig, train  # noqa: E402

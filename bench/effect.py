@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp_core.evaluate import EvalSettings, cached_evaluate  # noqa: E402
+from interp_core.evaluation.evaluate import EvalSettings, cached_evaluate  # noqa: E402
 from interp_core.training import TrainConfig, train  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

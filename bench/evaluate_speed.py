@@ -24,10 +24,11 @@ import torch  # noqa: E402
 
 from interp_core import metrics as M  # noqa: E402
 from interp_core.attribution import attribute  # noqa: E402
-from interp_core.consistency import ConsistencyOptions, explanation_consistency, inference_copy  # noqa: E402
+from interp_core.consistency.options import ConsistencyOptions  # noqa: E402
+from interp_core.consistency.score import explanation_consistency, inference_copy  # noqa: E402
 from interp_core.data import open_split  # noqa: E402
 from interp_core.data.generate import make_dataset  # noqa: E402
-from interp_core.evaluate import EvalSettings, evaluate_run  # noqa: E402
+from interp_core.evaluation.evaluate import EvalSettings, evaluate_run  # noqa: E402
 from interp_core.runs import load_run  # noqa: E402
 
 

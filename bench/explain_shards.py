@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from interp_core.explain_dataset import explain_dataset
+from interp_core.evaluation.explain_dataset import explain_dataset
 t0 = time.perf_counter()
 info = explain_dataset({run!r}, {data!r}, "test", {out!r}, method="saliency", shard_size={shard}, batch_size=64,
                        device="cpu")

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interp_core.data import open_split  # noqa: E402
-from interp_core.predict import predict_loader  # noqa: E402
+from interp_core.evaluation.predict import predict_loader  # noqa: E402
 from interp_core.runs import load_run, run_status  # noqa: E402
 from interp_core.training import TrainConfig, train  # noqa: E402
 

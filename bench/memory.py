@@ -49,7 +49,7 @@ def measure(data: str, run: str, n: int, explanations: bool) -> dict:
     """Evaluate ``n`` tiles in this process; RSS before and peak after, and the time."""
     import torch
 
-    from interp_core.evaluate import EvalSettings, evaluate_run
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
     from interp_core.runs import load_run
     torch.set_num_threads(1)
     loaded = load_run(run, "cpu")

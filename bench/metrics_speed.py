@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from interp_core import metrics as M  # noqa: E402
-from interp_core.device import pick_device, torch_threads  # noqa: E402
+from interp_core._utils.device import pick_device, torch_threads  # noqa: E402
 from interp_core.models import create_model  # noqa: E402
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from interp_core.device import autocast, describe_device, memory_format, pick_device  # noqa: E402
+from interp_core._utils.device import autocast, describe_device, memory_format, pick_device  # noqa: E402
 from interp_core.errors import InterpError  # noqa: E402
 from interp_core.models import create_model  # noqa: E402
 from interp_core.training.objectives import (  # noqa: E402

@@ -156,7 +156,7 @@ def train_arm(arm: Arm, data: Path, seed: int, n_epochs: int, out: Path) -> Path
 
 def accuracy_all(run: Path, data: Path) -> float:
     """Test-split accuracy on every tile (``evaluate`` without the explanation metrics)."""
-    from interp_core.evaluate import EvalSettings, cached_evaluate
+    from interp_core.evaluation.evaluate import EvalSettings, cached_evaluate
     return float(cached_evaluate(run, data, EvalSettings(explanations=False, seed=0))["accuracy"]["mean"])
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_evaluate  # noqa: E402
+from interp_core.evaluation.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from skimage import data  # noqa: E402
 
-from interp_core.device import pick_device  # noqa: E402
+from interp_core._utils.device import pick_device  # noqa: E402
 from interp_core.models import create_model  # noqa: E402
-from interp_core.slide import ArraySlide, explain_slide  # noqa: E402
+from interp_core.slides.explain import ArraySlide, explain_slide  # noqa: E402
 
 METHODS = ("cam", "saliency", "gradcam")
 

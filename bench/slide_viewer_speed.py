@@ -3,7 +3,7 @@
     nice -n 10 python bench/slide_viewer_speed.py [--slide FILE | --size 20480] [--tiles 200] [--limit 2000]
 
 Measured side by side in one process (a shared CPU changes absolute numbers; the ratios are the
-stable part), through ``interp_core.deepzoom.TileService`` as the tile route calls it (no HTTP):
+stable part), through ``interp_core.slides.deepzoom.TileService`` as the tile route calls it (no HTTP):
 
 - time to first view: a cold service opens the slide and makes every Deep Zoom tile of the level a
   1024-pixel-wide viewer shows first (plus the levels above it), against reading the same pixels
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from interp_core.deepzoom import SlideRoots, TileService  # noqa: E402
+from interp_core.slides.deepzoom import SlideRoots, TileService  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "sample_data/runs/synthetic-he/baseline-erm"
@@ -123,9 +123,9 @@ def explain_rates(slide: Path, limit: int, out: Path, rounds: int = 3) -> dict:
 
     from interp_core.attribution import attribute, attribution_state
     from interp_core.runs import load_run
-    from interp_core.slide import SlideTiles, grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
-    from interp_core.slide_job import explain_slide_file, map_downsample
-    from interp_core.wsi import OpenSlideReader
+    from interp_core.slides.explain import SlideTiles, grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
+    from interp_core.slides.job import explain_slide_file, map_downsample
+    from interp_core.slides.wsi import OpenSlideReader
     reader = OpenSlideReader(slide)
     d = map_downsample(reader.size, 1024)
     tissue = tile_tissue_fraction(tissue_mask(read_thumbnail(reader, d)), grid_shape(reader.size, 64, 64), 64, 64,

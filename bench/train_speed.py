@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from interp_core.device import pick_device, describe_device  # noqa: E402
+from interp_core._utils.device import pick_device, describe_device  # noqa: E402
 from interp_core.models import create_model, list_models  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 For each shipped dataset: every run evaluated on the whole test split with the given attribution
 method (cached in ``RUN/eval_cache/``, the same entries the Metrics page reads), then each retrain
-compared tile by tile with the run it was fine-tuned from (``interp_core.verdict``: paired
+compared tile by tile with the run it was fine-tuned from (``interp_core.evaluation.verdict``: paired
 differences, 95% percentile bootstrap over tiles, 2000 resamples, seed 0).
 
 Usage: python bench/verdict_shipped.py [--datasets ...] [--method saliency] [--out docs/results/verdict_shipped.md]
@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp_core import verdict as V  # noqa: E402
+from interp_core.evaluation import verdict as V  # noqa: E402
 from interp_core.data import open_split  # noqa: E402
-from interp_core.evaluate import EvalSettings, cached_evaluate  # noqa: E402
+from interp_core.evaluation.evaluate import EvalSettings, cached_evaluate  # noqa: E402
 from interp_core.runs import find_runs, read_config  # noqa: E402
 
 

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from skimage import data  # noqa: E402
 
 from interp_core.models import create_model  # noqa: E402
-from interp_core.slide import ArraySlide, _tile_batches, explain_slide, grid_shape  # noqa: E402
-from interp_core.wsi import OpenSlideReader, write_pyramid_tiff  # noqa: E402
+from interp_core.slides.explain import ArraySlide, _tile_batches, explain_slide, grid_shape  # noqa: E402
+from interp_core.slides.wsi import OpenSlideReader, write_pyramid_tiff  # noqa: E402
 
 TILE = 64
 

@@ -6,12 +6,9 @@ A run loads from any working directory with ``load_run(path)``.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
-import signal
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from ._utils.hashing import file_sha1
+from ._utils.io import atomic_write
 from .errors import RunError
 from .models import create_model, is_known_arch, list_models
 
@@ -60,88 +59,6 @@ def recorded_path(config: dict, key: str, run_dir: str | Path) -> Path | None:
     return p if p.is_absolute() else (Path(run_dir) / p).resolve()
 
 
-# -- atomic writes -------------------------------------------------------------------------
-#: Test-only fault injection for the crash-safety tests (tests/hardening): when this environment
-#: variable holds ``GLOB`` or ``GLOB#K``, the process SIGKILLs itself after the temp file of the
-#: K-th (default first) atomic write whose destination path matches ``GLOB`` (``fnmatch``) is
-#: complete and before it is renamed into place, i.e. at the worst moment of a write.
-KILL_HOOK_ENV = "INTERP_TEST_KILL_BEFORE_REPLACE"
-_hook_matches = 0
-
-
-def _maybe_kill_before_replace(path: Path) -> None:
-    spec = os.environ.get(KILL_HOOK_ENV)
-    if not spec:
-        return
-    pattern, _, nth = spec.rpartition("#") if "#" in spec else (spec, "", "1")
-    if fnmatch.fnmatch(str(path), pattern):
-        global _hook_matches
-        _hook_matches += 1
-        if _hook_matches == int(nth):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def is_temp_file(path: str | Path) -> bool:
-    """True for the temp file of an atomic write (``.NAME.XXXX.tmp``); one is left behind only when a
-    process was killed mid-write, and never holds anything a reader needs."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(".tmp")
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temp files of interrupted atomic writes directly in ``folder``; return them.
-
-    Only call it where no other process is writing at the same time (e.g. when a run resumes).
-    """
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if is_temp_file(p) and p.is_file():
-                try:
-                    p.unlink()
-                    removed.append(p)
-                except OSError:
-                    pass
-    return removed
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` via a temp file in the same folder, fsync, ``os.replace``.
-
-    Readers see the old file or the new one, never a part. On any failure (disk full, read-only
-    or missing folder, interruption) the temp file is removed and the destination is untouched;
-    an ``OSError`` is re-raised naming ``path`` itself (the temp file's name would mean nothing to
-    a user), so the CLI's one-line message says which file could not be written.
-    """
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _maybe_kill_before_replace(path)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """``write(binary_file)`` into ``path`` atomically (temp file, fsync, ``os.replace``): the one
-    atomic write of the package (JSON, safetensors, npz pieces, TIFF pyramids)."""
-    _atomic_write(Path(path), write)
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
@@ -166,19 +83,19 @@ def _clean_json(o: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write strict JSON atomically."""
     data = json.dumps(_clean_json(obj), indent=2, default=_json_default, allow_nan=False).encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
     """Write one strict-JSON object per line, atomically (e.g. ``history.jsonl``)."""
     data = "".join(json.dumps(_clean_json(r), default=_json_default, allow_nan=False) + "\n" for r in records).encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file (UTF-8) atomically, e.g. a predictions CSV."""
     data = text.encode("utf-8")
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def read_json(path: str | Path) -> Any:
@@ -196,7 +113,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Save tensors to safetensors atomically (contiguous CPU copies)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     data = save_bytes(clean, metadata=metadata)
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -286,6 +203,16 @@ class LoadedRun:
     @property
     def classes(self) -> list[str]:
         return list(self.config["classes"])
+
+
+def run_identity(run: LoadedRun) -> dict[str, Any]:
+    """What identifies a run's model: its name, path, architecture, classes, input size and the SHA-1
+    of its weights file (so a retrained run in the same folder is a different model)."""
+    weights = run.path / WEIGHTS
+    return {"name": run.name, "path": str(run.path), "arch": run.config.get("arch"),
+            "objective": run.config.get("objective"), "classes": run.classes,
+            "image_size": int(run.config["image_size"]),
+            "weights_sha1": file_sha1(weights) if weights.is_file() else None}
 
 
 def read_config(run_dir: str | Path) -> dict:

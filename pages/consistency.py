@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.attribution import overlay
+from interp_core.consistency.history import least_consistent
 from interp_core.runs import safe_child
 from ui import cache, compute, shell, sidebar, text, widgets
 from ui import state as S
@@ -120,7 +121,7 @@ with guard("reading the consistency history"):
     else:
         cols = st.columns(6)
         classes = run.classes
-        for j, i in enumerate(compute.least_consistent(hist, k)):
+        for j, i in enumerate(least_consistent(hist, k)):
             sid = hist.sample_ids[i]
             lab = int(hist.labels[i]) if hist.labels is not None and hist.labels[i] >= 0 else None
             with cols[j % 6], guard(f"showing {sid}"):

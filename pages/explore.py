@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
-from interp_core.verdict import default_reference, share_lines
+from interp_core.evaluation.verdict import default_reference, share_lines
 from ui import cache, compute, shell, sidebar, text, widgets
 from ui import state as S
 from ui import verdict as uiv

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui import byom, cache, catalog, shell, sidebar, text
+from interp_core import catalog
+
+from ui import byom, cache, shell, sidebar, text
 from ui import state as S
 from ui.errors import guard
 

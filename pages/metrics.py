@@ -4,12 +4,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from interp_core import figures
-from interp_core import verdict as V
+from interp_core.viz import figures
+from interp_core.evaluation import verdict as V
 from interp_core.attribution import METHODS
-from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
+from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
 from interp_core.runs import read_history
-from ui import cache, catalog, compute, shell, sidebar, text, widgets
+from interp_core import catalog
+from ui import cache, compute, shell, sidebar, text, widgets
 from ui import verdict as uiv
 from ui import state as S
 from ui.errors import guard

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from interp_core.attribution import METHODS
-from interp_core.report import build_report
+from interp_core.viz.report import build_report
 from ui import shell, sidebar, widgets
 from ui import verdict as uiv
 from ui import state as S

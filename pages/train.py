@@ -7,23 +7,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.errors import InterpError
 from interp_core.runs import read_history
+from interp_core.training import DEFAULT_LR_FINETUNE, DEFAULT_LR_SCRATCH
 from interp_core.training.mode_costs import mode_costs
-from interp_core.training.objectives import get_objective, objective_names
-from ui import cache, catalog, shell, sidebar, text
+from interp_core.training.objectives import get_objective, list_objectives, objective_names
+from interp_core import catalog
+from ui import cache, shell, sidebar, text
 from ui import state as S
 from ui.errors import guard, need
 
 shell.leave_legacy_pages_mode()
 
-OBJECTIVES = {
-    "scaat": "SCAAT: adversarial noise on low-saliency pixels (sparser, more faithful maps)",
-    "ece": "ECE: more weight to tiles whose explanation is inconsistent",
-    "sgt": "SGT: saliency-guided training (masks low-saliency pixels)",
-    "erm": "Plain training (baseline, cross-entropy only)",
-}
+#: Objectives offered first, in this order; their descriptions are the objectives' own (core).
+OBJECTIVES = {n: f"{n.upper()}: {d}" for n, d in list_objectives().items()}
+FIRST = ("scaat", "ece", "sgt", "erm")
 
 st.title("Retrain a model")
 st.markdown("Start a training run in the **background**: it keeps going if you switch pages or reload, and "
@@ -35,7 +34,7 @@ jobs = cache.job_manager(str(catalog.jobs_root()))
 
 # -- the form ------------------------------------------------------------------------------------
 c1, c2 = st.columns(2)
-names = [n for n in OBJECTIVES if n in objective_names()] + [n for n in objective_names() if n not in OBJECTIVES]
+names = [n for n in FIRST if n in objective_names()] + [n for n in objective_names() if n not in FIRST]
 S.init(S.Train.OBJECTIVE, "scaat" if "scaat" in names else names[0])
 objective = c1.selectbox("Objective", names, key=S.Train.OBJECTIVE, format_func=lambda n: OBJECTIVES.get(n, n),
                          **S.KEEP)
@@ -51,9 +50,10 @@ c1, c2, c3, c4 = st.columns([1, 1, 1, 1.6])  # the run name whole, its date incl
 S.init(S.Train.EPOCHS, 2)
 epochs = c1.number_input("Epochs", 1, 500, key=S.Train.EPOCHS, help="Passes over the training tiles.", **S.KEEP)
 lr_key = f"{S.Train.LR}.{'finetune' if init else 'scratch'}"
-S.init(lr_key, 1e-4 if init else 1e-3)
+S.init(lr_key, DEFAULT_LR_FINETUNE if init else DEFAULT_LR_SCRATCH)
 lr = c2.number_input("Learning rate", 1e-6, 1.0, key=lr_key, format="%.0e", step=1e-5,
-                     help="Default 1e-4 when fine-tuning (stable), 1e-3 from scratch.", **S.KEEP)
+                     help=f"Default {DEFAULT_LR_FINETUNE:g} when fine-tuning (stable), {DEFAULT_LR_SCRATCH:g} from "
+                          "scratch.", **S.KEEP)
 S.init(S.Train.BATCH, 64)
 batch = c3.number_input("Batch size", 2, 1024, key=S.Train.BATCH, **S.KEEP)
 name_key = f"{S.Train.NAME}.{objective}"

@@ -22,34 +22,6 @@ LAZY_ALLOWED = {
     "matplotlib", "plotly", "PIL", "tqdm", "torch.distributed", "torch.nn.parallel", "torch.fx",
 }
 
-# KNOWN CYCLE, TO BE REMOVED: general dataset helpers live in evaluate.py and the shard reader in
-# the shard writer's module (issue 15, item 2). Other branches are editing these three files; once
-# they are merged the helpers move and these edges go. Exactly these edges may close a cycle.
-KNOWN_CYCLE_EDGES = {
-    ("interp_core.evaluate", "interp_core.explain_dataset"),
-    ("interp_core.evaluate", "interp_core.explanation_metrics"),
-    ("interp_core.explain_dataset", "interp_core.evaluate"),
-    ("interp_core.explanation_metrics", "interp_core.explain_dataset"),
-}
-
-# KNOWN, TO BE REMOVED: imports inside functions that are not optional heavy dependencies
-# (module -> what it imports lazily). The list may only shrink: a stale entry fails the test too.
-KNOWN_LAZY = {
-    # the CLI imports each command's module when the command runs (keeps `--help` fast)
-    "interp_core.cli": {"interp_core.runs", "interp_core.data.generate", "interp_core.training.objectives",
-                        "interp_core.training.objectives.base", "interp_core.training", "interp_core.import_model",
-                        "interp_core.device", "interp_core.evaluate", "interp_core.explain",
-                        "interp_core.slide_job", "interp_core.report", "interp_core.models",
-                        "interp_core.explain_dataset"},
-    # files other branches are editing (issue 15): left alone until those merges
-    "interp_core.consistency": {"interp_core.attribution.cam", "interp_core.attribution", "tqdm.auto"},
-    "interp_core.evaluate": {"interp_core.runs", "interp_core.errors", "interp_core.explain_dataset",
-                             "interp_core.explanation_metrics"},
-    "interp_core.explain_dataset": {"interp_core.attribution", "interp_core.data", "interp_core.device",
-                                    "interp_core.evaluate", "interp_core.explain", "interp_core.runs", "sys"},
-}
-
-
 def _modules() -> dict[str, Path]:
     mods = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -126,7 +98,7 @@ def test_graph_builder_resolves_relative_imports_and_sees_function_imports():
     edges, lazy = import_graph()
     assert "interp_core.attribution.registry" in edges["interp_core.attribution.api"]  # from .registry import
     assert "interp_core.errors" in edges["interp_core.models.registry"]  # from ..errors import
-    assert "interp_core.slide_io" in edges["interp_core.wsi"]
+    assert "interp_core.slides.reader" in edges["interp_core.slides.wsi"]
     assert "interp_core.models.zoo" in edges["interp_core.models.registry"]  # module level since issue 15
     assert "timm" in lazy["interp_core.models.zoo"]  # inside a function
 
@@ -137,30 +109,65 @@ def test_cycle_finder_on_a_hand_made_graph():
     assert find_cycle({"a": {"b"}, "b": {"b2"}, "b2": {"b"}}) == ["b", "b2", "b"]
 
 
-def test_no_import_cycles_beyond_the_known_one():
+def test_no_import_cycles():
     edges, _ = import_graph()
-    for a, b in KNOWN_CYCLE_EDGES:
-        assert b in edges[a], f"known cycle edge {a} -> {b} is gone: remove it from KNOWN_CYCLE_EDGES"
-    pruned = {a: {b for b in targets if (a, b) not in KNOWN_CYCLE_EDGES} for a, targets in edges.items()}
-    cycle = find_cycle(pruned)
+    cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-@pytest.mark.parametrize("extra", [("interp_core.slide_io", "interp_core.slide")])
+@pytest.mark.parametrize("extra", [("interp_core.slides.reader", "interp_core.slides.explain")])
 def test_a_new_cycle_would_be_caught(extra):
     edges, _ = import_graph()
     edges[extra[0]].add(extra[1])  # slide imports slide_io, so this closes a cycle
-    pruned = {a: {b for b in t if (a, b) not in KNOWN_CYCLE_EDGES} for a, t in edges.items()}
-    assert find_cycle(pruned) is not None
+    assert find_cycle(edges) is not None
 
 
 def test_imports_inside_functions_are_optional_heavy_dependencies():
     _, lazy = import_graph()
-    unexpected = {m: sorted(n for n in names if not _allowed_lazy(n) and n not in KNOWN_LAZY.get(m, set()))
-                  for m, names in lazy.items()}
+    unexpected = {m: sorted(n for n in names if not _allowed_lazy(n)) for m, names in lazy.items()}
     unexpected = {m: names for m, names in unexpected.items() if names}
     assert not unexpected, ("imports inside functions must be optional heavy dependencies (LAZY_ALLOWED); "
                             f"move these to module level: {unexpected}")
-    stale = {m: sorted(names - lazy.get(m, set())) for m, names in KNOWN_LAZY.items()}
-    stale = {m: names for m, names in stale.items() if names}
-    assert not stale, f"these lazy imports are gone: remove them from KNOWN_LAZY: {stale}"
+
+
+# -- sizes (issue 15, item 5) ------------------------------------------------------------------------
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+# Over the limits today, each with the reason it is not split yet. The list may only shrink: an
+# entry that fits (or no longer exists) fails the test too.
+SIZE_ALLOWED = {
+    # being edited on the viewer2 branch (slide viewer): split after that merge
+    "interp_core/slides/deepzoom.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/explain.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/explain.py:explain_slide": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/job.py": "viewer2 branch edits it; split after the merge",
+    "interp_core/slides/job.py:_explain_slide_file": "viewer2 branch edits it; split after the merge",
+    # being edited on the fast2 branch (fast objective modes): split after that merge
+    "interp_core/training/loop.py": "fast2 branch edits it; split after the merge",
+    "interp_core/training/loop.py:_train": "fast2 branch edits it; split after the merge",
+    # the pages call its charts and PNG helpers as figures.X; verdict2 edits those pages
+    "interp_core/viz/figures.py": "verdict2 branch edits its callers; split after the merge",
+}
+
+
+def _sizes() -> dict[str, int]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        src = path.read_text(encoding="utf-8")
+        out[rel] = len(src.splitlines())
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[f"{rel}:{node.name}"] = max(out.get(f"{rel}:{node.name}", 0), node.end_lineno - node.lineno + 1)
+    return out
+
+
+def test_modules_and_functions_stay_small():
+    sizes = _sizes()
+    over = {k: n for k, n in sizes.items()
+            if n > (MAX_FUNCTION_LINES if ":" in k else MAX_MODULE_LINES) and k not in SIZE_ALLOWED}
+    assert not over, f"split these (modules <= {MAX_MODULE_LINES} lines, functions <= {MAX_FUNCTION_LINES}): {over}"
+    fits = [k for k in SIZE_ALLOWED
+            if sizes.get(k, 0) <= (MAX_FUNCTION_LINES if ":" in k else MAX_MODULE_LINES)]
+    assert not fits, f"these fit now: remove them from SIZE_ALLOWED: {fits}"
+

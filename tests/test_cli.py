@@ -104,7 +104,7 @@ def test_disk_errors_are_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(runs, "_atomic_write", full)
+    monkeypatch.setattr(runs, "atomic_write", full)
     code = main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No space left on device" in err[0] and "config.json" in err[0]

@@ -1,4 +1,4 @@
-"""Similarity functions, explanation_consistency and dataset_consistency (interp_core.consistency)."""
+"""Similarity functions, explanation_consistency and dataset_consistency (interp_core.consistency.score)."""
 from __future__ import annotations
 
 import math
@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from scipy.stats import pearsonr
 from torch import nn
 
-import interp_core.attribution as attribution_pkg
+import interp_core.consistency.score as score_mod
 from interp_core.attribution.cam import class_activation_map
-from interp_core.consistency import (ConsistencyOptions, cosine_similarity, dataset_consistency, explanation_consistency,
-                                     map_similarity, max_normalise, pearson_similarity, rebatch, topk_iou)
-from interp_core.device import torch_threads
+from interp_core.consistency.options import ConsistencyOptions
+from interp_core.consistency.score import dataset_consistency, explanation_consistency, max_normalise, rebatch
+from interp_core.consistency.similarity import cosine_similarity, map_similarity, pearson_similarity, topk_iou
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 
@@ -190,7 +191,7 @@ def _captum_gradcam(model: nn.Module, x: torch.Tensor, method: str, target: torc
 def test_gradcam_fallback_matches_cam_path(model, batch, monkeypatch) -> None:
     """Grad-CAM == CAM after max-normalisation for GAP + linear heads, so both paths agree."""
     x, y = batch
-    monkeypatch.setattr(attribution_pkg, "attribute", _captum_gradcam, raising=False)
+    monkeypatch.setattr(score_mod, "attribute", _captum_gradcam)
     wrapped = _NoCamModel(model)
     wrapped.train()
     via_gradcam = explanation_consistency(wrapped, x, y)
@@ -247,7 +248,7 @@ def test_dataset_consistency_matches_batches(model, batch) -> None:
 
 
 def test_inference_copy_is_the_same_function_and_leaves_the_model_alone(model, batch) -> None:
-    from interp_core.consistency import inference_copy
+    from interp_core.consistency.score import inference_copy
 
     x, _ = batch
     model.train()
@@ -265,8 +266,8 @@ def test_evaluate_scores_an_ece_run_with_its_own_consistency_settings(tiny_data,
     import json
     import shutil
 
-    from interp_core.consistency import ConsistencyOptions, consistency_options_for
-    from interp_core.evaluate import EvalSettings, evaluate_run
+    from interp_core.consistency.options import ConsistencyOptions, consistency_options_for
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
 
     assert consistency_options_for({"objective": "erm", "objective_options": {"threshold": "mean"}}) == \
         ConsistencyOptions()

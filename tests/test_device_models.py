@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp_core.device import pick_device, seed_everything
+from interp_core._utils.device import pick_device, seed_everything
 from interp_core.errors import InterpError
 from interp_core.models import create_model, list_models
 

@@ -1,4 +1,4 @@
-"""Background training jobs (interp_core.jobs): queue, states on disk, cancel, vanished processes.
+"""Background training jobs (interp_core.jobs.queue): queue, states on disk, cancel, vanished processes.
 
 Real ``train`` subprocesses on a 16-pixel toy dataset for the end-to-end cases; a fake
 "interpreter" (a shell script that just sleeps) for the queue-mechanics cases, so they do not
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from interp_core.errors import InterpError
-from interp_core.jobs import JOB_FILE, JobInfo, JobManager, _proc_stat, _process_alive
+from interp_core.jobs.process import proc_stat, process_alive
+from interp_core.jobs.queue import JOB_FILE, JobInfo, JobManager
 from interp_core.runs import load_run, run_status, write_json
 from interp_core.testing import make_tiny_dataset
 
@@ -59,7 +60,7 @@ def sleeper(tmp_path) -> tuple[str, Path]:
 
 def gone(pid: int) -> bool:
     """The process no longer runs (it may linger as a zombie of an init that does not reap)."""
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat is None or stat[0] in ("Z", "X")
 
 
@@ -234,18 +235,18 @@ def _fake_running_job(root: Path, job_id: str, run_dir: Path, pid: int, pid_star
 
 def test_alive_check_is_not_fooled_by_pid_reuse():
     me = os.getpid()
-    ticks = _proc_stat(me)[1]
-    assert _process_alive(me, ticks)
-    assert not _process_alive(me, ticks + 1)  # same pid, another process start: a reused pid
+    ticks = proc_stat(me)[1]
+    assert process_alive(me, ticks)
+    assert not process_alive(me, ticks + 1)  # same pid, another process start: a reused pid
     p = subprocess.Popen(["true"])
     p.wait()
-    assert not _process_alive(p.pid, None)
+    assert not process_alive(p.pid, None)
 
 
 def test_vanished_process_is_finished_or_failed_from_the_run(tmp_path):
     root = tmp_path / "jobs"
     done_run, cut_run = tmp_path / "done", tmp_path / "cut"
-    stale_ticks = _proc_stat(os.getpid())[1] + 12345  # our own pid, but "another" process: reused
+    stale_ticks = proc_stat(os.getpid())[1] + 12345  # our own pid, but "another" process: reused
     _fake_running_job(root, "20240101-000000-aaaaaa", done_run, os.getpid(), stale_ticks)
     write_json(done_run / "progress.json", {"state": "finished", "epoch": 1, "epochs": 1, "updated": time.time()})
     p = subprocess.Popen(["true"])

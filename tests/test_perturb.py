@@ -1,4 +1,4 @@
-"""Background split and masked L-inf PGD (interp_core.perturb)."""
+"""Background split and masked L-inf PGD (interp_core.consistency.perturb)."""
 from __future__ import annotations
 
 import pytest
@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
-from interp_core.perturb import background_attack, background_mask, default_step_size, masked_pgd, parse_threshold
+from interp_core.consistency.perturb import background_attack, background_mask, default_step_size, masked_pgd, parse_threshold
 
 EPS = 8 / 255
 

@@ -1,4 +1,4 @@
-"""Slide tiling, tissue detection and stitching (interp_core.slide), checked against direct per-tile computation."""
+"""Slide tiling, tissue detection and stitching (interp_core.slides.explain), checked against direct per-tile computation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from interp_core.attribution import attribute
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError
 from interp_core.models import create_model
-from interp_core.slide import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
+from interp_core.slides.explain import (ArraySlide, explain_slide, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
                                tissue_mask)
 from interp_core.testing import pattern_image
 
@@ -285,15 +285,15 @@ def test_prob_map_paints_each_tile_probability_over_its_footprint(model):
 
 
 def test_array_slide_is_a_slide_reader():
-    from interp_core.slide import SlideReader
+    from interp_core.slides.explain import SlideReader
     assert isinstance(ArraySlide(pattern_image(8, 8)), SlideReader)
 
 
 def test_slide_page_choices_by_hand():
-    """What the Slide page shows, computed outside Streamlit (interp_core.slide_job), against hand values."""
+    """What the Slide page shows, computed outside Streamlit (interp_core.slides.job), against hand values."""
     from types import SimpleNamespace as NS
 
-    from interp_core.slide_job import (change_map, dataset_for_slide, default_pair, job_state, overlay_scale,
+    from interp_core.slides.job import (change_map, dataset_for_slide, default_pair, job_state, overlay_scale,
                                        tile_stride, viewer_grid)
     runs = [NS(key="a", dataset="he", config={"objective": "ece"}), NS(key="b", dataset="he", config={"objective": "erm"}),
             NS(key="c", dataset="he", config={"objective": "scaat"}), NS(key="d", dataset="ihc", config={"objective": "erm"})]
@@ -332,7 +332,7 @@ def test_stitched_view_overlays_only_computed_pixels():
     from types import SimpleNamespace as NS
 
     from interp_core.attribution import colorize
-    from interp_core.slide_job import stitched_view
+    from interp_core.slides.job import stitched_view
     thumb = np.full((2, 3, 3), 200, np.uint8)
     vals = np.array([[np.nan, 0.0, 1.0], [0.5, np.nan, np.nan]])
     out = stitched_view("unused.tiff", NS(result=NS(thumbnail=thumb)), vals, 0.0, 1.0, "inferno", 0.25)

@@ -1,4 +1,4 @@
-"""interp_core.verdict: paired bootstrap changes, Wilson intervals, calls in each metric's direction."""
+"""interp_core.evaluation.verdict: paired bootstrap changes, Wilson intervals, calls in each metric's direction."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from interp_core import verdict as V
+from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
 
@@ -131,7 +131,7 @@ def test_verdict_sentence_names_better_worse_and_unchanged_metrics():
 
 
 def test_evaluate_stores_per_tile_values_and_a_run_compared_with_itself_is_unchanged(tiny_run, tiny_data):
-    from interp_core.evaluate import EvalSettings, evaluate_run
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
     res = evaluate_run(tiny_run, tiny_data, EvalSettings(limit=8))
     pt = res["details"]["per_tile"]
     assert len(pt["file"]) == 8 and len(pt["accuracy"]) == 8 and len(pt["group"]) == 8
@@ -143,7 +143,7 @@ def test_evaluate_stores_per_tile_values_and_a_run_compared_with_itself_is_uncha
 
 
 def test_report_examples_are_random_but_seeded_and_spread_over_classes():
-    from interp_core.report import example_indices
+    from interp_core.viz.report import example_indices
     labels = [0] * 50 + [1] * 50
     a, b = example_indices(labels, 6, seed=0), example_indices(labels, 6, seed=0)
     assert a == b and a != example_indices(labels, 6, seed=1)
@@ -152,7 +152,7 @@ def test_report_examples_are_random_but_seeded_and_spread_over_classes():
 
 
 def test_same_partition_detects_groups_equal_to_classes():
-    from interp_core.figures import same_partition
+    from interp_core.viz.figures import same_partition
     cls = {"normal": {"mean": 0.9, "n": 10}, "tumor": {"mean": 0.8, "n": 12}}
     assert same_partition(cls, {"normal|x": {"mean": 0.8, "n": 12}, "tumor|x": {"mean": 0.9, "n": 10}})
     assert not same_partition(cls, {"a": {"mean": 0.9, "n": 5}, "b": {"mean": 0.9, "n": 5},

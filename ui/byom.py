@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from interp_core.errors import InterpError
-from interp_core.import_model import import_model
+from interp_core.models.import_model import import_model
 from interp_core.models.weights import SUFFIXES
 
-from . import catalog
+from interp_core import catalog
 
 #: Architecture suggestions for the form (any timm/NAME or torchvision/NAME works).
 EXAMPLES = ("timm/resnet50", "timm/efficientnet_b0", "timm/convnext_tiny", "timm/vit_small_patch16_224",

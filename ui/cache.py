@@ -17,11 +17,15 @@ import numpy as np
 import streamlit as st
 import torch
 
+from interp_core.consistency.history import ConsistencyHistory, read_consistency
 from interp_core.data import TileDataset, open_split
-from interp_core.device import describe_device, pick_device
+from interp_core.evaluation.evaluate import EvalSettings, cache_path, read_cached, stored_maps_fingerprint
+from interp_core._utils.device import describe_device, pick_device
 from interp_core.runs import LoadedRun, load_run
 
-from . import catalog, compute
+from interp_core import catalog
+
+from . import compute
 
 
 # -- catalog -----------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def configure_threads() -> int:
 
 @st.cache_resource(show_spinner=False)
 def device(name: str) -> torch.device:
-    """``interp_core.device.pick_device`` (raises InterpError when the device is unavailable)."""
+    """``interp_core._utils.device.pick_device`` (raises InterpError when the device is unavailable)."""
     configure_threads()
     return pick_device(name)
 
@@ -145,7 +149,7 @@ def split_predictions(r: ModelRef, path: str, split_name: str) -> np.ndarray:
     """Softmax probabilities ``[N, C]`` of a run on every tile of a split (for the gallery filters)."""
     from torch.utils.data import DataLoader
 
-    from interp_core.predict import predict_loader
+    from interp_core.evaluation.predict import predict_loader
     loaded = r.load()
     ds = open_split(path, split_name, image_size=loaded.config["image_size"])
     loader = DataLoader(ds, batch_size=128, shuffle=False)
@@ -191,9 +195,9 @@ def consistency(r: ModelRef, image: np.ndarray, target: int | None, eps: float, 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def consistency_history(run_key: str, mtime: float) -> compute.ConsistencyHistory | None:
+def consistency_history(run_key: str, mtime: float) -> ConsistencyHistory | None:
     """An ECE run's ``consistency.npz`` (``mtime`` re-reads it after a new refresh)."""
-    return compute.read_consistency(run_key)
+    return read_consistency(run_key)
 
 
 # -- long results computed with a progress bar -------------------------------------------------------
@@ -230,7 +234,7 @@ def store(name: str) -> ResultStore:
 @st.cache_resource(show_spinner=False)
 def job_manager(root: str):
     """The background-job manager of ``root`` (state on disk, so it survives reloads and restarts)."""
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     return JobManager(root, max_running=1, max_queued=8)
 
 
@@ -239,26 +243,22 @@ def job_manager(root: str):
 def eval_cache_path(run_key: str, stamp: int, data: str, settings: tuple, maps: str | None = None) -> str:
     """Where ``cached_evaluate`` keeps this result (hashing the weights once per stamp); ``maps``: the
     fingerprint of the stored maps it was computed from, if any."""
-    from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key
-    s = EvalSettings(**dict(settings))
-    return str(Path(run_key) / CACHE_DIR / f"{cache_key(run_key, data, s, maps)}.json")
+    return str(cache_path(run_key, data, EvalSettings(**dict(settings)), maps))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _stored_maps(run_key: str, stamp: int, data: str, settings: tuple, manifest_mtime: int) -> tuple[str, str] | None:
-    from interp_core.evaluate import EvalSettings, stored_maps_job
-    from interp_core.explain_dataset import maps_fingerprint, read_manifest
-    folder = stored_maps_job(run_key, data, EvalSettings(**dict(settings)))
-    return None if folder is None else (str(folder), maps_fingerprint(read_manifest(folder)))
+    found = stored_maps_fingerprint(run_key, data, EvalSettings(**dict(settings)))
+    return None if found is None else (str(found[0]), found[1])
 
 
 def stored_maps(entry: catalog.RunEntry, data: str, settings) -> tuple[str, str] | None:
     """``(folder, maps fingerprint)`` of the finished sharded explain job beside ``entry`` that an
-    evaluation with ``settings`` can reuse (``interp_core.evaluate.stored_maps_job``), or None;
+    evaluation with ``settings`` can reuse (``interp_core.evaluation.evaluate.stored_maps_job``), or None;
     re-checked when the weights or the job's manifest change."""
     from dataclasses import asdict
 
-    from interp_core.explain_dataset import MANIFEST, default_job_dir
+    from interp_core.evaluation.shards import MANIFEST, default_job_dir
     try:
         mtime = (default_job_dir(entry.key, settings.split, settings.attribution) / MANIFEST).stat().st_mtime_ns
     except OSError:
@@ -271,22 +271,13 @@ def cached_eval_result(entry: catalog.RunEntry, data: str, settings, maps: str |
     fingerprint ``maps``, if given), or None when not computed yet."""
     from dataclasses import asdict
 
-    from interp_core.runs import read_json
-    path = Path(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), maps))
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except Exception:  # a damaged entry is recomputed
-        return None
+    return read_cached(eval_cache_path(entry.key, entry.stamp, data, tuple(sorted(asdict(settings).items())), maps))
 
 
 def shipped_scaat_effect(sel, dataset: str = "synthetic-he") -> str | None:
     """The Home page's sentence on the shipped SCAAT run of ``dataset`` against its baseline, built
     from their stored test-split evaluations (``eval_cache``, shipped with the runs; default
     ``EvalSettings``), or None when either is missing (nothing is computed here)."""
-    from interp_core.evaluate import EvalSettings
-
     from . import text
     ds = next((d for d in sel.datasets if d.name == dataset), None)
     if ds is None:

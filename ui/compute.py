@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp_core import metrics as M
+from interp_core._utils.device import model_device
 from interp_core.attribution import METHODS, attribute
-from interp_core.consistency import explanation_consistency
+from interp_core.consistency.score import explanation_consistency
 from interp_core.errors import InterpError
 
 #: Uploads larger than this many times the model's input side are cut into tiles, not resized.
@@ -83,13 +84,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
         return image
     x = to_tensor(image, size)[0]
     return (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's parameters (CPU for a model without any)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -245,7 +239,7 @@ class TileConsistency:
 
 def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int | None, *, eps: float,
                      steps: int, threshold: str, similarity: str = "cosine", seed: int = 0) -> TileConsistency:
-    """Explanation consistency of one tile (``interp_core.consistency``), as arrays for display."""
+    """Explanation consistency of one tile (``interp_core.consistency.score``), as arrays for display."""
     dev = model_device(model)
     x = to_tensor(image, size, dev)
     t = None if target is None else torch.tensor([int(target)], device=dev)
@@ -275,37 +269,3 @@ def background_view(image: np.ndarray, background: np.ndarray) -> np.ndarray:
     return draw_contour(np.clip(out + 0.5, 0, 255).astype(np.uint8), mask_contour(background), (0, 40, 160))
 
 
-# -- ECE side file ---------------------------------------------------------------------------------
-@dataclass
-class ConsistencyHistory:
-    """``RUN/consistency.npz`` of an ECE run (see ``interp_core.training.objectives.ece``)."""
-
-    sample_ids: list[str]
-    labels: np.ndarray
-    refresh_epochs: np.ndarray
-    consistency: np.ndarray  # [R, N]
-    weights: np.ndarray  # [R, N]
-    pred_changed: np.ndarray | None  # [R, N]
-
-
-def read_consistency(run_dir) -> ConsistencyHistory | None:
-    """The run's consistency history, or None when the run has none (not ECE, or no refresh yet)."""
-    from pathlib import Path
-    path = Path(run_dir) / "consistency.npz"
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return ConsistencyHistory(
-                sample_ids=[str(s) for s in z["sample_ids"]], labels=np.asarray(z["labels"]),
-                refresh_epochs=np.asarray(z["refresh_epochs"]), consistency=np.asarray(z["consistency"], np.float32),
-                weights=np.asarray(z["weights"], np.float32),
-                pred_changed=np.asarray(z["pred_changed"]) if "pred_changed" in z.files else None)
-    except (OSError, KeyError, ValueError) as e:
-        raise InterpError(f"{path}: unreadable consistency file ({e})") from None
-
-
-def least_consistent(hist: ConsistencyHistory, k: int = 12, refresh: int = -1) -> list[int]:
-    """Column indices of the ``k`` training samples with the lowest consistency at one refresh."""
-    row = hist.consistency[refresh]
-    return [int(i) for i in np.argsort(row, kind="stable")[:k]]

@@ -12,7 +12,9 @@ import torch
 
 from interp_core.errors import InterpError
 
-from . import cache, catalog, text
+from interp_core import catalog
+
+from . import cache, text
 from . import state as S
 from .errors import need
 

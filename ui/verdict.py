@@ -1,4 +1,4 @@
-"""Drawing the verdict (``interp_core.verdict``) with Streamlit: the reference picker, one paragraph per
+"""Drawing the verdict (``interp_core.evaluation.verdict``) with Streamlit: the reference picker, one paragraph per
 run, the change table and the dot-and-interval chart. Pages call :func:`reference_picker` and
 :func:`show_verdict`; every number comes from the core."""
 from __future__ import annotations
@@ -8,11 +8,11 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
-from interp_core import figures
-from interp_core import verdict as V
+from interp_core.viz import figures
+from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
-from . import catalog
+from interp_core import catalog
 from . import state as S
 
 _MD_CALL = {"Better": ":green[**Better**]", "Worse": ":red[**Worse**]", "Changed": ":blue[**Changed**]"}

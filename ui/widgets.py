@@ -106,7 +106,7 @@ def gallery(path: Path, ds, indices: list[int], *, tile_key: str, page_key: str,
         caps.append(cap)
         tips.append(tip)
     # the thumbnails themselves are clickable: one picture with a clickable cell per tile
-    from interp_core import figures
+    from interp_core.viz import figures
     grid_key = f"{page_key}.grid.{ds.split}.{page}.{len(indices)}"
     current = st.session_state.get(tile_key)
     fig = figures.clickable_grid_figure(
@@ -129,7 +129,7 @@ def picked_thumbnail(event, grid_key: str, shown: list[int], tile_key: str) -> i
     """Apply a click on a clickable grid (``figures.clickable_grid_figure``): the tile clicked becomes the
     one shown. A selection is applied once (it stays in the chart's state across reruns, and must not
     override a tile picked another way afterwards). Returns the tile picked by this click, if any."""
-    from interp_core import figures
+    from interp_core.viz import figures
     cell = figures.clicked_cell(event)
     last_key = f"{grid_key}.last"
     if cell is None:
@@ -198,7 +198,7 @@ def fitted_upload_tile(image: np.ndarray, name: str, size: int, *, mode_key: str
         if not 0 <= st.session_state[tile_key] < len(fit.tiles):
             st.session_state[tile_key] = best
         # the whole image with its tile grid: a click on a tile picks it
-        from interp_core import figures
+        from interp_core.viz import figures
         rows, cols = fit.grid
         cell = max(16, int(size * min(3.0, 720 / (max(rows, cols) * size))))  # small uploads enlarged, up to 3x
         grid_key = f"{tile_key}.grid.{hashlib.sha1(image.tobytes()).hexdigest()[:8]}.{rows}x{cols}"

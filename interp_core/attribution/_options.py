@@ -4,14 +4,13 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from .._utils.validation import positive_int as check_positive_int
 from ..errors import InterpError
 
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int >= 1, or an error naming the option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise InterpError(f"option {name!r} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(value, f"option {name!r}")
 
 
 def nonnegative_float(name: str, value: Any) -> float:

@@ -12,6 +12,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
+from .._utils.validation import positive_int
 from ..errors import InterpError
 from ..models.folding import eval_forward_module
 from .model_state import attribution_state
@@ -98,12 +99,27 @@ def _check_images(x: Any) -> torch.Tensor:
 
 def _chunk_size(info: MethodInfo, opts: dict, batch_size: int | None) -> int:
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise InterpError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return int(batch_size)
+        return positive_int(batch_size, "batch_size")
     samples = opts.get(info.samples_option) if info.samples_option else 1
     samples = samples if isinstance(samples, numbers.Integral) and samples >= 1 else 1
     return max(1, IMAGES_PER_PASS // int(samples))
+
+
+def predict_and_attribute(model: nn.Module, x: torch.Tensor, method: str, target: int | None = None,
+                          **options: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch predicted, then explained: ``(probabilities float32 [B, C], explained classes
+    int64 [B], maps [B, H, W])``.
+
+    The classes are ``target`` for every image, or each image's predicted class when None. The
+    shared step of the dataset explain job and the slide explainer (both in eval mode, parameters
+    frozen, via ``attribution_state``).
+    """
+    with attribution_state(model):
+        with torch.no_grad():
+            p = torch.softmax(model(x).float(), dim=1)
+        t = p.argmax(1) if target is None else torch.full((len(x),), int(target), device=p.device, dtype=torch.long)
+        maps = attribute(model, x, method, t, **options)
+    return p, t, maps
 
 
 def _model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:

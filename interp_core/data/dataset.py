@@ -142,12 +142,14 @@ class TileDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """The image files of a class folder, as the loader takes them (image suffixes, no hidden files), sorted."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not p.name.startswith("."))
 
 
-def _class_dirs(split_dir: Path) -> list[str]:
+def class_dirs(split_dir: Path) -> list[str]:
+    """The class folder names of a split folder (no hidden ones), sorted."""
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -159,7 +161,7 @@ def dataset_classes(root: str | Path) -> list[str]:
         raise DataError(f"{root}: dataset folder not found")
     if not train.is_dir():
         raise DataError(f"{root}: no 'train' split folder (expected {root}/train/<class>/<image>.png)")
-    classes = _class_dirs(train)
+    classes = class_dirs(train)
     if len(classes) < 2:
         raise DataError(f"{train}: found {len(classes)} class folder(s); a classifier needs at least 2")
     return classes
@@ -185,7 +187,7 @@ def _read_groups(root: Path) -> dict[str, str]:
 
 def _records_for(root: Path, split: str, classes: list[str], groups: dict[str, str]) -> list[TileRecord]:
     split_dir = root / split
-    found = _class_dirs(split_dir)
+    found = class_dirs(split_dir)
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{split_dir}: class folder(s) {', '.join(unknown)} not in the train split's classes")
@@ -194,7 +196,7 @@ def _records_for(root: Path, split: str, classes: list[str], groups: dict[str, s
         cdir = split_dir / name
         if not cdir.is_dir():
             continue
-        files = _list_images(cdir)
+        files = list_images(cdir)
         if not files:
             raise DataError(f"{cdir}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
         for p in files:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .he_nuclei import Nuclei, free_points, make_nuclei, paint_nuclei, poisson_points, stromal_nuclei
+
 # Optical-density stain vectors (R, G, B): the reference H&E matrix of Macenko et al. (2009), as used
 # for stain normalisation; pinker eosin than the Ruifrok & Johnston vectors.
 _V_HEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062])
@@ -74,11 +76,11 @@ def render_he_tile(rng: np.random.Generator, size: int = 64, tumor: bool = False
         # Tumour cells are packed: the fibrous stroma under the lesion is replaced by paler cytoplasm.
         soft = ndimage.gaussian_filter(lesion.astype(float), 1.5 * u)
         eosin = eosin * (1 - 0.35 * soft) + 0.35 * soft * np.median(eosin)
-        _paint_nuclei(rng, hema, eosin, lesion_nuclei, u)
+        paint_nuclei(rng, hema, eosin, lesion_nuclei, u)
 
     for group in _distractors(rng, size, u, scale, occupied):
-        _paint_nuclei(rng, hema, eosin, group, u)
-    _paint_nuclei(rng, hema, eosin, _stromal_nuclei(rng, size, u, scale, occupied, fibre_angle), u)
+        paint_nuclei(rng, hema, eosin, group, u)
+    paint_nuclei(rng, hema, eosin, stromal_nuclei(rng, size, u, scale, occupied, fibre_angle), u)
 
     rgb = _stains_to_rgb(rng, hema, eosin)
     artifact = np.zeros((size, size), dtype=bool)
@@ -141,149 +143,6 @@ def _stroma(rng: np.random.Generator, size: int, u: float, scale: float, yy: np.
 # --------------------------------------------------------------------------- nuclei
 
 
-@dataclass
-class _Nuclei:
-    """Parameters of a group of nuclei, one entry per nucleus (lengths in pixels)."""
-
-    cy: np.ndarray
-    cx: np.ndarray
-    a: np.ndarray  # semi-axes
-    b: np.ndarray
-    theta: np.ndarray
-    irregular: np.ndarray  # amplitude of the Fourier border perturbation
-    dark: np.ndarray  # hematoxylin concentration at the centre
-    rim: np.ndarray  # extra darkness at the border (vesicular nuclei with a thick membrane)
-
-    @staticmethod
-    def empty() -> "_Nuclei":
-        z = np.zeros(0)
-        return _Nuclei(z, z, z, z, z, z, z, z)
-
-
-def _poisson_points(rng: np.random.Generator, candidates: np.ndarray, min_dist: float, limit: int) -> np.ndarray:
-    """Greedy dart throwing: keep candidates (in the given random order) at least ``min_dist`` apart.
-
-    Only the first ``8 * limit + 20`` candidates are tried, which bounds the cost per call; the
-    loop runs once per kept point over a precomputed distance matrix.
-    """
-    cand = np.asarray(candidates, dtype=float).reshape(-1, 2)[: 8 * limit + 20]
-    if len(cand) == 0 or limit <= 0:
-        return np.zeros((0, 2))
-    d2 = ((cand[:, None, :] - cand[None, :, :]) ** 2).sum(-1)
-    alive = np.ones(len(cand), dtype=bool)
-    kept = []
-    while len(kept) < limit:
-        i = int(alive.argmax())
-        if not alive[i]:
-            break
-        kept.append(i)
-        alive &= d2[i] >= min_dist**2
-    return cand[kept]
-
-
-def _free(points: np.ndarray, occupied: np.ndarray) -> np.ndarray:
-    """Points whose pixel is not in ``occupied``."""
-    if len(points) == 0:
-        return points
-    iy = np.clip(points[:, 0].astype(int), 0, occupied.shape[0] - 1)
-    ix = np.clip(points[:, 1].astype(int), 0, occupied.shape[1] - 1)
-    return points[~occupied[iy, ix]]
-
-
-def _make_nuclei(rng: np.random.Generator, pts: np.ndarray, radius: np.ndarray | float,
-                 elong: tuple[float, float], irregular: tuple[float, float], dark: tuple[float, float],
-                 rim: tuple[float, float] = (0.0, 0.0), theta: np.ndarray | None = None) -> _Nuclei:
-    """Nuclei at ``pts`` with mean radius ``radius`` and aspect ratio, irregularity, darkness ranges."""
-    n = len(pts)
-    r = np.broadcast_to(np.asarray(radius, dtype=float), (n,))
-    aspect = rng.uniform(*elong, size=n)
-    return _Nuclei(
-        cy=pts[:, 0].copy(), cx=pts[:, 1].copy(),
-        a=r * np.sqrt(aspect), b=r / np.sqrt(aspect),
-        theta=rng.uniform(0, np.pi, size=n) if theta is None else theta,
-        irregular=rng.uniform(*irregular, size=n), dark=rng.uniform(*dark, size=n),
-        rim=rng.uniform(*rim, size=n),
-    )
-
-
-def _paint_nuclei(rng: np.random.Generator, hema: np.ndarray, eosin: np.ndarray, nuc: _Nuclei, u: float) -> np.ndarray:
-    """Draw all nuclei of ``nuc`` into ``hema`` (max) and thin ``eosin`` under them, vectorised.
-
-    Each nucleus is evaluated on a square patch around its centre: in the rotated, axis-scaled
-    frame ``rho = |(x'/a, y'/b)|`` and the border is ``r(phi) = 1 + sum_k c_k cos(k phi + psi_k)``,
-    k = 2..4, so the coverage ``alpha = clip((r(phi) - rho) * min(a, b) + 0.5, 0, 1)`` is an
-    anti-aliased irregular ellipse. Returns the coverage map.
-    """
-    size = hema.shape[0]
-    alpha_map = np.zeros_like(hema)
-    n = len(nuc.cy)
-    if n == 0:
-        return alpha_map
-    half = int(np.ceil(np.max(nuc.a) * 1.5)) + 1
-    d = np.arange(-half, half + 1, dtype=float)
-    dy, dx = np.meshgrid(d, d, indexing="ij")  # [P,P]
-    iy0 = np.rint(nuc.cy).astype(int)
-    ix0 = np.rint(nuc.cx).astype(int)
-    ry = dy[None] - (nuc.cy - iy0)[:, None, None]  # [N,P,P] offset from the true centre
-    rx = dx[None] - (nuc.cx - ix0)[:, None, None]
-    c, s = np.cos(nuc.theta)[:, None, None], np.sin(nuc.theta)[:, None, None]
-    up = (rx * c + ry * s) / nuc.a[:, None, None]
-    vp = (-rx * s + ry * c) / nuc.b[:, None, None]
-    rho = np.hypot(up, vp)
-    coef = rng.standard_normal((n, 3)) * nuc.irregular[:, None] / np.sqrt(3)
-    psi = rng.uniform(0, 2 * np.pi, size=(n, 3))
-    # cos(k phi + psi) = cos(k phi) cos(psi) - sin(k phi) sin(psi), with cos/sin(k phi) from the
-    # angle-addition recurrence on (cos phi, sin phi) = (u, v) / rho: no arctan2, no cos per pixel.
-    safe = np.maximum(rho, 1e-9)
-    c1, s1 = up / safe, vp / safe
-    ck, sk = c1, s1
-    border = np.ones_like(rho)
-    for j, k in enumerate((2, 3, 4)):
-        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
-        wc = (coef[:, j] * np.cos(psi[:, j]) / (k - 1))[:, None, None]
-        ws = (coef[:, j] * np.sin(psi[:, j]) / (k - 1))[:, None, None]
-        border += wc * ck - ws * sk
-    depth = (border - rho) * np.minimum(nuc.a, nuc.b)[:, None, None]  # ~ pixels inside the border
-    alpha = np.clip(depth + 0.5, 0.0, 1.0)
-    chromatin = 1 + 0.22 * rng.standard_normal(alpha.shape)
-    membrane = 1 + nuc.rim[:, None, None] * np.exp(-((depth - 0.6) / (0.6 * u + 0.3)) ** 2)
-    value = alpha * nuc.dark[:, None, None] * chromatin * membrane
-
-    py = iy0[:, None, None] + dy.astype(int)[None]
-    px = ix0[:, None, None] + dx.astype(int)[None]
-    ok = (py >= 0) & (py < size) & (px >= 0) & (px < size) & (alpha > 0)
-    flat = (py * size + px)[ok]
-    np.maximum.at(hema.reshape(-1), flat, value[ok])
-    np.maximum.at(alpha_map.reshape(-1), flat, alpha[ok])
-    eosin *= 1 - 0.55 * alpha_map
-    return alpha_map
-
-
-def _stromal_nuclei(rng: np.random.Generator, size: int, u: float, scale: float, occupied: np.ndarray,
-                    fibre_angle: float) -> _Nuclei:
-    """Background nuclei: elongated fibroblasts along the fibres, round stromal cells, lymphocytes."""
-    density = rng.uniform(10, 30) / scale**2  # nuclei per 64x64 tile
-    cand = rng.uniform(0, size, size=(int(density * 3) + 5, 2))
-    pts = _free(_poisson_points(rng, cand, 4.2 * u * scale, int(density)), occupied)
-    n = len(pts)
-    kind = rng.choice(3, size=n, p=[0.45, 0.4, 0.15])
-    groups = []
-    fib = pts[kind == 0]
-    groups.append(_make_nuclei(rng, fib, 1.9 * u * scale, (2.5, 4.5), (0.02, 0.08), (0.8, 1.2),
-                               theta=fibre_angle + rng.normal(0, 0.25, size=len(fib))))
-    groups.append(_make_nuclei(rng, pts[kind == 1], 2.3 * u * scale * rng.uniform(0.85, 1.15, size=int((kind == 1).sum())),
-                               (1.0, 1.6), (0.03, 0.10), (0.8, 1.25), (0.0, 0.2)))
-    groups.append(_make_nuclei(rng, pts[kind == 2], 1.7 * u * scale, (1.0, 1.15), (0.0, 0.05), (1.3, 1.7)))
-    return _concat(groups)
-
-
-def _concat(groups: list[_Nuclei]) -> _Nuclei:
-    out = _Nuclei.empty()
-    for f in out.__dataclass_fields__:
-        setattr(out, f, np.concatenate([getattr(g, f) for g in groups]) if groups else getattr(out, f))
-    return out
-
-
 def _blob(rng: np.random.Generator, size: int, radius: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """An irregular blob (centre inside the tile, ``margin`` from the edges): its mask and centre."""
     centre = rng.uniform(margin, size - margin, size=2)
@@ -293,7 +152,7 @@ def _blob(rng: np.random.Generator, size: int, radius: float, margin: float) -> 
     return np.hypot(yy - centre[0], xx - centre[1]) <= rad, centre
 
 
-def _lesion(rng: np.random.Generator, size: int, u: float, scale: float) -> tuple[np.ndarray, _Nuclei]:
+def _lesion(rng: np.random.Generator, size: int, u: float, scale: float) -> tuple[np.ndarray, Nuclei]:
     """The tumour lesion: its outline mask and its nuclei.
 
     ``strength ~ Beta(1.8, 1.3)`` in [0,1] sets size, nuclear enlargement (1.4-2.1x a normal
@@ -309,28 +168,28 @@ def _lesion(rng: np.random.Generator, size: int, u: float, scale: float) -> tupl
     spacing = 2 * r_nuc * rng.uniform(1.05, 1.35)
     cand = np.argwhere(region).astype(float)
     cand = cand[rng.permutation(len(cand))] + rng.uniform(0, 1, size=cand.shape)
-    pts = _poisson_points(rng, cand, spacing, 30)
+    pts = poisson_points(rng, cand, spacing, 30)
     if len(pts) < 4:  # a lesion is a cluster: never fewer than four nuclei
-        pts = _poisson_points(rng, np.vstack([pts, cand]), 0.7 * spacing, 4)
+        pts = poisson_points(rng, np.vstack([pts, cand]), 0.7 * spacing, 4)
     radii = r_nuc * rng.uniform(1 - 0.3 * strength - 0.08, 1 + 0.3 * strength + 0.08, size=len(pts))
-    nuc = _make_nuclei(rng, pts, radii, (1.0, 1.3 + 0.7 * strength), (0.1 + 0.1 * strength, 0.18 + 0.2 * strength),
+    nuc = make_nuclei(rng, pts, radii, (1.0, 1.3 + 0.7 * strength), (0.1 + 0.1 * strength, 0.18 + 0.2 * strength),
                        (1.1 + 0.35 * strength, 1.35 + 0.5 * strength), (0.1, 0.3 + 0.5 * strength))
 
     scratch = np.zeros((size, size))
-    core = _paint_nuclei(np.random.default_rng(0), scratch, scratch.copy(), _deterministic_shape(nuc), u) >= 0.5
+    core = paint_nuclei(np.random.default_rng(0), scratch, scratch.copy(), _deterministic_shape(nuc), u) >= 0.5
     outline = ndimage.distance_transform_edt(~core) <= 0.6 * r_nuc + 1.0 * u
     outline = ndimage.binary_closing(outline, structure=np.ones((3, 3)), iterations=max(1, int(round(2 * u))))
     outline = ndimage.binary_fill_holes(outline)
     return outline, nuc
 
 
-def _deterministic_shape(nuc: _Nuclei) -> _Nuclei:
+def _deterministic_shape(nuc: Nuclei) -> Nuclei:
     """The same nuclei as plain ellipses (no border noise): enough to outline the lesion."""
     z = np.zeros_like(nuc.a)
-    return _Nuclei(nuc.cy, nuc.cx, nuc.a, nuc.b, nuc.theta, z, np.ones_like(z), z)
+    return Nuclei(nuc.cy, nuc.cx, nuc.a, nuc.b, nuc.theta, z, np.ones_like(z), z)
 
 
-def _distractors(rng: np.random.Generator, size: int, u: float, scale: float, occupied: np.ndarray) -> list[_Nuclei]:
+def _distractors(rng: np.random.Generator, size: int, u: float, scale: float, occupied: np.ndarray) -> list[Nuclei]:
     """Hard negatives present in both classes: isolated atypical nuclei and lymphocyte clusters.
 
     Enlarged dark nuclei alone do not make a tumour; a cluster of them does. Lymphocyte foci are
@@ -340,14 +199,14 @@ def _distractors(rng: np.random.Generator, size: int, u: float, scale: float, oc
     groups = []
     if rng.random() < 0.4:  # 1-2 isolated enlarged dark nuclei (reactive atypia)
         k = int(rng.integers(1, 3))
-        pts = _free(_poisson_points(rng, rng.uniform(4 * u, size - 4 * u, size=(12, 2)), 18 * u, k), occupied)
-        groups.append(_make_nuclei(rng, pts, 2.3 * u * scale * rng.uniform(1.2, 1.6, size=len(pts)),
+        pts = free_points(poisson_points(rng, rng.uniform(4 * u, size - 4 * u, size=(12, 2)), 18 * u, k), occupied)
+        groups.append(make_nuclei(rng, pts, 2.3 * u * scale * rng.uniform(1.2, 1.6, size=len(pts)),
                                    (1.0, 1.8), (0.06, 0.25), (1.1, 1.6), (0.1, 0.5)))
     if rng.random() < 0.35:  # an inflammatory focus: many small, round, very dark nuclei
         blob, _ = _blob(rng, size, rng.uniform(7, 12) * u, margin=4 * u)
         cand = np.argwhere(blob & ~occupied).astype(float)
-        pts = _poisson_points(rng, cand[rng.permutation(len(cand))], 3.6 * u * scale, 30)
-        groups.append(_make_nuclei(rng, pts, 1.6 * u * scale, (1.0, 1.15), (0.0, 0.05), (1.4, 1.9)))
+        pts = poisson_points(rng, cand[rng.permutation(len(cand))], 3.6 * u * scale, 30)
+        groups.append(make_nuclei(rng, pts, 1.6 * u * scale, (1.0, 1.15), (0.0, 0.05), (1.4, 1.9)))
         occupied |= blob
     return groups
 

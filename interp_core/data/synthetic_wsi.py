@@ -24,7 +24,6 @@ block-averaged), so memory stays bounded for a large slide.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 from scipy import ndimage
 
+from .._utils.io import atomic_path
 from ..errors import InterpError
 from .synthetic_he import render_he_tile
 
@@ -172,21 +172,15 @@ def write_synthetic_wsi(path: str | Path, *, width: int, height: int, seed: int 
         while max(W, H) / 2 ** (n_levels - 1) > 1024:
             n_levels += 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     res = (1e4 / mpp, 1e4 / mpp)
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=W * H * 3 > 2 ** 31) as tw:
-            for lvl in range(n_levels):
-                f = 2 ** lvl
-                shape = (-(-H // f), -(-W // f), 3)
-                tw.write(_level_tiles(layout, bank_, lvl, tile), shape=shape, dtype=np.uint8, tile=(tile, tile),
-                         photometric="rgb", compression="jpeg", compressionargs={"level": quality},
-                         subfiletype=0 if lvl == 0 else 1, metadata=None, software="interp_core",
-                         **({"resolution": res, "resolutionunit": "CENTIMETER"} if lvl == 0 else {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=W * H * 3 > 2 ** 31) as tw:
+        for lvl in range(n_levels):
+            f = 2 ** lvl
+            shape = (-(-H // f), -(-W // f), 3)
+            tw.write(_level_tiles(layout, bank_, lvl, tile), shape=shape, dtype=np.uint8, tile=(tile, tile),
+                     photometric="rgb", compression="jpeg", compressionargs={"level": quality},
+                     subfiletype=0 if lvl == 0 else 1, metadata=None, software="interp_core",
+                     **({"resolution": res, "resolutionunit": "CENTIMETER"} if lvl == 0 else {}))
     stem = path.with_suffix("")
     lesion_cells = layout.kind == 1
     Image.fromarray(lesion_cells.astype(np.uint8) * 255).save(f"{stem}.lesion_cells.png")

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attribution import attribute
 from ..errors import InterpError
-from ..modes import eval_mode  # noqa: F401  (re-exported)
+from .._utils.modes import eval_mode  # noqa: F401  (re-exported)
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Method = Union[str, AttributionFn]
@@ -81,12 +81,6 @@ def check_images(x: torch.Tensor) -> None:
 def work_dtype(device: torch.device) -> torch.dtype:
     """float64 for the cheap reductions, except on MPS which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless model)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 
@@ -36,6 +36,11 @@ class MetricInfo:
     ``method`` (attribution method name or callable), ``pred``, ``y``.
     ``headline`` turns ``fn``'s return value into the per-sample tensor ``[B]`` (identity by default;
     e.g. ``.auc`` for deletion/insertion, whose result also carries the curves).
+    ``expensive``: the metric attributes the model again many times per sample (an evaluation
+    computes it only when asked). ``reuses`` maps a parameter of ``fn`` to an earlier metric whose
+    headline it can take instead of recomputing it (SRG reuses the deletion AUC).
+    A metric that requires ``method`` attributes the model itself, so an evaluation hands it the
+    model as given; the others only evaluate the model as a function (any equivalent copy will do).
     """
 
     name: str
@@ -47,6 +52,8 @@ class MetricInfo:
     reference: str
     requires: tuple[str, ...]
     headline: Callable[[Any], torch.Tensor] = field(default=lambda result: result)
+    expensive: bool = False
+    reuses: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def direction(self) -> str:
@@ -57,8 +64,8 @@ class MetricInfo:
         """True when every required input is present (not None) in ``inputs``."""
         return all(inputs.get(k) is not None for k in self.requires)
 
-    def score(self, **inputs: Any) -> torch.Tensor:
-        """Per-sample values ``[B]``: calls ``fn`` with the required inputs, extra keys ignored.
+    def compute(self, **inputs: Any) -> Any:
+        """``fn``'s full result (e.g. a curve with its AUC), called with the required inputs, extra keys ignored.
 
         Other inputs that ``fn`` accepts by name (``target``, options such as ``n_steps``) are passed
         when given and not None.
@@ -68,7 +75,11 @@ class MetricInfo:
             raise InterpError(f"metric {self.name!r} needs {', '.join(missing)}")
         accepted = inspect.signature(self.fn).parameters
         kwargs = {k: v for k, v in inputs.items() if k in accepted and v is not None}
-        return self.headline(self.fn(**kwargs))
+        return self.fn(**kwargs)
+
+    def score(self, **inputs: Any) -> torch.Tensor:
+        """Per-sample values ``[B]``: the headline of :meth:`compute`."""
+        return self.headline(self.compute(**inputs))
 
     def as_row(self) -> dict[str, str]:
         """A flat JSON-friendly description (no callables), one row of a metrics table."""
@@ -97,13 +108,16 @@ def register_metric(
     requires: tuple[str, ...],
     name: str | None = None,
     headline: Callable[[Any], torch.Tensor] | None = None,
+    expensive: bool = False,
+    reuses: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator adding a metric function to :data:`METRICS` under its function name (or ``name``)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = name or fn.__name__
         info = _METRICS.add(key, MetricInfo(key, fn, category, higher_is_better, attribution_form, description,
-                                            reference, requires, **({"headline": headline} if headline else {})))
+                                            reference, requires, **({"headline": headline} if headline else {}),
+                                            expensive=expensive, reuses=dict(reuses or {})))
         fn.info = info  # type: ignore[attr-defined]
         return fn
 

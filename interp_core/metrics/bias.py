@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..consistency.history import CONSISTENCY_FILE, read_consistency
 from ..data import open_split
 from ..errors import InterpError
 
@@ -158,8 +159,7 @@ def consistency_groups(run_dir, data) -> dict | None:
     "per_refresh": refresh_minority_auroc(...)}``, or None when the run has no refresh or the data's
     groups mark no look. ``data`` is the dataset folder the run was trained on."""
 
-    path = Path(run_dir) / "consistency.npz"
-    if not path.is_file():
+    if not (Path(run_dir) / CONSISTENCY_FILE).is_file():
         return None
     train = open_split(data, "train")
     if train.groups is None:
@@ -169,9 +169,8 @@ def consistency_groups(run_dir, data) -> dict | None:
         return None
     group_of = dict(zip(train.ids, train.groups))
     label_of = dict(zip(train.ids, train.labels))
-    with np.load(path, allow_pickle=False) as z:
-        ids = [str(i) for i in z["sample_ids"]]
-        cons, epochs, weights = z["consistency"], z["refresh_epochs"], z["weights"]
+    hist = read_consistency(run_dir)
+    ids, cons, epochs, weights = hist.sample_ids, hist.consistency, hist.refresh_epochs, hist.weights
     if len(epochs) == 0:
         return None
     groups = [group_of.get(i) for i in ids]

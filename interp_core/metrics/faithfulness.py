@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import InterpError
-from ._inputs import eval_mode, map_for_images, model_device, resolve_target
+from .._utils.device import model_device
+from ._inputs import eval_mode, map_for_images, resolve_target
 from .base import register_metric
 from .baselines import DEFAULT_BLUR_SIGMA, Baseline, make_baseline
 
@@ -151,7 +152,7 @@ def least_relevant_first_deletion(model: nn.Module, x: torch.Tensor, a: torch.Te
     category="faithfulness", higher_is_better=True, attribution_form="raw",
     description="least-relevant-first minus most-relevant-first deletion AUC (same chunks and baseline)",
     reference="Bluecher et al. 2024, Decoupling pixel flipping and occlusion strategy for consistent XAI benchmarks",
-    requires=("model", "x", "a"), headline=lambda r: r.srg,
+    requires=("model", "x", "a"), headline=lambda r: r.srg, reuses={"morf_auc": "deletion_auc"},
 )
 def symmetric_relevance_gain(model: nn.Module, x: torch.Tensor, a: torch.Tensor,
                              target: torch.Tensor | int | None = None, n_steps: int = 32,

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import InterpError
-from ._inputs import Method, as_map, check_images, eval_mode, model_device, resolve_method, resolve_target
+from .._utils.device import model_device
+from ._inputs import Method, as_map, check_images, eval_mode, resolve_method, resolve_target
 from .base import register_metric
 from .correlation import spearman
 
@@ -44,7 +45,7 @@ def _reset(module: nn.Module, seed: int) -> None:
     category="randomisation", higher_is_better=False, attribution_form="absolute",
     description="Spearman correlation of |maps| between the trained model and cascading randomised copies",
     reference="Adebayo et al. 2018, Sanity checks for saliency maps",
-    requires=("model", "x", "method"), headline=lambda r: r.score,
+    requires=("model", "x", "method"), headline=lambda r: r.score, expensive=True,
 )
 @torch.no_grad()
 def model_randomisation(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None,

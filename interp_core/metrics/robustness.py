@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from ..errors import InterpError
-from ._inputs import (Method, as_map, check_images, eval_mode, generator_from, model_device, resolve_method,
+from .._utils.device import model_device
+from ._inputs import (Method, as_map, check_images, eval_mode, generator_from, resolve_method,
                       resolve_target, work_dtype)
 from .base import register_metric
 
@@ -16,7 +17,7 @@ DEFAULT_RADIUS = 8 / 255
     category="robustness", higher_is_better=False, attribution_form="raw",
     description="largest relative change ||a(x) - a(x+d)|| / ||a(x)|| over random d with |d| <= r",
     reference="Yeh et al. 2019, On the (in)fidelity and sensitivity of explanations",
-    requires=("model", "x", "method"),
+    requires=("model", "x", "method"), expensive=True,
 )
 def max_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None,
                     method: Method = "saliency", n: int = 10, radius: float = DEFAULT_RADIUS,

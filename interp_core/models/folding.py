@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..modes import eval_mode
+from .._utils.modes import eval_mode
 
 
 def as_eval_input(x: torch.Tensor) -> torch.Tensor:

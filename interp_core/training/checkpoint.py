@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import RunError
-from ..runs import (CHECKPOINT_DIR, load_tensors, load_weights_into, read_json, remove_stale_temp_files, save_tensors,
-                    write_json)
+from .._utils.io import remove_stale_temp_files
+from ..runs import CHECKPOINT_DIR, load_tensors, load_weights_into, read_json, save_tensors, write_json
 
 LATEST = "latest.json"
 

@@ -13,7 +13,7 @@ ranks). Resume works as for one process; the run directory must be on a filesyst
 process sees.
 
 Speed switches (``--precision``, ``--channels-last``, ``--compile``, pinned memory and
-non-blocking copies on CUDA) live in :mod:`interp_core.device` and change speed and float
+non-blocking copies on CUDA) live in :mod:`interp_core._utils.device` and change speed and float
 rounding, not the algorithm.
 """
 from __future__ import annotations
@@ -35,14 +35,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import dataset_classes, infer_image_size, open_split
-from ..device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
+from .._utils.device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
                       resolve_precision, seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
 from ..models import is_zoo_name, zoo_defaults
 from ..models.weights import load_into_network, read_state_dict
+from .._utils.io import is_temp_file, remove_stale_temp_files
 from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, build_model, load_run,
-                    load_tensors, is_temp_file, load_weights_into, portable_path, read_history, read_json,
-                    recorded_path, remove_stale_temp_files, run_interpolation,
+                    load_tensors, load_weights_into, portable_path, read_history, read_json,
+                    recorded_path, run_interpolation,
                     save_model_weights, validate_config, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InterpError
-from ..modes import eval_mode  # noqa: F401  (re-exported)
+from .._utils.modes import eval_mode  # noqa: F401  (re-exported)
 from ..attribution.normalize import normalize_max
 from ..models.folding import as_eval_input, eval_forward_module  # noqa: F401  (re-exported)
 

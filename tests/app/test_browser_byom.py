@@ -25,7 +25,7 @@ pytestmark = [
 
 
 def _tree(root: Path) -> Path:
-    from interp_core.import_model import import_model
+    from interp_core.models.import_model import import_model
     from interp_core.models import create_model
     from interp_core.testing import make_tiny_dataset
     sample = root / "sample_data"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp_core import figures
+from interp_core.viz import figures
 from interp_core.errors import InterpError
 
 
@@ -101,7 +101,7 @@ def test_fit_to_input_keeps_resizes_or_tiles():
 
 # -- catalog ---------------------------------------------------------------------------------------
 def test_runs_map_to_datasets_by_folder_name_from_any_clone_path(app_tree, tmp_path, monkeypatch):
-    from ui import catalog
+    from interp_core import catalog
     sample = tmp_path / "sample_data"
     shutil.copytree(app_tree / "sample_data", sample)
     cfg_path = sample / "runs" / "synthetic-he" / "scaat" / "config.json"
@@ -126,7 +126,7 @@ def test_runs_map_to_datasets_by_folder_name_from_any_clone_path(app_tree, tmp_p
 
 
 def test_new_run_dir_refuses_escapes_and_finished_runs(app_tree, monkeypatch):
-    from ui import catalog
+    from interp_core import catalog
     root = app_tree / "sample_data" / "runs" / "synthetic-he"
     monkeypatch.setenv("INTERP_RUNS_DIR", str(root))
     for bad in ("../x", "/abs", "", "a b", ".hidden", "a/b"):
@@ -155,7 +155,7 @@ def test_tile_metrics_skip_the_pointing_game_without_evidence(app_tree):
 
 
 def test_least_consistent_picks_the_lowest_scores_of_a_refresh():
-    from ui.compute import ConsistencyHistory, least_consistent
+    from interp_core.consistency.history import ConsistencyHistory, least_consistent
     hist = ConsistencyHistory(["a", "b", "c", "d"], np.zeros(4, int), np.array([0, 1]),
                               np.array([[0.1, 0.2, 0.3, 0.4], [0.9, 0.2, 0.5, 0.1]], np.float32),
                               np.ones((2, 4), np.float32), None)

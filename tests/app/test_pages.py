@@ -59,7 +59,7 @@ def test_home_lists_device_datasets_and_runs(h):
 
 
 def test_home_states_the_shipped_scaat_effect_read_from_stored_evaluations(h, app_env):
-    from interp_core.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_evaluate
+    from interp_core.evaluation.evaluate import CACHE_DIR, EvalSettings, cache_key, cached_evaluate
     data = app_env / "sample_data" / "data" / "synthetic-he"
     runs = app_env / "sample_data" / "runs" / "synthetic-he"
     s = EvalSettings()

@@ -86,7 +86,7 @@ def test_metrics_messages_speak_the_users_language(h):
 def test_metrics_resume_keeps_models_finished_before_an_interruption(h, app_env):
     """Maps and results are stored as they are computed: a model finished before the tab closed is not
     computed again, and its maps are reused."""
-    from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps
     runs = app_env / "sample_data" / "runs" / "synthetic-he"
     data = app_env / "sample_data" / "data" / "synthetic-he"
     evaluate_with_stored_maps(runs / "scaat", data, EvalSettings(split="test", limit=7))  # "before the tab closed"
@@ -103,7 +103,7 @@ def test_metrics_resume_inside_a_models_metrics_phase(h, app_env, monkeypatch):
 
     import pytest
 
-    from interp_core.evaluate import EvalSettings, evaluate_with_stored_maps
+    from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps
 
     # the tiny test split (16 tiles) fits in one batch of 64: batches of 4 so a tab can close between two
     defaults = EvalSettings.__init__.__defaults__
@@ -183,7 +183,7 @@ def test_explore_png_has_tile_predictions_colour_scales_and_relevance_shares(h, 
 
     from PIL import Image
 
-    from interp_core import figures
+    from interp_core.viz import figures
     calls = []
     real = figures.compose_png
 
@@ -291,7 +291,7 @@ def test_background_view_and_consistency_axis_by_hand():
 
     import numpy as np
 
-    from interp_core.figures import consistency_distribution_figure
+    from interp_core.viz.figures import consistency_distribution_figure
     from ui import compute
     img = np.full((4, 4, 3), 250, np.uint8)  # white tile: a white background mask would not show
     bg = np.zeros((4, 4), bool)
@@ -329,7 +329,7 @@ def test_train_finished_job_shows_accuracy_and_opens_metrics_against_its_parent(
 def test_history_figure_draws_a_single_epoch_as_a_point_on_a_whole_epoch_axis():
     import json
 
-    from interp_core.figures import history_figure
+    from interp_core.viz.figures import history_figure
     fig = json.loads(history_figure("val_accuracy", {"a": [{"epoch": 0, "val_accuracy": 0.8}]}).to_json())
     assert fig["data"][0]["mode"] == "markers"
     assert fig["layout"]["xaxis"]["range"] == [-1, 1] and fig["layout"]["xaxis"]["dtick"] == 1
@@ -378,7 +378,7 @@ def test_explore_gallery_and_large_upload_are_clickable_grids(h):
 
 
 def test_picker_labels_lead_with_the_part_that_differs():
-    from ui.catalog import RunEntry, picker_label
+    from interp_core.catalog import RunEntry, picker_label
     mk = lambda name, src, ds, rel="": RunEntry(Path("/r") / name, src, {}, ds, None, {}, rel or name)  # noqa: E731
     assert picker_label(mk("scaat", "shipped", "synthetic-he"), "synthetic-he") == "scaat"
     assert picker_label(mk("scaat", "shipped", "ihc"), "synthetic-he") == "scaat (ihc)"
@@ -390,7 +390,7 @@ def test_picker_labels_lead_with_the_part_that_differs():
 def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env, monkeypatch):
     import shutil
 
-    from interp_core import figures
+    from interp_core.viz import figures
     calls = []
     real = figures.compose_png
     monkeypatch.setattr(figures, "compose_png", lambda rows, **kw: calls.append((rows, kw, None)) or real(rows, **kw))
@@ -429,8 +429,8 @@ def test_charts_label_every_bar_keep_labels_inside_and_name_grad_cam():
 
     import numpy as np
 
-    from interp_core import figures
-    from interp_core.verdict import Change
+    from interp_core.viz import figures
+    from interp_core.evaluation.verdict import Change
     mk = lambda m, run: Change(m, run, "base", 0.9, 0.95, 0.05, 0.02, 0.08, 50, True)  # noqa: E731
     fig = json.loads(figures.change_figure([mk("accuracy", "scaat"), mk("explanation_consistency", "scaat")]).to_json())
     titles = [a["text"] for a in fig["layout"]["annotations"] if a["text"]]

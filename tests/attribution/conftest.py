@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.models import create_model
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from interp_core.cli import main
-from interp_core.device import autocast, loader_transfer, memory_format, needs_grad_scaler, resolve_precision
+from interp_core._utils.device import autocast, loader_transfer, memory_format, needs_grad_scaler, resolve_precision
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.runs import load_tensors

@@ -3,7 +3,7 @@ of checkpoint writes never leaves a run directory that fails to load, and ``trai
 the same result as an uninterrupted run; NaN/inf in the loss or the gradients stops training with
 the last good weights kept.
 
-The deterministic kills use the test-only hook ``runs.KILL_HOOK_ENV``: the training process
+The deterministic kills use the test-only hook ``interp_core._utils.io.KILL_HOOK_ENV``: the training process
 SIGKILLs itself after the temp file of a chosen write is complete and before it is renamed into
 place (the worst moment of an atomic write).
 """
@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from interp_core.errors import TrainingDiverged
-from interp_core.runs import KILL_HOOK_ENV, is_temp_file, load_run, load_tensors, read_history, read_json
+from interp_core._utils.io import KILL_HOOK_ENV, is_temp_file
+from interp_core.runs import load_run, load_tensors, read_history, read_json
 from interp_core.testing import make_tiny_dataset
 from interp_core.training import TrainConfig, train
 from interp_core.training.checkpoint import latest_checkpoint, load_checkpoint

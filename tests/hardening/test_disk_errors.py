@@ -22,7 +22,8 @@ import pytest
 
 from interp_core.cli import main
 from interp_core.errors import InterpError
-from interp_core.runs import is_temp_file, load_run, read_history
+from interp_core._utils.io import is_temp_file
+from interp_core.runs import load_run, read_history
 from interp_core.testing import make_tiny_dataset
 from interp_core.training.checkpoint import latest_checkpoint
 
@@ -247,7 +248,7 @@ def test_evaluate_out_read_only(run1, data, tmp_path, monkeypatch, capsys):
 
 # -- job creation -----------------------------------------------------------------------------------
 def test_job_creation_in_a_read_only_jobs_folder(data, tmp_path, monkeypatch):
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     root = tmp_path / "jobs"
     mgr = JobManager(root, python="/bin/true")
     with read_only(root, monkeypatch):
@@ -263,7 +264,7 @@ def test_job_creation_in_a_read_only_jobs_folder(data, tmp_path, monkeypatch):
 
 
 def test_job_creation_with_a_full_disk(data, tmp_path, monkeypatch):
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     root = tmp_path / "jobs"
     mgr = JobManager(root, python="/bin/true")
     disk_full(monkeypatch, f"{root}/*/.job.json.*.tmp", budget=10)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from interp_core.data import TileDataset
-from interp_core.evaluate import EvalSettings, evaluate_run
+from interp_core.evaluation.evaluate import EvalSettings, evaluate_run
 from interp_core.models import create_model
-from interp_core.slide import explain_slide
+from interp_core.slides.explain import explain_slide
 from interp_core.testing import make_tiny_dataset
 
 

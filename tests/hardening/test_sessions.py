@@ -135,7 +135,8 @@ def test_parallel_sessions_share_no_state(parallel_apptest, app_env):
     sessions = {name: h.open_page(page) for name, page in
                 (("explore_a", "explore"), ("explore_b", "explore"), ("metrics", "metrics"),
                  ("train_a", "train"), ("train_b", "train"))}
-    from ui import cache, catalog
+    from interp_core import catalog
+    from ui import cache
     refs = [cache.ref(r, "auto") for r in catalog.list_runs(catalog.list_datasets())]
     models = {r.key: r.load() for r in refs}
     before = {k: model_fingerprint(m.model) for k, m in models.items()}
@@ -183,7 +184,7 @@ def test_parallel_sessions_share_no_state(parallel_apptest, app_env):
     assert any("conc-a" in m for m in ok_a) and not any("conc-b" in m for m in ok_a), ok_a
     assert any("conc-b" in m for m in ok_b) and not any("conc-a" in m for m in ok_b), ok_b
 
-    from interp_core.jobs import JobManager
+    from interp_core.jobs.queue import JobManager
     mgr = JobManager(catalog.jobs_root())
     deadline = time.monotonic() + 240
     while any(j.active for j in mgr.list()):
@@ -207,9 +208,10 @@ def test_parallel_sessions_share_no_state(parallel_apptest, app_env):
 def test_train_page_refuses_when_the_queue_is_full(h, app_env):
     """With one job running and the queue full (8 waiting), starting another gives a clear message
     and creates nothing."""
-    from interp_core.jobs import JOB_FILE, _proc_stat
+    from interp_core.jobs.process import proc_stat
+    from interp_core.jobs.queue import JOB_FILE
     from interp_core.runs import write_json
-    from ui import catalog
+    from interp_core import catalog
     root = catalog.jobs_root()
     root.mkdir(parents=True, exist_ok=True)
     sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)
@@ -223,7 +225,7 @@ def test_train_page_refuses_when_the_queue_is_full(h, app_env):
                 "id": job_id, "run_dir": str(catalog.user_runs_root() / f"fake{i}"), "args": ["--epochs", "1"],
                 "state": "running" if running else "queued", "created": now + i, "started": now if running else None,
                 "ended": None, "pid": sleeper.pid if running else None,
-                "pid_start": _proc_stat(sleeper.pid)[1] if running else None, "returncode": None, "message": "",
+                "pid_start": proc_stat(sleeper.pid)[1] if running else None, "returncode": None, "message": "",
                 "command": None})
         before = sorted(p.name for p in root.iterdir() if p.name != ".lock")
         at = h.open_page("train")

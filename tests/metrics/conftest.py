@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 
 
 @pytest.fixture(autouse=True)

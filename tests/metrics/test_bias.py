@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interp_core.errors import InterpError
-from interp_core.evaluate import accuracy_report
+from interp_core.evaluation.evaluate import accuracy_report
 from interp_core.metrics.bias import (aligned_groups, auroc, bias_readout, minority_mask,
                                       refresh_minority_auroc)
 
@@ -102,7 +102,7 @@ def test_refresh_minority_auroc_per_refresh() -> None:
 def test_training_aligned_groups_reads_the_train_split(tmp_path) -> None:
     import csv
 
-    from interp_core.evaluate import training_aligned_groups
+    from interp_core.evaluation.evaluate import training_aligned_groups
     from interp_core.testing import make_tiny_dataset
     root = make_tiny_dataset(tmp_path / "d", n_per_class=4, size=16, classes=("a", "b"))
     rows = list(csv.DictReader((root / "groups.csv").open()))

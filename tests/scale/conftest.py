@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.testing import pattern_image
 
 
@@ -50,7 +50,7 @@ def slide_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def slide_tiff(tmp_path_factory, slide_image) -> Path:
     """``slide_image`` as a 3-level tiled pyramidal TIFF (32-pixel tiles, mpp 0.5)."""
-    from interp_core.wsi import write_pyramid_tiff
+    from interp_core.slides.wsi import write_pyramid_tiff
     return write_pyramid_tiff(tmp_path_factory.mktemp("wsi") / "slide.tiff", slide_image, n_levels=3, tile=32,
                               mpp=0.5)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp_core.deepzoom import (DeepZoomSlide, SlideAccessError, SlideRoots, TileRequestError, TileService,
+from interp_core.slides.deepzoom import (DeepZoomSlide, SlideAccessError, SlideRoots, TileRequestError, TileService,
                                   colormap_lut, parse_tile_request)
 
 
@@ -28,7 +28,7 @@ def root(tmp_path, slide_tiff):
 
 
 def test_deep_zoom_tile_equals_the_slide_region(slide_tiff, slide_image):
-    from interp_core.wsi import OpenSlideReader
+    from interp_core.slides.wsi import OpenSlideReader
     dz = DeepZoomSlide(slide_tiff, tile_size=64, overlap=1)
     top = dz.max_level
     assert dz.info()["width"] == 200 and dz.info()["height"] == 136 and dz.info()["mpp"] == 0.5
@@ -145,7 +145,7 @@ def test_slide_roots_refuse_paths_outside(tmp_path, root, monkeypatch):
 
 
 def test_tile_maps_are_drawn_as_computed_and_overlaps_averaged():
-    from interp_core.deepzoom import TileMaps, sample_tile_maps
+    from interp_core.slides.deepzoom import TileMaps, sample_tile_maps
     maps = np.array([[[1, 2], [3, 4]], [[10, 20], [30, 40]]], np.float32)
     # two 4-pixel tiles side by side (stride 4), each map 2x2: a map pixel covers 2x2 level-0 pixels
     tm = TileMaps(np.array([[0, 0], [0, 1]]), maps, tile=4.0, stride=4.0, grid=(1, 2))

@@ -1,4 +1,4 @@
-"""Sharded, resumable dataset-wide explain jobs (interp_core.explain_dataset) and the ``explain --data`` CLI."""
+"""Sharded, resumable dataset-wide explain jobs (interp_core.evaluation.explain_dataset) and the ``explain --data`` CLI."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from interp_core.errors import InterpError
-from interp_core.explain_dataset import MANIFEST, explain_dataset, load_shards, read_manifest, shard_name
+from interp_core.evaluation.explain_dataset import explain_dataset
+from interp_core.evaluation.shards import MANIFEST, load_shards, read_manifest, shard_name
 from interp_core.testing import cli_in_process
 
 

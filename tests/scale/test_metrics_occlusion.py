@@ -8,7 +8,7 @@ import torch
 
 from interp_core.attribution import METHODS, attribute
 from interp_core.attribution.registry import identity_options
-from interp_core.evaluate import EvalSettings, cache_key, evaluate_run
+from interp_core.evaluation.evaluate import EvalSettings, cache_key, evaluate_run
 from interp_core.runs import load_run
 
 CPU = torch.device("cpu")

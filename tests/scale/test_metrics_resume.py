@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from interp_core.evaluate import CACHE_DIR, EvalSettings, cached_evaluate, partial_progress
-from interp_core.explanation_metrics import read_checkpoint
+from interp_core.evaluation.evaluate import CACHE_DIR, EvalSettings, cached_evaluate, partial_progress
+from interp_core.evaluation.explanation_metrics import read_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,7 @@ def test_interrupted_metrics_resume_with_the_remaining_batches_only(data, fake_r
     assert partial_progress(cut_run, data, s) is None  # removed once the result is stored
     assert not list((cut_run / CACHE_DIR).glob("*.partial.npz"))
     if random_start:  # the check can fail: a resume that forgot the attack's random state gives other values
-        from interp_core import explanation_metrics as EM
+        from interp_core.evaluation import explanation_metrics as EM
         lost_run = _copy(fake_run, tmp_path / "lost", random_start)
         with pytest.raises(Interrupted):
             cached_evaluate(lost_run, data, s, device=CPU, progress=stop_after_first_batch)

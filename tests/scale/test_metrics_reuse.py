@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from interp_core.errors import InterpError
-from interp_core.evaluate import EvalSettings, cache_key, cached_evaluate, evaluate_run, evaluate_with_stored_maps
-from interp_core.explain_dataset import (MANIFEST, StoredMaps, default_job_dir, explain_dataset, maps_fingerprint,
-                                         read_manifest, shard_name)
+from interp_core.evaluation.evaluate import EvalSettings, cache_key, cached_evaluate, evaluate_run, evaluate_with_stored_maps
+from interp_core.evaluation.explain_dataset import explain_dataset
+from interp_core.evaluation.shards import MANIFEST, StoredMaps, default_job_dir, maps_fingerprint, read_manifest, shard_name
 from interp_core.testing import cli_in_process
 
 CPU = torch.device("cpu")

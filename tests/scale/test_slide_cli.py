@@ -15,8 +15,8 @@ _cli = cli_in_process
 
 def test_explain_slide_writes_maps_and_summary(slide_tiff, fake_run, tmp_path, capsys):
     from interp_core.runs import load_run
-    from interp_core.slide import explain_slide
-    from interp_core.wsi import OpenSlideReader
+    from interp_core.slides.explain import explain_slide
+    from interp_core.slides.wsi import OpenSlideReader
     out = tmp_path / "out"
     code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(fake_run), "--slide", str(slide_tiff),
                                 "--out", str(out), "--tile-size", "32", "--map-side", "50", "--device", "cpu",
@@ -76,7 +76,7 @@ def test_help(cmd, capsys):
 
 
 def test_explain_slide_default_out_is_where_the_page_looks(slide_tiff, helpers, tmp_path, capsys):
-    from interp_core.slide_job import read_progress, results_dir
+    from interp_core.slides.job import read_progress, results_dir
     run = helpers.make_run(tmp_path / "run")
     code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
                                 "--attribution", "gradcam", "--device", "cpu", "--quiet")

@@ -15,7 +15,7 @@ def app_tree(tmp_path, monkeypatch, helpers, slide_image):
     from streamlit.runtime.pages_manager import PagesManager
 
     from interp_core.testing import make_tiny_dataset
-    from interp_core.wsi import write_pyramid_tiff
+    from interp_core.slides.wsi import write_pyramid_tiff
     root = tmp_path / "sample_data"
     make_tiny_dataset(root / "data" / "ihc", n_per_class=4, size=16, classes=("normal", "tumor"))
     helpers.make_run(root / "runs" / "ihc" / "fake", image_size=16)
@@ -45,7 +45,7 @@ def _clean(at):
 def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from interp_core.slide_job import explain_slide_file, results_dir
+    from interp_core.slides.job import explain_slide_file, results_dir
     slide = app_tree / "slides" / "case.tiff"
     run = app_tree / "runs" / "ihc" / "fake"
     at = AppTest.from_file(str(APP), default_timeout=180).run()
@@ -86,7 +86,7 @@ def test_slide_page_shows_results_detail_and_refuses_paths_outside(app_tree, tmp
     assert any("Tile row 4, column 8" in m.value for m in at.subheader)
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 2
     # the level picker follows the slide: its labels are those of the slide now shown
-    from interp_core.wsi import write_pyramid_tiff
+    from interp_core.slides.wsi import write_pyramid_tiff
     other = app_tree / "slides" / "other.tiff"
     import numpy as np
     write_pyramid_tiff(other, np.full((64, 96, 3), 200, np.uint8), n_levels=1, tile=32)

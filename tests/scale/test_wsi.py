@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from interp_core.errors import InterpError
-from interp_core.slide import ArraySlide, explain_slide, open_slide, read_thumbnail
-from interp_core.wsi import OpenSlideReader, detect_format, pyramid_levels, write_pyramid_tiff
+from interp_core.slides.explain import ArraySlide, explain_slide, open_slide, read_thumbnail
+from interp_core.slides.wsi import OpenSlideReader, detect_format, pyramid_levels, write_pyramid_tiff
 
 
 def test_pyramid_tiff_is_read_by_openslide_region_by_region(slide_tiff, slide_image):
@@ -158,7 +158,7 @@ def test_write_pyramid_tiff_checks_its_input(tmp_path):
 
 def test_sample_slide_is_the_ihc_image_as_a_pyramid(tmp_path):
     from skimage import data
-    from interp_core.wsi import write_sample_slide
+    from interp_core.slides.wsi import write_sample_slide
     path = write_sample_slide(tmp_path / "s" / "ihc.tiff")
     s = OpenSlideReader(path)
     assert s.vendor == "generic-tiff" and s.level_dimensions == [(512, 512), (256, 256), (128, 128)]

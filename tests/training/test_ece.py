@@ -10,11 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from interp_core.device import torch_threads
+from interp_core._utils.device import torch_threads
 from interp_core.errors import InterpError, TrainingDiverged
 from interp_core.models import create_model
 from interp_core.training.objectives.base import EpochContext, StepContext, get_objective, options_from_dict
-from interp_core.training.objectives.ece import (CONSISTENCY_FILE, ECE, consistency_weights, refresh_due,
+from interp_core.consistency.history import CONSISTENCY_FILE
+from interp_core._utils.io import is_temp_file
+from interp_core.training.objectives.ece import (ECE, consistency_weights, refresh_due,
                                                  weight_stats, weighted_cross_entropy)
 
 N = 10
@@ -154,10 +156,10 @@ def test_refresh_schedule_npz_and_history(setup) -> None:
         assert np.allclose(obj.weights.numpy(), z["weights"][1])
         e = z["consistency"][1]
         assert extras[3]["consistency_mean"] == pytest.approx(float(e.mean()), abs=1e-6)
-    assert not (run_dir / f".{CONSISTENCY_FILE}.tmp").exists()
+    assert not [p for p in run_dir.iterdir() if is_temp_file(p)]  # no temp file of the atomic write left
 
     # the scores are those of explanation_consistency on the true labels, by dataset index
-    from interp_core.consistency import explanation_consistency
+    from interp_core.consistency.score import explanation_consistency
 
     ref = explanation_consistency(model, x, y, eps=16 / 255)
     assert np.allclose(e, ref.score.numpy(), atol=1e-5)

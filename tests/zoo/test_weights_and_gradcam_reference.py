@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from interp_core.attribution import attribute
 from interp_core.errors import RunError
-from interp_core.import_model import import_model
+from interp_core.models.import_model import import_model
 from interp_core.models import create_model
 from interp_core.models.weights import load_into_network, read_state_dict
 from interp_core.runs import load_run

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from interp_core.attribution import attribute, supports_cam
-from interp_core.consistency import explanation_consistency
+from interp_core.consistency.score import explanation_consistency
 from interp_core.errors import InterpError, RunError
-from interp_core.import_model import import_model
+from interp_core.models.import_model import import_model
 from interp_core.metrics import deletion_auc, sparseness
 from interp_core.models import create_model, is_known_arch, zoo_defaults
 from interp_core.models.folding import eval_forward_module

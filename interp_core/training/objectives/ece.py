@@ -1,7 +1,7 @@
 """ECE: explanation-consistency sample reweighting (METHODS.md section 3; Wu et al. 2024).
 
 At a refresh, every training sample gets its explanation consistency ``E_i`` (heatmap of the
-true class before and after a background-only adversarial attack, :mod:`interp_core.consistency`)
+true class before and after a background-only adversarial attack, :mod:`interp_core.consistency.score`)
 and a weight ``v_i = 1 - E_i + beta`` normalised to mean 1 over the training set [paper: low
 consistency -> more weight; the form is ours]. Until the next refresh the loss is
 ``mean_i v_i * CE(f(x_i), y_i)`` over the batch.
@@ -38,7 +38,7 @@ Under torchrun the refresh is split across ranks: each scores its share of the t
 full weight vector; only rank 0 (the one with a ``run_dir``) writes ``consistency.npz``.
 
 Cost: a refresh is ``K`` forward + input-only backward passes and one forward over the training
-set, run as in :func:`interp_core.consistency.dataset_consistency` (BatchNorm folded,
+set, run as in :func:`interp_core.consistency.score.dataset_consistency` (BatchNorm folded,
 channels-last, no-grad CAM, device-sized batches): about 2.5 ERM epochs on the CPU (smallcnn,
 64x64 tiles, one thread, channels-last training), amortised by ``refresh_every``.
 
@@ -49,7 +49,7 @@ cheap. What differs from METHODS.md section 3:
 - step 3, the attack: the first refresh takes one PGD step from ``x`` (step size ``alpha`` of the
   exact attack, ``2.5 eps / K``) instead of ``K``; the perturbation each sample reached is
   carried (int8, :class:`~interp_core.training.sample_store.PerturbationStore`) and every later
-  refresh continues it by one step (:func:`~interp_core.consistency.carried_consistency`,
+  refresh continues it by one step (:func:`~interp_core.consistency.score.carried_consistency`,
   "free" warm start, Shafahi et al. 2019). ``E`` is scored at the carried perturbation (found
   at the previous refresh's weights, projected onto the current background), so after ``K``
   refreshes the attack has taken ``K`` steps in total;
@@ -66,18 +66,18 @@ training pixel and channel.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...consistency import (ConsistencyOptions, carried_consistency, dataset_consistency, default_batch_size,
-                            explanation_consistency, inference_copy, rebatch)
+from ...consistency.options import ConsistencyOptions
+from ...consistency.score import (carried_consistency, dataset_consistency, default_batch_size, explanation_consistency,
+                                 inference_copy, rebatch)
+from ...consistency.history import CONSISTENCY_FILE, write_consistency
 from ...errors import InterpError, TrainingDiverged
 from ..distributed import all_gather_rows
 from ..sample_store import PerturbationStore
@@ -85,7 +85,6 @@ from .base import EpochContext, Objective, StepContext, register_objective
 
 ECE_MODES = ("exact", "fast")
 
-CONSISTENCY_FILE = "consistency.npz"
 
 
 def consistency_weights(consistency: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
@@ -254,7 +253,7 @@ class ECE(Objective):
         }
 
     def _write_npz(self, ctx: EpochContext) -> None:
-        """Write ``consistency.npz`` from the state (temp file + os.replace); remove a stale file
+        """Write ``consistency.npz`` from the state (atomically); remove a stale file
         when the state has no refresh yet."""
         if ctx.run_dir is None:
             return
@@ -267,19 +266,10 @@ class ECE(Objective):
         if len(ids) != self.num_train:
             raise InterpError(f"{len(ids)} sample ids for {self.num_train} training samples")
         weights = torch.stack([consistency_weights(row, float(self.options.beta)) for row in self.consistency])
-        tmp = path.with_name(f".{CONSISTENCY_FILE}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh,
-                     sample_ids=np.asarray(ids, dtype=np.str_),
-                     labels=self.labels.numpy().astype(np.int64),
-                     refresh_epochs=self.refresh_epochs.numpy().astype(np.int64) + 1,  # as history.jsonl
-                     consistency=self.consistency.numpy().astype(np.float32),
-                     weights=weights.numpy().astype(np.float32),
-                     pred_changed=self.pred_changed.numpy().astype(np.bool_),
-                     rescored=self.rescored.numpy().astype(np.bool_))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_consistency(path, sample_ids=ids, labels=self.labels.numpy(),
+                          refresh_epochs=self.refresh_epochs.numpy() + 1,  # as history.jsonl
+                          consistency=self.consistency.numpy(), weights=weights.numpy(),
+                          pred_changed=self.pred_changed.numpy(), rescored=self.rescored.numpy())
 
     # -- per batch -------------------------------------------------------------------------
     def sample_weights(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:

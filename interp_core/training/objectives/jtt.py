@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..._utils.io import atomic_write
 from ...errors import InterpError
 from .base import EpochContext, Objective, StepContext, register_objective
 from .ece import weighted_cross_entropy
@@ -170,13 +170,10 @@ class JTT(Objective):
             return
         ids = list(ctx.sample_ids) if ctx.sample_ids else [str(i) for i in range(self.num_train)]
         path = Path(ctx.run_dir) / ERRORS_FILE
-        tmp = path.with_name(f".{ERRORS_FILE}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sample_ids=np.asarray(ids, dtype=np.str_), labels=self.labels.numpy().astype(np.int64),
-                     p_true=self.p_true.numpy().astype(np.float32), error=self.error.numpy().astype(np.bool_),
-                     weights=self.weights.numpy().astype(np.float32),
-                     identify_epochs=np.int64(self.options.identify_epochs))
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.savez(
+            fh, sample_ids=np.asarray(ids, dtype=np.str_), labels=self.labels.numpy().astype(np.int64),
+            p_true=self.p_true.numpy().astype(np.float32), error=self.error.numpy().astype(np.bool_),
+            weights=self.weights.numpy().astype(np.float32), identify_epochs=np.int64(self.options.identify_epochs)))
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         """``mean_i v_i * CE(f(x_i), y_i)`` with the JTT weights."""

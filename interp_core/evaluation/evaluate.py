@@ -16,8 +16,6 @@ import csv
 import hashlib
 import io
 import json
-import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,17 +23,24 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from .attribution.registry import identity_options
-from .consistency import consistency_options_for
-from .data import open_split
-from .device import pick_device
-from .errors import DataError
-from .metrics import summarise
-from .metrics.bias import aligned_groups, bias_readout
+from ..attribution.registry import identity_options
+from .._utils.device import pick_device
+from .._utils.hashing import file_sha1
+from .._utils.locking import folder_lock
+from ..consistency.options import consistency_options_for
+from ..data import open_split
+from ..data.selection import data_fingerprint, stratified_subset
+from ..errors import DataError, InterpError
+from ..metrics import summarise
+from ..metrics.bias import aligned_groups, bias_readout
+from ..runs import LoadedRun, load_run, read_json, run_interpolation, write_json, write_text
+from .explain_dataset import explain_dataset
+from .explanation_metrics import explanation_metrics
+from .metrics_checkpoint import read_checkpoint
 from .predict import predict_loader
-from .runs import LoadedRun, load_run, run_interpolation
+from .shards import (MANIFEST, FolderInUseError, OtherJobError, StoredMaps, check_job, default_job_dir,
+                     maps_fingerprint, read_manifest)
 
 
 @dataclass
@@ -59,25 +64,6 @@ def _open(run: LoadedRun, data: str | Path, s: EvalSettings):
     if s.limit is None or s.limit >= len(ds):
         return ds, list(range(len(ds)))
     return ds, stratified_subset(ds.labels, max(1, s.limit))
-
-
-def stratified_subset(labels: list[int], n: int) -> list[int]:
-    """``n`` indices taken round-robin over the classes (each class in file order), sorted.
-
-    Deterministic, and unlike "the first n" it does not return a single class when the split is
-    stored class by class.
-    """
-    by_class: dict[int, list[int]] = {}
-    for i, lab in enumerate(labels):
-        by_class.setdefault(lab, []).append(i)
-    out: list[int] = []
-    k = 0
-    while len(out) < n:
-        for lab in sorted(by_class):
-            if k < len(by_class[lab]) and len(out) < n:
-                out.append(by_class[lab][k])
-        k += 1
-    return sorted(out)
 
 
 def accuracy_report(ds, idx: list[int], pred: torch.Tensor, labels: torch.Tensor,
@@ -128,7 +114,6 @@ def write_predictions(path: str | Path, ds, idx: list[int], pred: torch.Tensor, 
 
     Written atomically (``runs.write_text``): a full disk leaves the old file or none, never a part.
     """
-    from .runs import write_text
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["file", "label", "pred", "confidence"])
@@ -163,7 +148,6 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     ds, idx = _open(loaded, data, s)
     maps = None
     if attributions is not None and s.explanations:
-        from .explain_dataset import StoredMaps, check_job
         manifest = check_job(attributions, loaded.path, data, s.split, s.attribution, idx, seed=s.seed)
         maps = StoredMaps(attributions, manifest)
     loader = DataLoader(Subset(ds, idx), batch_size=max(s.batch_size, 128), shuffle=False)
@@ -173,7 +157,6 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
     if predictions_csv:
         write_predictions(predictions_csv, ds, idx, preds.pred, preds.confidence)
     if s.explanations:
-        from .explanation_metrics import explanation_metrics
         em, ed = explanation_metrics(model, ds, idx, preds.pred, s, device=device, progress=progress, maps=maps,
                                      consistency=consistency_options_for(loaded.config),
                                      checkpoint=checkpoint, checkpoint_id=checkpoint_id)
@@ -194,30 +177,12 @@ def evaluate_run(run: str | Path | LoadedRun, data: str | Path, settings: EvalSe
 CACHE_DIR = "eval_cache"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(data: str | Path) -> str:
-    """Identifies a dataset independently of where the repository is cloned: the content of its
-    ``dataset.json`` (written by our generators) when present, else the resolved path."""
-    p = Path(data)
-    meta = p / "dataset.json"
-    if meta.is_file():
-        return "dataset.json:" + hashlib.sha1(meta.read_bytes()).hexdigest()[:16]
-    return str(p.resolve())
-
-
 def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, maps: str | None = None) -> str:
     """Key of a cached evaluation: the weights' content, the data location and every setting, plus
-    ``maps`` (``explain_dataset.maps_fingerprint``) when the maps were read from a stored job, so such
+    ``maps`` (``shards.maps_fingerprint``) when the maps were read from a stored job, so such
     a result never stands in for one computed from fresh maps or from another job."""
     run_dir = Path(run_dir)
-    payload: dict[str, Any] = {"weights": _file_digest(run_dir / "model.safetensors"),
+    payload: dict[str, Any] = {"weights": file_sha1(run_dir / "model.safetensors")[:16],
                                "data": data_fingerprint(data), "settings": asdict(settings), "version": 3}
     if maps is not None:
         payload["maps"] = maps
@@ -225,6 +190,22 @@ def cache_key(run_dir: str | Path, data: str | Path, settings: EvalSettings, map
     if base is not None:  # occlusion against the blurred tile: never a result computed against black
         payload["baseline"] = base
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_path(run_dir: str | Path, data: str | Path, settings: EvalSettings, maps: str | None = None) -> Path:
+    """Where :func:`cached_evaluate` keeps the result of these settings: ``RUN/eval_cache/<key>.json``."""
+    return Path(run_dir) / CACHE_DIR / f"{cache_key(run_dir, data, settings, maps)}.json"
+
+
+def read_cached(path: str | Path) -> dict[str, Any] | None:
+    """A cached evaluation, or None when there is none or it is damaged (then it is recomputed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+        return None
 
 
 def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
@@ -238,24 +219,19 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
     entry (see :func:`partial_progress`): an interrupted call (a closed dashboard tab, a crash)
     resumes with the tiles already scored; the file is deleted once the result is stored.
     """
-    from .runs import read_json, write_json
     s = settings or EvalSettings()
     maps = None
     if attributions is not None and s.explanations:
-        from .explain_dataset import maps_fingerprint, read_manifest
         maps = maps_fingerprint(read_manifest(attributions))
-    key = cache_key(run_dir, data, s, maps)
-    path = Path(run_dir) / CACHE_DIR / f"{key}.json"
-    if path.is_file() and not refresh:
-        try:
-            return read_json(path)
-        except Exception:  # a damaged cache entry is recomputed
-            pass
-    partial = _partial_path(run_dir, key)
+    path = cache_path(run_dir, data, s, maps)
+    cached = None if refresh else read_cached(path)
+    if cached is not None:
+        return cached
+    partial = path.with_suffix(".partial.npz")
     if refresh:
         partial.unlink(missing_ok=True)
     result = evaluate_run(run_dir, data, s, device=device, progress=progress, attributions=attributions,
-                          checkpoint=partial, checkpoint_id=key)
+                          checkpoint=partial, checkpoint_id=path.stem)
     try:
         write_json(path, result)
         partial.unlink(missing_ok=True)
@@ -264,19 +240,12 @@ def cached_evaluate(run_dir: str | Path, data: str | Path, settings: EvalSetting
     return result
 
 
-def _partial_path(run_dir: str | Path, key: str) -> Path:
-    return Path(run_dir) / CACHE_DIR / f"{key}.partial.npz"
-
-
 def partial_progress(run_dir: str | Path, data: str | Path, settings: EvalSettings,
                      maps: str | None = None) -> tuple[int, int] | None:
     """``(tiles scored, tiles in all)`` of an interrupted ``cached_evaluate`` of these settings (and
     stored maps of fingerprint ``maps``) that the next call resumes, or None when there is none."""
-    from .explanation_metrics import read_checkpoint
-    partial = _partial_path(run_dir, cache_key(run_dir, data, settings, maps))
-    if not partial.is_file():
-        return None
-    state = read_checkpoint(partial)
+    partial = cache_path(run_dir, data, settings, maps).with_suffix(".partial.npz")
+    state = read_checkpoint(partial) if partial.is_file() else None
     return None if state is None else (state["done"], state["total"])
 
 
@@ -296,11 +265,9 @@ class StoredMapsUse:
 
 
 def stored_maps_job(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> Path | None:
-    """``explain_dataset.default_job_dir`` of these settings if it holds a finished job that
+    """``shards.default_job_dir`` of these settings if it holds a finished job that
     ``evaluate_run(..., attributions=)`` accepts for them; None otherwise (never raises for a
     missing, foreign or unfinished folder)."""
-    from .errors import InterpError
-    from .explain_dataset import MANIFEST, check_job, default_job_dir
     folder = default_job_dir(run_dir, settings.split, settings.attribution)
     if not (folder / MANIFEST).is_file():
         return None
@@ -313,12 +280,18 @@ def stored_maps_job(run_dir: str | Path, data: str | Path, settings: EvalSetting
     return folder
 
 
+def stored_maps_fingerprint(run_dir: str | Path, data: str | Path, settings: EvalSettings) -> tuple[Path, str] | None:
+    """``(folder, maps fingerprint)`` of the finished explain job :func:`stored_maps_job` finds, or None."""
+    folder = stored_maps_job(run_dir, data, settings)
+    return None if folder is None else (folder, maps_fingerprint(read_manifest(folder)))
+
+
 def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: EvalSettings | None = None, *,
                               device: torch.device | None = None, store: bool = True,
                               progress: Callable[[str, int, int], None] | None = None
                               ) -> tuple[dict[str, Any], StoredMapsUse]:
     """``cached_evaluate`` reusing, or first writing, the run's sharded maps in
-    ``explain_dataset.default_job_dir(run_dir, split, method)``.
+    ``shards.default_job_dir(run_dir, split, method)``.
 
     A finished matching job there is reused. Else, with ``store`` (the Metrics page sets it for
     "slow" and "medium" methods), ``explain_dataset`` writes the maps there first (resumable: a
@@ -327,7 +300,6 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
     folder holding files that are not an explain job, falls back to computing the maps on the fly.
     ``progress(phase, done, total)``: phase ``"maps"`` (the explain job) then ``"metrics"``.
     """
-    from .explain_dataset import default_job_dir, job_lock
     s = settings or EvalSettings()
     device = device or pick_device("auto")
 
@@ -335,7 +307,7 @@ def evaluate_with_stored_maps(run_dir: str | Path, data: str | Path, settings: E
         return (lambda done, total: progress(name, done, total)) if progress is not None else False
 
     # two sessions on one run and method wait for each other (one writes the maps, the other reuses them)
-    with job_lock(default_job_dir(run_dir, s.split, s.attribution)):
+    with folder_lock(default_job_dir(run_dir, s.split, s.attribution)):
         use = _stored_maps(run_dir, data, s, device, store, phase("maps"))
         return cached_evaluate(run_dir, data, s, device=device, progress=phase("metrics"),
                                attributions=use.folder), use
@@ -345,7 +317,6 @@ def _stored_maps(run_dir: str | Path, data: str | Path, s: EvalSettings, device:
                  progress: Callable[[int, int], None] | bool) -> StoredMapsUse:
     """The maps :func:`evaluate_with_stored_maps` evaluates with: a matching finished job reused,
     else (with ``store``) one written now; ``folder`` None means computing them on the fly."""
-    from .explain_dataset import FolderInUseError, OtherJobError, default_job_dir, explain_dataset
     found = stored_maps_job(run_dir, data, s) if s.explanations else None
     if found is not None:
         return StoredMapsUse(found, reused=True)
@@ -370,7 +341,6 @@ def _stored_maps(run_dir: str | Path, data: str | Path, s: EvalSettings, device:
 
 def _clear_job(folder: Path) -> None:
     """Delete an explain job's own files (manifest, shards, temporaries) from ``folder``, nothing else."""
-    from .explain_dataset import MANIFEST
     for p in folder.iterdir():
         if p.name == MANIFEST or (p.name.startswith(("shard_", ".shard_")) and ".npz" in p.name):
             p.unlink()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .device import autocast
+from .._utils.device import autocast
 
 
 @dataclass

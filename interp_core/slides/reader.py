@@ -9,7 +9,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import InterpError
+from ..errors import InterpError
 
 #: Value of pixels outside the slide (white glass).
 BACKGROUND = 255

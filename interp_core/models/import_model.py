@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .errors import InterpError, RunError
-from .models import create_model, is_zoo_name
-from .models.weights import load_into_network, read_state_dict
-from .models.zoo import options_for_config
-from .runs import CONFIG, FORMAT_VERSION, PROGRESS, WEIGHTS, is_run, save_model_weights, validate_config, write_json
+from .. import __version__
+from ..errors import InterpError, RunError
+from . import create_model, is_zoo_name
+from .weights import load_into_network, read_state_dict
+from .zoo import options_for_config
+from ..runs import CONFIG, FORMAT_VERSION, PROGRESS, WEIGHTS, is_run, save_model_weights, validate_config, write_json
 
 
 def _sha256(path: Path) -> str:

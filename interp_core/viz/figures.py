@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .attribution import colorbar_image
-from .attribution.overlay import colorize, scale_to_unit
-from .errors import InterpError
-from .metrics import METRICS
+from ..attribution import colorbar_image
+from ..attribution.overlay import colorize, scale_to_unit
+from ..errors import InterpError
+from ..metrics import METRICS
 
 #: Colours of runs, in order (colour-blind friendly, Okabe-Ito).
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -449,7 +449,7 @@ def finite_range(arrays: Sequence[np.ndarray], symmetric: bool = False) -> tuple
     return lo, hi
 
 
-# -- changes against a reference run (interp_core.verdict) ------------------------------------------
+# -- changes against a reference run (interp_core.evaluation.verdict) ------------------------------------------
 #: Colours of the verdict calls: worse in red, better in green, no clear change in grey.
 CALL_COLORS = {"better": "#1a7f37", "worse": "#d62728", "no clear change": "#6e7781", "changed": "#0072B2"}
 
@@ -462,7 +462,7 @@ def _nice_span(lo: float, hi: float) -> tuple[float, float]:
 
 
 def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, row_height: int = 30) -> Any:
-    """Dot-and-interval plot of paired changes (``interp_core.verdict.Change``) around 0.
+    """Dot-and-interval plot of paired changes (``interp_core.evaluation.verdict.Change``) around 0.
 
     One panel per metric, each with its own x axis scaled to that metric's changes (a shared axis
     would let entropy in nats squash the 0-1 metrics); one row per run; the dot is the mean paired

@@ -21,7 +21,6 @@ it again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -31,10 +30,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from .errors import InterpError, RunError
-from .runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
+from .._utils.locking import file_lock
+from .._utils.validation import positive_int
+from ..errors import InterpError, RunError
+from ..runs import PROGRESS, REPO_ROOT, read_json, run_status, write_json
+from .process import fresh_progress, last_error_line, os_error_line, proc_stat, process_ended, read_progress, tail_text
 
 JOB_FILE = "job.json"
 STDOUT = "stdout.log"
@@ -94,126 +96,8 @@ class JobInfo:
         return min(1.0, max(0.0, (epoch + (step / steps if steps > 0 else 0.0)) / epochs))
 
 
-# -- process helpers -------------------------------------------------------------------------
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state letter, start time in clock ticks since boot)`` from ``/proc/<pid>/stat``, or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    try:
-        rest = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces or ')'
-        return rest[0], int(rest[19])  # field 3 is the state, field 22 the start time
-    except (ValueError, IndexError):
-        return None
-
-
-def _process_alive(pid: int | None, start_ticks: int | None) -> bool:
-    """True when ``pid`` runs and is the process started at ``start_ticks`` (not a zombie, not a reuse)."""
-    if not pid:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no procfs (macOS): existence only, pid reuse not detectable
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state, ticks = stat
-    if state in ("Z", "X", "x"):
-        return False
-    return start_ticks is None or ticks == start_ticks
-
-
-_NOT_OUR_CHILD = object()
-
-
-def _reap(pid: int) -> Any:
-    """Ask the kernel about our child ``pid``: its exit code once it has ended (collecting it),
-    None while it runs, ``_NOT_OUR_CHILD`` when another process started it (or it was collected).
-
-    For our own children this is authoritative: a child's pid cannot be reused before it is
-    collected, and it is only collectable once every thread has exited (a multi-threaded
-    process's main thread shows as a zombie in /proc earlier). Only the process that started a
-    job can collect its exit code; other processes fall back to ``_process_alive`` and the run's
-    progress file.
-    """
-    try:
-        got, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return _NOT_OUR_CHILD
-    if got == 0:
-        return None
-    return os.waitstatus_to_exitcode(status)
-
-
-def _ended(pid: int | None, start_ticks: int | None) -> tuple[bool, int | None]:
-    """``(ended, exit code if known)`` of a job's process."""
-    if not pid:
-        return True, None
-    r = _reap(pid)
-    if r is not _NOT_OUR_CHILD:
-        return r is not None, r
-    return not _process_alive(pid, start_ticks), None
-
-
-def _last_error_line(path: Path) -> str:
-    """The CLI's one-line error from a stderr log: the last ``error: ...`` line (prefix dropped),
-    else the last ``internal error`` line, else the last non-empty line."""
-    lines = [ln.strip() for ln in _tail_text(path, 64 * 1024).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("error: "):
-            return ln[len("error: "):]
-    for ln in reversed(lines):
-        if ln.startswith("internal error"):
-            return ln
-    return lines[-1] if lines else ""
-
-
-def _tail_text(path: Path, max_bytes: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > max_bytes:
-        text = text.split("\n", 1)[-1]  # drop the partial first line
-    return text
-
-
-def _os_error_line(e: OSError, default: Path) -> str:
-    """``PATH: reason`` of an OSError (the path it names, else ``default``)."""
-    return f"{e.filename or default}: {e.strerror or e}"
-
-
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute()) if path else path
-
-
-def _fresh_progress(rec: dict) -> dict:
-    """The job's run's progress.json if written since the job started, else ``{}`` (a stale one from
-    an earlier attempt on the same run directory says nothing about this job)."""
-    p = _read_progress(Path(rec["run_dir"]))
-    updated, started = p.get("updated"), rec.get("started")
-    if isinstance(updated, (int, float)) and isinstance(started, (int, float)) and updated >= started - 1.0:
-        return p
-    return {}
-
-
-def _read_progress(run_dir: Path) -> dict:
-    try:
-        p = read_json(run_dir / PROGRESS)
-    except RunError:
-        return {}
-    return p if isinstance(p, dict) else {}
 
 
 # -- manager ---------------------------------------------------------------------------------
@@ -227,15 +111,13 @@ class JobManager:
 
     def __init__(self, root: str | Path, *, max_running: int = 1, max_queued: int = 8, python: str = sys.executable,
                  cancel_grace: float = CANCEL_GRACE_S):
-        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-            raise InterpError(f"max_running must be a positive integer, got {max_running!r}")
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
-            raise InterpError(f"max_queued must be a non-negative integer, got {max_queued!r}")
+        max_running = positive_int(max_running, "max_running")
+        max_queued = positive_int(max_queued, "max_queued", minimum=0)
         self.root = Path(root).resolve()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise InterpError(_os_error_line(e, self.root)) from None
+            raise InterpError(os_error_line(e, self.root)) from None
         self.max_running = max_running
         self.max_queued = max_queued
         self.python = python
@@ -256,7 +138,7 @@ class JobManager:
         try:
             return self._submit(args, run)
         except OSError as e:  # read-only folder, disk full: one line naming the file
-            raise InterpError(_os_error_line(e, self.root)) from None
+            raise InterpError(os_error_line(e, self.root)) from None
 
     def _submit(self, args: list[str], run: Path) -> JobInfo:
         with self._locked():
@@ -325,28 +207,18 @@ class JobManager:
     def log_tail(self, job_id: str, n: int = 20) -> str:
         """The last ``n`` lines of the job's stderr log (epoch summaries, warnings, the error)."""
         self._check_id(job_id)
-        lines = _tail_text(self.root / job_id / STDERR, 256 * 1024).splitlines()
+        lines = tail_text(self.root / job_id / STDERR, 256 * 1024).splitlines()
         return "\n".join(lines[-n:]) if n > 0 else ""
 
     # -- internals ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive ``flock`` on ROOT/.lock; a fresh open file each time, so threads exclude each other too."""
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise InterpError(f"{self.root}: the job queue is locked by another process for more "
-                                          f"than {LOCK_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.02)
+        def stuck() -> InterpError:
+            return InterpError(f"{self.root}: the job queue is locked by another process for more "
+                               f"than {LOCK_TIMEOUT_S:.0f} s")
+        with file_lock(self.root / LOCK_FILE, LOCK_TIMEOUT_S, stuck):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     @staticmethod
     def _check_args(train_args: list[str]) -> list[str]:
@@ -414,11 +286,11 @@ class JobManager:
 
     def _update_running(self, rec: dict) -> None:
         """Finalise a running job whose process has ended (exit code known or not)."""
-        done, code = _ended(rec.get("pid"), rec.get("pid_start"))
+        done, code = process_ended(rec.get("pid"), rec.get("pid_start"))
         if not done:
             return
-        progress = _fresh_progress(rec)
-        err = _last_error_line(self.root / rec["id"] / STDERR)
+        progress = fresh_progress(rec)
+        err = last_error_line(self.root / rec["id"] / STDERR)
         if code == 0 or (code is None and progress.get("state") == "finished"):
             rec.update(state="finished", message="")
         elif progress.get("state") == "diverged" and progress.get("message"):
@@ -456,17 +328,17 @@ class JobManager:
                        command=cmd)
             self._save(rec)
             return
-        stat = _proc_stat(proc.pid)
+        stat = proc_stat(proc.pid)
         rec.update(state="running", started=time.time(), pid=proc.pid, pid_start=stat[1] if stat else None,
                    command=cmd)
         self._save(rec)
-        # The exit code is collected by _reap (os.waitpid) from whichever manager in this process
+        # The exit code is collected by reap (os.waitpid) from whichever manager in this process
         # refreshes first; mark the Popen as handled so its finaliser does not race for it.
         proc.returncode = _UNREAPED
 
     def _terminate(self, pid: int | None, start_ticks: int | None) -> int | None:
         """SIGTERM the process group of ``pid``, SIGKILL after the grace period; the exit code if ours."""
-        done, code = _ended(pid, start_ticks)
+        done, code = process_ended(pid, start_ticks)
         if done:
             return code
         for sig, wait in ((signal.SIGTERM, self.cancel_grace), (signal.SIGKILL, 10.0)):
@@ -476,7 +348,7 @@ class JobManager:
                 pass
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                done, code = _ended(pid, start_ticks)
+                done, code = process_ended(pid, start_ticks)
                 if done:
                     return code
                 time.sleep(0.05)
@@ -486,7 +358,7 @@ class JobManager:
         """Replace a stale ``running`` progress.json written by this job's process by ``stopped``
         (``runs.run_status``'s state for an interrupted run), so run pickers do not show it as live."""
         run = Path(rec["run_dir"])
-        progress = _read_progress(run)
+        progress = read_progress(run)
         if progress.get("state") == "running" and progress.get("pid") == rec.get("pid"):
             write_json(run / PROGRESS, {**progress, "state": "stopped", "message": rec.get("message", ""),
                                         "updated": time.time()})
@@ -495,10 +367,10 @@ class JobManager:
         run = Path(rec["run_dir"])
         progress: dict = {}
         if rec["state"] == "running":
-            p = _read_progress(run)
+            p = read_progress(run)
             progress = p if p.get("pid") == rec.get("pid") else {}
         elif rec["state"] != "queued":
-            progress = _read_progress(run)
+            progress = read_progress(run)
         return JobInfo(id=rec["id"], run_dir=run, args=list(rec["args"]), state=rec["state"],
                        created=rec["created"], started=rec.get("started"), ended=rec.get("ended"),
                        pid=rec.get("pid"), returncode=rec.get("returncode"), message=rec.get("message") or "",
@@ -506,7 +378,7 @@ class JobManager:
 
 
 #: Placeholder return code given to a launched ``Popen`` so that its finaliser does not add it to
-#: ``subprocess``'s list of children to collect (that would take the exit code before ``_reap``).
+#: ``subprocess``'s list of children to collect (that would take the exit code before ``reap``).
 _UNREAPED = -(1 << 30)
 
 

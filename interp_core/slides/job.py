@@ -19,7 +19,6 @@ The map resolution is chosen so that the longer side has at most ``map_side`` pi
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -34,13 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
 from .deepzoom import TileMaps, colormap_lut
-from .device import pick_device
-from .errors import InterpError
-from .explain_dataset import job_lock, run_identity
-from .runs import atomic_write, load_run, read_json, run_interpolation, write_json
-from .slide import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _positive_int, _resample, _stitch,
+from ..attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
+from .._utils.device import pick_device
+from ..errors import InterpError
+from .._utils.io import atomic_write
+from .._utils.locking import folder_lock, folder_locked
+from .._utils.validation import positive_int
+from ..runs import load_run, run_identity, read_json, run_interpolation, write_json
+from .explain import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _resample, _stitch,
                     explain_tiles, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction, tissue_mask)
 
 #: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.
@@ -94,7 +95,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     over; a folder already complete with the same plan is returned as it is (its summary, with
     ``"reused": True``). ``out/plan.json`` is written first, ``out/progress.json`` after each piece and
     ``summary.json`` last (its presence means the folder is complete). One job per folder at a
-    time (``explain_dataset.job_lock``; ``job_running`` tells whether one holds it).
+    time (``_utils.locking.folder_lock``; ``job_running`` tells whether one holds it).
 
     ``tile_size``: tile side in pixels of the chosen ``level`` (default: the run's input size;
     another size is resized to the run's input for the model). ``tile_map_size``: side at which
@@ -103,7 +104,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     count as done). ``cam_layer``: Grad-CAM's module name (see ``runs.load_run``). Other options as
     ``slide.explain_slide``. Returns the summary.
     """
-    with job_lock(out):
+    with folder_lock(out):
         return _explain_slide_file(run, slide, out, level=level, tile_size=tile_size, stride=stride, method=method,
                                    batch_size=batch_size, min_tissue=min_tissue, device=device,
                                    limit_tiles=limit_tiles, map_side=map_side, workers=workers,
@@ -124,19 +125,19 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
         raise InterpError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     if not 0.0 <= float(min_tissue) <= 1.0:
         raise InterpError(f"min_tissue must be in [0, 1], got {min_tissue}")
-    piece_tiles = _positive_int(piece_tiles, "piece_tiles")
-    batch_size = _positive_int(batch_size, "batch_size")
+    piece_tiles = positive_int(piece_tiles, "piece_tiles")
+    batch_size = positive_int(batch_size, "batch_size")
     if limit_tiles is not None:
-        limit_tiles = _positive_int(limit_tiles, "limit_tiles")
+        limit_tiles = positive_int(limit_tiles, "limit_tiles")
     get_method(method)
     dev = pick_device(device)
     loaded = load_run(run, dev, cam_layer=cam_layer)
     input_size = int(loaded.config["image_size"])
-    tile = input_size if tile_size is None else _positive_int(tile_size, "tile_size")
-    stride = tile if stride is None else _positive_int(stride, "stride")
+    tile = input_size if tile_size is None else positive_int(tile_size, "tile_size")
+    stride = tile if stride is None else positive_int(stride, "stride")
     if stride > tile:
         raise InterpError(f"stride ({stride}) must not exceed tile_size ({tile}): the tiles would leave gaps")
-    m = input_size if tile_map_size is None else min(_positive_int(tile_map_size, "tile_map_size"), input_size)
+    m = input_size if tile_map_size is None else min(positive_int(tile_map_size, "tile_map_size"), input_size)
     reader = open_slide(slide_path, level=level)
     W, H = reader.size
     rows, cols = grid_shape((W, H), tile, stride)
@@ -285,17 +286,7 @@ def _write_progress(out: Path, done: int, total: int, n_pieces: int) -> None:
 
 def job_running(out: str | Path) -> bool:
     """True while an ``explain-slide`` job (any process) holds the folder ``out``'s lock."""
-    out = Path(out)
-    lock = out.parent / f".{out.name}.lock"
-    if not lock.is_file():
-        return False
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+    return folder_locked(out)
 
 
 def read_progress(out: str | Path) -> dict[str, Any]:

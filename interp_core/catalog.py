@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp_core.runs import find_runs, read_config, read_history, recorded_path, run_status
+from .data import open_split
+from .data.dataset import class_dirs, list_images
+from .errors import InterpError
+from .runs import find_runs, read_config, read_history, recorded_path, run_status, safe_child
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +101,10 @@ def list_datasets() -> list[DatasetEntry]:
 
 
 def dataset_summary(path: Path) -> dict[str, Any]:
-    """Counts per split, classes, masks and groups of a dataset folder, from the file tree only."""
+    """Counts per split, classes, masks and groups of a dataset folder, from the file tree only (the
+    images counted as the loader takes them: :func:`interp_core.data.dataset.list_images`)."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        from interp_core.data import open_split
         try:
             splits = {s: len(open_split(path, s)) for s in ("train", "val", "test")}
             classes = open_split(path, "test").classes
@@ -112,12 +116,9 @@ def dataset_summary(path: Path) -> dict[str, Any]:
     for split in ("train", "val", "test"):
         d = path / split
         if d.is_dir():
-            n = 0
-            for c in d.iterdir():
-                if c.is_dir() and not c.name.startswith("."):
-                    classes.add(c.name)
-                    n += sum(1 for f in c.iterdir() if f.is_file() and not f.name.startswith("."))
-            splits[split] = n
+            names = class_dirs(d)
+            classes.update(names)
+            splits[split] = sum(len(list_images(d / c)) for c in names)
     return {"classes": sorted(classes), "splits": splits, "masks": (path / "masks").is_dir(),
             "groups": (path / "groups.csv").is_file(), "artifacts": (path / "artifact_masks").is_dir()}
 
@@ -310,10 +311,6 @@ def run_summary_row(r: RunEntry) -> dict[str, Any]:
 def new_run_dir(name: str) -> Path:
     """The folder for a new user run called ``name`` under the user's runs root (checked: plain
     name, inside the root, not an existing finished run)."""
-    import re
-
-    from interp_core.errors import InterpError
-    from interp_core.runs import safe_child
     name = (name or "").strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", name):
         raise InterpError("a run name uses letters, digits, '.', '_' or '-' (up to 80), starting with a letter "

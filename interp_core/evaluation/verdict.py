@@ -10,7 +10,7 @@ Two runs evaluated on the same tiles (``evaluate`` stores each metric's per-tile
 - worst-group accuracy is recomputed on every resample (the minimum over groups of the group
   accuracy), so its interval includes which group is worst changing;
 - the call is *better* / *worse* when the interval excludes 0, in the metric's own direction
-  (``interp_core.figures.metric_direction``: e.g. a lower deletion AUC is better), else
+  (``interp_core.viz.figures.metric_direction``: e.g. a lower deletion AUC is better), else
   *no clear change*. Each metric is tested on its own: with a dozen metrics, one interval in
   twenty missing 0 by chance is expected, which the verdict text says.
 
@@ -28,8 +28,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InterpError
-from .figures import METRIC_ORDER, METRIC_TEXT, metric_direction
+from ..errors import InterpError
+from ..viz.figures import METRIC_ORDER, METRIC_TEXT, metric_direction
 
 #: Metrics whose per-tile value is 0 or 1 (their mean is a proportion).
 PROPORTIONS = frozenset({"accuracy", "pointing_game", "attack_flip_rate"})

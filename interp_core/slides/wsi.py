@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, InterpError
-from .slide_io import ArraySlide, block_mean_thumbnail
+from .._utils.io import atomic_path
+from ..errors import DataError, InterpError
+from .reader import ArraySlide, block_mean_thumbnail
 
 #: File suffixes that are tried with OpenSlide (when ``detect_format`` recognises the file).
 WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -276,18 +277,12 @@ def write_pyramid_tiff(path: str | Path, image: np.ndarray, *, n_levels: int = 3
         raise InterpError(f"TIFF tiles must be a positive multiple of 16, got {tile}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     res = {} if mpp is None else {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-    try:
-        with tifffile.TiffWriter(tmp) as tw:
-            for i, level in enumerate(pyramid_levels(arr, n_levels)):
-                tw.write(level, tile=(tile, tile), photometric="rgb", compression="zlib", predictor=True,
-                         subfiletype=0 if i == 0 else 1, metadata=None, software="interp_core",
-                         **(res if i == 0 else {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tw:
+        for i, level in enumerate(pyramid_levels(arr, n_levels)):
+            tw.write(level, tile=(tile, tile), photometric="rgb", compression="zlib", predictor=True,
+                     subfiletype=0 if i == 0 else 1, metadata=None, software="interp_core",
+                     **(res if i == 0 else {}))
     return path
 
 

@@ -3,7 +3,7 @@ Interpretability via Explanation Consistency Evaluation").
 
 ``E = sim(H(x), H(x_hat))``: the similarity between the heatmap of a sample and that of a
 semantic-preserved adversarial sample ``x_hat`` whose background (``H(x) < tau``) was attacked
-with a masked L-inf PGD (:mod:`interp_core.perturb`). ``H`` is Grad-CAM of the target class
+with a masked L-inf PGD (:mod:`interp_core.consistency.perturb`). ``H`` is Grad-CAM of the target class
 (CAM, computed without gradients, when the head is global-average-pool + linear: the two coincide
 after max-normalisation), ReLU, upsampled, max-normalised to ``[0,1]``. Higher is better.
 
@@ -32,151 +32,25 @@ epochs; with one refresh every 3 epochs ECE averaged 2.04x ERM's epoch time.
 from __future__ import annotations
 
 import copy
-import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from .errors import InterpError
+from .._utils.device import model_device
+from ..errors import InterpError
+from ..attribution import attribute
+from ..attribution.cam import cam_from_features, class_activation_map, supports_cam
+from ..attribution.normalize import normalize_max
 from .perturb import background_mask, default_step_size, eval_mode, masked_pgd, parse_threshold
-from .attribution.cam import cam_from_features
-from .attribution.normalize import normalize_max
+from .options import ConsistencyOptions
+from .similarity import SIMILARITIES, map_similarity
 
-SIMILARITIES = ("cosine", "pearson", "topk_iou")
-
-
-# -- similarity functions ------------------------------------------------------------------------
-def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if a.shape != b.shape or a.ndim < 2:
-        raise InterpError(f"maps to compare must have the same shape [B,...], got {list(a.shape)} and {list(b.shape)}")
-    return a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-
-
-def _degenerate_rule(score: torch.Tensor, deg_a: torch.Tensor, deg_b: torch.Tensor) -> torch.Tensor:
-    """1 where both maps are degenerate, 0 where exactly one is, ``score`` elsewhere."""
-    score = torch.where(deg_a | deg_b, torch.zeros_like(score), score)
-    return torch.where(deg_a & deg_b, torch.ones_like(score), score)
-
-
-def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``<a,b> / (|a| |b|)`` over flattened maps ``[B,...] -> [B]``.
-
-    In ``[0,1]`` for non-negative maps. All-zero maps: 1 if both are zero, 0 if one is [ours].
-    """
-    a, b = _flat_pair(a, b)
-    na, nb = a.norm(dim=1), b.norm(dim=1)
-    score = (a * b).sum(1) / (na * nb).clamp_min(torch.finfo(torch.float64).tiny)
-    return _degenerate_rule(score.clamp(-1.0, 1.0), na == 0, nb == 0).float()
-
-
-def pearson_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample Pearson correlation ``cov(a,b) / (std(a) std(b))`` over flattened maps, ``[B]``.
-
-    In ``[-1,1]``. Constant maps (``max == min``, where the correlation is undefined): 1 if both
-    are constant, 0 if one is [ours].
-    """
-    a, b = _flat_pair(a, b)
-    const_a = a.amax(1) == a.amin(1)
-    const_b = b.amax(1) == b.amin(1)
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    denom = (a.norm(dim=1) * b.norm(dim=1)).clamp_min(torch.finfo(torch.float64).tiny)
-    score = ((a * b).sum(1) / denom).clamp(-1.0, 1.0)
-    return _degenerate_rule(score, const_a, const_b).float()
-
-
-def topk_iou(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
-    """Per-sample IoU of the top-``k`` pixel sets, ``k = ceil(fraction * n)``, ``[B]`` in ``[0,1]``.
-
-    The top set is every pixel at least as large as the ``k``-th largest value, so ties are all
-    in or all out (deterministic and symmetric; a constant map's top set is the whole map).
-    """
-    if not 0.0 < float(fraction) <= 1.0:
-        raise InterpError(f"topk fraction must be in (0, 1], got {fraction}")
-    a, b = _flat_pair(a, b)
-    k = max(1, math.ceil(float(fraction) * a.shape[1]))
-    top_a = a >= a.topk(k, dim=1).values[:, -1:]
-    top_b = b >= b.topk(k, dim=1).values[:, -1:]
-    inter = (top_a & top_b).sum(1).double()
-    union = (top_a | top_b).sum(1).double()
-    return (inter / union).float()
-
-
-def map_similarity(a: torch.Tensor, b: torch.Tensor, method: str = "cosine", topk_fraction: float = 0.1) -> torch.Tensor:
-    """Dispatch to :func:`cosine_similarity`, :func:`pearson_similarity` or :func:`topk_iou` by name."""
-    if method == "cosine":
-        return cosine_similarity(a, b)
-    if method == "pearson":
-        return pearson_similarity(a, b)
-    if method == "topk_iou":
-        return topk_iou(a, b, topk_fraction)
-    raise InterpError(f"unknown similarity {method!r}; choose one of {', '.join(SIMILARITIES)}")
 
 
 # -- options -------------------------------------------------------------------------------------
-@dataclass
-class ConsistencyOptions:
-    """Settings of the consistency measurement (shared by the ``ece`` objective and ``evaluate``)."""
-
-    threshold: str = field(default="0.5", metadata={"help": (
-        "[ours] background = heatmap < tau on the max-normalised heatmap: a number in (0,1] or "
-        "'mean' (each sample's mean heatmap value)")})
-    eps: float = field(default=8 / 255, metadata={"help": "[ours] L-inf budget of ECE's background attack (images in [0,1])"})
-    steps: int = field(default=3, metadata={"help": "[ours] PGD steps K of ECE's background attack"})
-    alpha: float | None = field(default=None, metadata={"help": "[ours] PGD step size of ECE's background attack; unset: 2.5 * eps / steps"})
-    similarity: str = field(default="cosine", metadata={"help": (
-        "[ours] similarity of the two heatmaps: cosine, pearson or topk_iou")})
-    topk_fraction: float = field(default=0.1, metadata={"help": "[ours] fraction of pixels in the top set for topk_iou"})
-    random_start: bool = field(default=False, metadata={"help": (
-        "[ours] start PGD at a uniform random point of the eps-ball on the background instead of at x "
-        "(off: deterministic, and the first step reuses the clean forward pass)")})
-
-    def __post_init__(self) -> None:
-        # CLI and config values may arrive as strings; coerce the ones argparse cannot type.
-        if isinstance(self.alpha, str):
-            self.alpha = None if self.alpha.strip().lower() in ("", "none", "auto") else float(self.alpha)
-        if not isinstance(self.threshold, str):
-            self.threshold = str(self.threshold)
-
-    def validate(self) -> None:
-        """Raise InterpError for values outside their domain."""
-        parse_threshold(self.threshold)
-        if not 0.0 <= float(self.eps) <= 1.0:
-            raise InterpError(f"eps must be in [0, 1], got {self.eps}")
-        if int(self.steps) < 0 or int(self.steps) != self.steps:
-            raise InterpError(f"steps must be an integer >= 0, got {self.steps}")
-        if self.alpha is not None and not float(self.alpha) > 0:
-            raise InterpError(f"alpha must be > 0 (or unset for 2.5 * eps / steps), got {self.alpha}")
-        if self.similarity not in SIMILARITIES:
-            raise InterpError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-        if not 0.0 < float(self.topk_fraction) <= 1.0:
-            raise InterpError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
-
-    @property
-    def step_size(self) -> float:
-        """The PGD step ``alpha`` actually used."""
-        return default_step_size(self.eps, self.steps) if self.alpha is None else float(self.alpha)
-
-    def consistency_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`explanation_consistency` taken from these options."""
-        return {f.name: getattr(self, f.name) for f in fields(ConsistencyOptions)}
-
-
-def consistency_options_for(config: dict[str, Any] | None) -> ConsistencyOptions:
-    """The consistency settings ``evaluate`` scores a run with: those an ``ece`` run trained with
-    (its ``config.json``'s ``objective_options``, the :class:`ConsistencyOptions` fields of them),
-    the defaults for any other run, so an ECE run is measured the way it was optimised."""
-    if not config or config.get("objective") != "ece":
-        return ConsistencyOptions()
-    names = {f.name for f in fields(ConsistencyOptions)}
-    opts = ConsistencyOptions(**{k: v for k, v in (config.get("objective_options") or {}).items() if k in names})
-    opts.validate()
-    return opts
-
-
 # -- heatmaps ------------------------------------------------------------------------------------
 max_normalise = normalize_max  # per-sample h / max(h); all-zero maps stay zero
 
@@ -189,8 +63,6 @@ def _cam_from_features(model: nn.Module, feats: torch.Tensor, target: torch.Tens
 
 
 def _uses_cam(model: nn.Module) -> bool:
-    from .attribution.cam import supports_cam
-
     return supports_cam(model) and hasattr(model, "forward_head")
 
 
@@ -202,12 +74,8 @@ def consistency_heatmap(model: nn.Module, x: torch.Tensor, target: torch.Tensor)
     """
     with eval_mode(model):
         if _uses_cam(model):
-            from .attribution.cam import class_activation_map
-
             h = class_activation_map(model, x, target)
         else:
-            from .attribution import attribute  # lazy: the attribution package imports Captum
-
             with torch.enable_grad():
                 h = attribute(model, x, "gradcam", target)
     return max_normalise(h.detach().float().clamp_min(0))
@@ -459,7 +327,7 @@ def dataset_consistency(model: nn.Module, loader: Iterable[dict[str, Any]], opti
     options = options or ConsistencyOptions()
     options.validate()
     if device is None:
-        device = next(iter(model.parameters())).device
+        device = model_device(model)
     device = torch.device(device)
     if batch_size is None:
         batch_size = default_batch_size(device)

@@ -1,7 +1,7 @@
 """``compare``: a self-contained HTML report across runs on one dataset.
 
 At the top, the verdict: one paragraph per run saying which metrics got better and which worse
-against a reference run, with 95% intervals (``interp_core.verdict``), and the change table and
+against a reference run, with 95% intervals (``interp_core.evaluation.verdict``), and the change table and
 chart. Then the metric table (value [95% interval], each metric's better direction), value charts
 and deletion/insertion curves (plotly.js embedded once, inline: the file opens with no network),
 training curves, and example tiles drawn at random with a fixed seed, each map with its colour
@@ -23,15 +23,15 @@ from plotly.offline import get_plotlyjs
 import torch
 from PIL import Image
 
-from .attribution import attribute, overlay, seed_option, shared_range
-from .data import open_split
-from .device import pick_device
-from .errors import InterpError
-from .evaluate import EvalSettings, cached_evaluate
-from . import verdict as V
-from .figures import (CALL_COLORS, METRIC_ORDER, METRIC_TEXT, change_figure, colorbar_png_array, curves_figure,
-                      history_figure, metric_direction, metric_summaries, value_figure)
-from .runs import load_run, run_interpolation
+from ..attribution import attribute, overlay, seed_option, shared_range
+from ..data import open_split
+from .._utils.device import pick_device
+from ..errors import InterpError
+from ..evaluation.evaluate import EvalSettings, cached_evaluate
+from ..evaluation import verdict as V
+from .figures import (CALL_COLORS, METRIC_ORDER, METRIC_TEXT, change_figure, colorbar_png_array, curves_figure, history_figure,
+                      metric_direction, metric_summaries, value_figure)
+from ..runs import load_run, run_interpolation, write_text
 
 N_EXAMPLES = 6
 
@@ -116,7 +116,7 @@ def verdict_html(results: dict[str, dict], reference: str) -> tuple[str, list[V.
 
 
 def _figures(results: dict[str, dict], histories: dict[str, list[dict]]) -> dict[str, list[go.Figure]]:
-    """The report's charts by section, built by the dashboard's own builders (``interp_core.figures``)."""
+    """The report's charts by section, built by the dashboard's own builders (``interp_core.viz.figures``)."""
     runs = list(results)
     bars = []
     for m in _metric_rows(results):
@@ -194,6 +194,24 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
     ds = open_split(data, split, image_size=loaded[0].config["image_size"])
     idx = example_indices(ds.labels, seed=seed)
     x = torch.stack([ds[i]["image"] for i in idx]).to(dev)
+    maps, preds = _example_maps(loaded, names, x, attribution, seed)
+    grid = _examples_grid(ds, idx, x, names, maps, preds)
+    sections = _figures(results, {n: lr.history for n, lr in zip(names, loaded)})
+    verdict, changes = verdict_html(results, ref_name)
+    doc = _document(data, split, attribution, seed, names, ref_name, results, sections, verdict, changes, len(idx),
+                    grid)
+    write_text(out, doc)
+    by_run: dict[str, list[V.Change]] = {}
+    for c in changes:
+        by_run.setdefault(c.run, []).append(c)
+    return {"out": str(out), "runs": names, "reference": ref_name, "changes": [c.as_row() for c in changes],
+            "verdict": [V.verdict_sentence(cs, bold=lambda t: f"**{t}**") for cs in by_run.values()],
+            "n_tiles": results[names[0]]["n_tiles"], "seconds": time.time() - t0, "bytes": out.stat().st_size}
+
+
+def _example_maps(loaded: list[Any], names: list[str], x: torch.Tensor, attribution: str,
+                  seed: int) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """Each run's maps of the example tiles ``x`` (at the first run's size) and its probabilities."""
     maps, preds = {}, {}
     for n, lr in zip(names, loaded):  # each run at its own input size; maps shown at the first run's
         xr = _resize_for(x, lr.config)
@@ -204,6 +222,12 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
         maps[n] = a.cpu().numpy()
         with torch.no_grad():
             preds[n] = torch.softmax(lr.model(xr), 1).cpu()
+    return maps, preds
+
+
+def _examples_grid(ds: Any, idx: list[int], x: torch.Tensor, names: list[str], maps: dict[str, np.ndarray],
+                   preds: dict[str, torch.Tensor]) -> list[str]:
+    """The examples table: each tile, every run's overlay with its prediction, a shared colour scale per row."""
     grid = ["<table class='grid'><tr><th>tile</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
             + "<th>colour scale</th></tr>"]
     for j, i in enumerate(idx):
@@ -227,8 +251,13 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
         cells.append(f"<td><img class='cbar' src='{_png_data_uri(bar)}'></td>")
         grid.append("<tr>" + "".join(cells) + "</tr>")
     grid.append("</table>")
-    sections = _figures(results, {n: lr.history for n, lr in zip(names, loaded)})
+    return grid
 
+
+def _document(data: str | Path, split: str, attribution: str, seed: int, names: list[str], ref_name: str,
+              results: dict[str, dict], sections: dict[str, list[go.Figure]], verdict: str, changes: list[V.Change],
+              n_examples: int, grid: list[str]) -> str:
+    """The whole HTML page (plotly.js inlined, so it opens offline)."""
     def to_html(figs: list[go.Figure]) -> str:
         return "".join(pio.to_html(f, include_plotlyjs=False, full_html=False) for f in figs)
 
@@ -238,7 +267,6 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
            "image-rendering:pixelated} .grid img.cbar{width:auto;height:auto;image-rendering:auto}"
            ".verdict{font-size:15px;line-height:1.5;background:#f6f8fa;padding:.6em 1em;border-left:4px solid #888}"
            ".bars{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:8px}")
-    verdict, changes = verdict_html(results, ref_name)
     top = ""
     if changes:
         top = (f"<h2>Did retraining help? (against {html.escape(ref_name)})</h2>{verdict}<p class='dir'>"
@@ -254,15 +282,8 @@ def build_report(runs: list[str | Path], data: str | Path, out: str | Path, *, s
             "bootstrap of the mean otherwise. The consistency metrics use Grad-CAM whatever the method.</p>"
             f"{metric_table_html(results)}<div class='bars'>{to_html(sections['bars'])}</div>"
             f"<h2>Faithfulness curves</h2>{to_html(sections['curves'])}<h2>Training</h2>{to_html(sections['training'])}"
-            f"<h2>Examples</h2><p>{len(idx)} tiles drawn at random (seed {seed}), spread over the classes. Shared "
+            f"<h2>Examples</h2><p>{n_examples} tiles drawn at random (seed {seed}), spread over the classes. Shared "
             "colour scale per row, as a share of the row's largest value; white outline: the marked evidence.</p>"
             + "".join(grid))
-    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp_core report</title><style>{css}</style><script>{get_plotlyjs()}</script></head><body>{body}</body></html>"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc, encoding="utf-8")
-    by_run: dict[str, list[V.Change]] = {}
-    for c in changes:
-        by_run.setdefault(c.run, []).append(c)
-    return {"out": str(out), "runs": names, "reference": ref_name, "changes": [c.as_row() for c in changes],
-            "verdict": [V.verdict_sentence(cs, bold=lambda t: f"**{t}**") for cs in by_run.values()], "n_tiles": results[names[0]]["n_tiles"], "seconds": time.time() - t0,
-            "bytes": out.stat().st_size}
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp_core report</title><style>{css}</style>"
+            f"<script>{get_plotlyjs()}</script></head><body>{body}</body></html>")

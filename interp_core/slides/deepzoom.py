@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InterpError
+from ..errors import InterpError
 from .wsi import _openslide, find_slides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import InterpError
+from ..errors import InterpError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -29,6 +29,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InterpError("device 'mps' was asked for but MPS is not available")
     return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model lives: the device of its first parameter (else first buffer; CPU for neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def describe_device(device: torch.device) -> str:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InterpError
-from .modes import eval_mode  # noqa: F401  (re-exported)
+from ..errors import InterpError
+from .._utils.modes import eval_mode  # noqa: F401  (re-exported)
 
 #: A mask ``[B,H,W]``/``[B,1,H,W]`` (nonzero = may be perturbed), or a function of the clean
 #: forward pass ``(features [B,C,h,w] or None, logits [B,K]) -> mask``.

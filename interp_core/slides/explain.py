@@ -45,11 +45,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import wsi
-from .attribution import attribute, attribution_state, get_method, normalize_max
-from .data.image_io import load_rgb
-from .device import pick_device
-from .errors import InterpError
-from .slide_io import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
+from ..attribution import attribution_state, get_method, normalize_max, predict_and_attribute
+from ..data.image_io import load_rgb
+from .._utils.device import model_device, pick_device
+from .._utils.validation import positive_int, workers_count
+from ..errors import InterpError
+from .reader import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
 
 #: Refuse grids with more tiles than this (a stride of 1 on a large image is a mistake, not a job).
 MAX_TILES = 200_000
@@ -99,7 +100,7 @@ def read_thumbnail(slide: SlideReader, downsample: int) -> np.ndarray:
     at most about 32 MB of float pixels, so memory stays bounded on large slides. Blocks past the
     right/bottom edge are averaged with the white padding.
     """
-    d = _positive_int(downsample, "downsample")
+    d = positive_int(downsample, "downsample")
     own = getattr(slide, "thumbnail", None)
     if callable(own):
         return np.asarray(own(d), dtype=np.uint8)
@@ -245,21 +246,9 @@ class SlideResult:
 
 
 # -- explain ---------------------------------------------------------------------------------
-def _positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InterpError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _placed_model(model: nn.Module, device: Any) -> tuple[nn.Module, torch.device]:
     """The model on ``device``; a copy when it lives elsewhere (a cached, shared model is never moved)."""
-    current = _model_device(model)
+    current = model_device(model)
     if device is None:
         return model, current
     if isinstance(device, str):
@@ -358,18 +347,17 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     ``limit`` tiles to do (raster order), a quick look at a large slide; the rest count as skipped.
     """
     t0 = time.perf_counter()
-    tile_size = _positive_int(tile_size, "tile_size")
-    stride = tile_size if stride is None else _positive_int(stride, "stride")
+    tile_size = positive_int(tile_size, "tile_size")
+    stride = tile_size if stride is None else positive_int(stride, "stride")
     if stride > tile_size:
         raise InterpError(f"stride ({stride}) must not exceed tile_size ({tile_size}): the tiles would leave gaps")
-    d = _positive_int(downsample, "downsample")
-    batch_size = _positive_int(batch_size, "batch_size")
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-        raise InterpError(f"workers must be a non-negative integer, got {workers!r}")
+    d = positive_int(downsample, "downsample")
+    batch_size = positive_int(batch_size, "batch_size")
+    workers = workers_count(workers)
     if input_size is not None:
-        input_size = _positive_int(input_size, "input_size")
+        input_size = positive_int(input_size, "input_size")
     if limit is not None:
-        limit = _positive_int(limit, "limit")
+        limit = positive_int(limit, "limit")
     if normalize not in NORMALIZATIONS:
         raise InterpError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     if not 0.0 <= float(min_tissue) <= 1.0:
@@ -449,7 +437,7 @@ def explain_tiles(model: nn.Module, slide: SlideReader, cells: np.ndarray, *, st
     in eval mode per batch (``attribution_state``). ``interpolation`` (bilinear, bicubic, nearest):
     how tiles are resized to ``input_size`` (the run's own, ``runs.run_interpolation``).
     """
-    dev = _model_device(model) if device is None else device
+    dev = model_device(model) if device is None else device
     opts = dict(method_options or {})
     todo = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
     if not len(todo):
@@ -463,11 +451,7 @@ def explain_tiles(model: nn.Module, slide: SlideReader, cells: np.ndarray, *, st
             x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
                               **({} if interpolation == "nearest" else
                                  {"align_corners": False, "antialias": input_size < tile_size})).clamp_(0.0, 1.0)
-        with attribution_state(model):
-            with torch.no_grad():
-                p = torch.softmax(model(x).float(), dim=1)
-            tgt = p.argmax(1) if target is None else torch.full((len(idx),), int(target), device=dev)
-            maps = attribute(model, x, method, tgt, **opts)
+        p, _, maps = predict_and_attribute(model, x, method, target, **opts)
         yield idx, p.cpu().numpy(), maps.float().cpu()
 
 

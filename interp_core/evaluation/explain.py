@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .attribution import attribute, get_method, overlay, seed_option
-from .data import load_rgb
-from .device import pick_device
-from .errors import InterpError
-from .runs import LoadedRun, load_run, run_interpolation
+from ..attribution import attribute, get_method, overlay, seed_option
+from ..data import load_rgb
+from .._utils.device import pick_device
+from ..errors import InterpError
+from ..runs import LoadedRun, load_run, run_interpolation
 
 
 @dataclass
