@@ -559,7 +559,7 @@ OVERLAY_CMAPS = {"probability": "viridis", "saliency": "inferno", "entropy": "ma
 def default_pair(entries: list, dataset: str | None) -> list[str]:
     """Keys of the two runs the viewers show first: ``dataset``'s baseline (objective ``erm``) and its
     SCAAT retrain when both exist; else the first two runs (the same one twice when there is one).
-    ``entries`` have ``key``, ``dataset`` and ``config`` (``ui.catalog`` entries)."""
+    ``entries`` have ``key``, ``dataset`` and ``config`` (``interp_core.catalog`` entries)."""
     pool = [e for e in entries if e.dataset == dataset] or entries
     base = [e.key for e in pool if e.config.get("objective") == "erm"]
     scaat = [e.key for e in pool if e.config.get("objective") == "scaat"]
