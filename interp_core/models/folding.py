@@ -9,6 +9,7 @@ match the current weights and no parameter gradient is ever requested.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
@@ -84,6 +85,36 @@ def eval_forward_module(model: nn.Module) -> nn.Module:
     return folded
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+class _OwnThreadTracer(torch.fx.Tracer):
+    """A ``torch.fx`` tracer that traces only calls made by the thread that runs it.
+
+    ``Tracer.trace`` patches ``nn.Module.__call__`` for the whole process while it runs: a forward
+    pass of another model in another thread (another dashboard session) would be routed into this
+    tracer and fail ("module is not installed as a submodule"). Here such calls run the module as
+    usual. One trace at a time (``_TRACE_LOCK``), since the patches themselves are process-wide.
+    """
+
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        self._owner = threading.get_ident()
+        return super().trace(root, concrete_args)
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[override]
+        if threading.get_ident() != getattr(self, "_owner", None):
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace(model)``, safe beside forward passes in other threads."""
+    with _TRACE_LOCK:
+        tracer = _OwnThreadTracer()
+        graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _fold_conv_bn(model: nn.Module) -> nn.Module:
     """``model`` itself when it has no BatchNorm (LayerNorm, GroupNorm: ViT, Swin, ConvNeXt) or
     cannot be traced; else the traced module with every plain Conv2d -> BatchNorm pair fused."""
@@ -91,7 +122,7 @@ def _fold_conv_bn(model: nn.Module) -> nn.Module:
         return model
     try:
         with eval_mode(model):  # Python branches on ``self.training`` are baked in as in eval mode
-            gm = torch.fx.symbolic_trace(model)
+            gm = _trace(model)
     except Exception:  # dynamic control flow etc.: fall back to the plain model
         return model
     modules = dict(gm.named_modules())

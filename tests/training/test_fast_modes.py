@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from interp_core.consistency.score import carried_consistency
-from interp_core.consistency.score.similarity import cosine_similarity
+from interp_core.consistency.similarity import cosine_similarity
 from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.runs import load_tensors
@@ -362,7 +362,7 @@ def test_ece_fast_refreshes_every_epoch_and_resumes(tmp_path):
 
 def test_ece_fast_first_refresh_scores_one_exact_attack_step(tmp_path):
     """The first fast refresh equals the exact refresh with K = 1 (step alpha of the configured K)."""
-    from interp_core.consistency.score.options import ConsistencyOptions
+    from interp_core.consistency.options import ConsistencyOptions
     from interp_core.consistency.score import dataset_consistency
     model, batches = _ece_setup()
     a = ECE(options_from_dict(ECE, {"mode": "fast", "warmup_epochs": 0}), 16)
