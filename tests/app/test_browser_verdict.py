@@ -76,15 +76,16 @@ def shoot(page, name: str, *, full: bool = True, docs: str | None = None) -> Pat
     return path
 
 
-def clip_from(page, text: str, name: str, height: int = 1100, docs: str | None = None) -> Path:
-    """A screenshot of ``height`` pixels of the page starting at the first element holding ``text``."""
+def clip_from(page, text: str, name: str, height: int = 1100, docs: str | None = None, above: int = 20) -> Path:
+    """A screenshot of ``height`` pixels of the page starting ``above`` pixels over the first element
+    holding ``text``."""
     total = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": 1440, "height": int(min(max(900, total + 40), 8000))})
     time.sleep(1.0)
     box = page.get_by_text(text, exact=False).first.bounding_box()
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), clip={"x": 250, "y": max(0, box["y"] - 20), "width": 1180, "height": height})
+    page.screenshot(path=str(path), clip={"x": 250, "y": max(0, box["y"] - above), "width": 1180, "height": height})
     if docs:
         from PIL import Image
         DOCS.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,9 @@ def test_explore_shows_change_maps_and_clickable_thumbnails(server, page):
     dl.value.save_as(str(png))
     from PIL import Image
     assert Image.open(png).size[0] > 600  # tile + 3 models + 2 change maps + scales
-    clip_from(page, "Heatmap opacity", "explore-change", height=1000, docs="explore-change.png")
+    # the README's picture: the tile's title, its predictions, the maps and the change maps
+    clip_from(page, "Per-tile metrics under each map", "explore-change", height=1150, docs="explore-change.png",
+              above=380)
     shoot(page, "explore-full")
 
 
