@@ -124,7 +124,8 @@ def explain_rates(slide: Path, limit: int, out: Path, rounds: int = 3) -> dict:
     from interp_core.attribution import attribute, attribution_state
     from interp_core.runs import load_run
     from interp_core.slides.explain import SlideTiles, grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
-    from interp_core.slides.job import explain_slide_file, map_downsample
+    from interp_core.slides.job import explain_slide_file
+    from interp_core.slides.maps import map_downsample
     from interp_core.slides.wsi import OpenSlideReader
     reader = OpenSlideReader(slide)
     d = map_downsample(reader.size, 1024)

@@ -140,8 +140,6 @@ SIZE_ALLOWED = {
     "interp_core/slides/deepzoom.py": "viewer2 branch edits it; split after the merge",
     "interp_core/slides/explain.py": "viewer2 branch edits it; split after the merge",
     "interp_core/slides/explain.py:explain_slide": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/job.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/job.py:_explain_slide_file": "viewer2 branch edits it; split after the merge",
     # being edited on the fast2 branch (fast objective modes): split after that merge
     "interp_core/training/loop.py": "fast2 branch edits it; split after the merge",
     "interp_core/training/loop.py:_train": "fast2 branch edits it; split after the merge",

@@ -1,5 +1,5 @@
 """The Slide page's widgets: slide and run pickers, job controls, overlay controls, the linked viewers,
-exports and a tile's detail. What to show is computed in ``interp_core.slides.job`` (Streamlit-free);
+exports and a tile's detail. What to show is computed in ``interp_core.slides.view`` (Streamlit-free);
 this module only draws it and keeps the choices in session state."""
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from interp_core.attribution import METHODS
 from interp_core.slides.deepzoom import COLORMAPS, SlideAccessError, SlideRoots
 from interp_core.errors import InterpError
 from interp_core.slides.explain import open_slide
-from interp_core.slides.job import (OVERLAY_CMAPS, OVERLAYS, assemble, change_map, css_ramp, dataset_for_slide,
-                                   default_pair, job_log_tail, job_state, native_tile_maps, overlay_scale,
-                                   overlay_values, read_progress, results_dir, start_background, stitched_view,
-                                   stored_tile_metrics, tile_stride, viewer_grid)
+from interp_core.slides.job import job_log_tail, read_progress, results_dir, start_background
+from interp_core.slides.maps import assemble
+from interp_core.slides.view import (OVERLAY_CMAPS, OVERLAYS, change_map, css_ramp, dataset_for_slide, default_pair,
+                                    job_state, native_tile_maps, overlay_scale, overlay_values, stitched_view,
+                                    stored_tile_metrics, tile_stride, viewer_grid)
 from ui import cache, tile_server
 from ui import state as S
 from ui.errors import guard, need
