@@ -12,7 +12,7 @@ stable part), through ``interp_core.slides.deepzoom.TileService`` as the tile ro
   slide alone (JPEG) and slide + overlay (the overlay tile of the same coordinates, lossless WebP),
   against a bare 256x256 OpenSlide read at level 0 made right after each;
 - ``explain-slide`` tiles per second at level 0 (``--limit`` tissue tiles, saliency, baseline run, the
-  whole command) against reading the same tiles alone (``slide.SlideTiles``), the forward pass alone
+  whole command) against reading the same tiles alone (``slides.tiles.SlideTiles``), the forward pass alone
   and forward + saliency on tiles already in memory; 3 interleaved rounds, medians.
 
 Writes ``docs/results/slide_speed.json`` and ``.md``.
@@ -123,9 +123,10 @@ def explain_rates(slide: Path, limit: int, out: Path, rounds: int = 3) -> dict:
 
     from interp_core.attribution import attribute, attribution_state
     from interp_core.runs import load_run
-    from interp_core.slides.explain import SlideTiles, grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
+    from interp_core.slides.explain import grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
     from interp_core.slides.job import explain_slide_file
     from interp_core.slides.maps import map_downsample
+    from interp_core.slides.tiles import SlideTiles
     from interp_core.slides.wsi import OpenSlideReader
     reader = OpenSlideReader(slide)
     d = map_downsample(reader.size, 1024)

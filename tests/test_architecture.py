@@ -138,8 +138,6 @@ MAX_FUNCTION_LINES = 80
 SIZE_ALLOWED = {
     # being edited on the viewer2 branch (slide viewer): split after that merge
     "interp_core/slides/deepzoom.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/explain.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/explain.py:explain_slide": "viewer2 branch edits it; split after the merge",
     # being edited on the fast2 branch (fast objective modes): split after that merge
     "interp_core/training/loop.py": "fast2 branch edits it; split after the merge",
     "interp_core/training/loop.py:_train": "fast2 branch edits it; split after the merge",

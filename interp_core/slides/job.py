@@ -39,10 +39,11 @@ from .._utils.io import atomic_write
 from .._utils.locking import folder_lock, folder_locked
 from .._utils.validation import positive_int
 from ..runs import load_run, run_identity, read_json, run_interpolation, write_json
-from .explain import (MAX_TILES, NORMALIZATIONS, _placed_model, _resample, explain_tiles, grid_shape, open_slide,
-                      read_thumbnail, tile_tissue_fraction, tissue_mask)
+from .explain import (MAX_TILES, NORMALIZATIONS, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
+                      tissue_mask)
 from .export import GEOJSON, tiles_geojson, write_geojson, write_maps
 from .maps import PIECES, PLAN, PROGRESS, assemble, map_downsample, piece_name
+from .tiles import _placed_model, _resample, explain_tiles
 
 
 #: Tissue tiles per resumable piece of an ``explain-slide`` job.

@@ -16,7 +16,8 @@ from PIL import Image
 from ..attribution import colorize, normalize_max, scale_to_unit
 from ..errors import InterpError
 from ..runs import read_json
-from .explain import SlideResult, _stitch
+from .explain import SlideResult
+from .tiles import _stitch
 
 #: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -88,7 +89,7 @@ class SlideMaps:
 def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
     """Stitch the pieces found in job folder ``out`` (all of them, or those done so far) into maps.
 
-    Overlapping tiles are averaged (``slide._stitch``); ``"slide"`` normalisation divides the
+    Overlapping tiles are averaged (``slides.tiles._stitch``); ``"slide"`` normalisation divides the
     stitched raw maps by their maximum ``|value|`` over the slide, ``"tile"`` max-normalises each
     tile's map before stitching (``slide`` module docstring).
     """
