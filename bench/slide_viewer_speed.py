@@ -3,7 +3,7 @@
     nice -n 10 python bench/slide_viewer_speed.py [--slide FILE | --size 20480] [--tiles 200] [--limit 2000]
 
 Measured side by side in one process (a shared CPU changes absolute numbers; the ratios are the
-stable part), through ``interp_core.slides.deepzoom.TileService`` as the tile route calls it (no HTTP):
+stable part), through ``interp_core.slides.tile_service.TileService`` as the tile route calls it (no HTTP):
 
 - time to first view: a cold service opens the slide and makes every Deep Zoom tile of the level a
   1024-pixel-wide viewer shows first (plus the levels above it), against reading the same pixels
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from interp_core.slides.deepzoom import SlideRoots, TileService  # noqa: E402
+from interp_core.slides.roots import SlideRoots  # noqa: E402
+from interp_core.slides.tile_service import TileService  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "sample_data/runs/synthetic-he/baseline-erm"

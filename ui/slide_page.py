@@ -13,7 +13,8 @@ import streamlit as st
 
 from interp_core.viz import figures
 from interp_core.attribution import METHODS
-from interp_core.slides.deepzoom import COLORMAPS, SlideAccessError, SlideRoots
+from interp_core.slides.deepzoom import COLORMAPS
+from interp_core.slides.roots import SlideAccessError, SlideRoots
 from interp_core.errors import InterpError
 from interp_core.slides.explain import open_slide
 from interp_core.slides.job import job_log_tail, read_progress, results_dir, start_background
