@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from interp_core.viz import figures
+from interp_core.viz import images
 from interp_core.attribution import METHODS
 from interp_core.slides.deepzoom import COLORMAPS
 from interp_core.slides.roots import SlideAccessError, SlideRoots
@@ -309,11 +309,11 @@ def tile_detail(slide: SlideView, jobs: Jobs, ov: OverlayChoice, ref_plan: dict 
     cols[0].image(tile_img, caption=f"tile at level {jobs.level} ({T}x{T} px)", width="stretch")
     for c, (label, probs, a) in zip(cols[1:3], panels):
         rng = (float(-np.abs(a).max()), float(np.abs(a).max())) if a.min() < 0 else (0.0, float(a.max()) or 1.0)
-        c.image(figures.heat_rgb(a, "RdBu_r" if a.min() < 0 else "inferno", *rng), width="stretch",
+        c.image(images.heat_rgb(a, "RdBu_r" if a.min() < 0 else "inferno", *rng), width="stretch",
                 caption=f"{label}: {dmethod} map, p = {probs.max():.2f}")
     diff = change_map(panels[0][2], panels[1][2]) if len(panels) == 2 else None
     if diff is not None:
-        cols[3].image(figures.heat_rgb(diff, "RdBu_r", -1.0, 1.0), width="stretch",
+        cols[3].image(images.heat_rgb(diff, "RdBu_r", -1.0, 1.0), width="stretch",
                       caption="change: right minus left (each map / its max; red = more relevance on the right)")
     st.dataframe(rows_metrics, hide_index=True)
     if st.button("Open this tile in Explore", key=S.Slide.TO_EXPLORE,
