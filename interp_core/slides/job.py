@@ -11,7 +11,7 @@ through OpenSlide at a pyramid level, or a plain image), runs ``slide.explain_sl
     OUT/prediction.png|.npy    predicted class per tile (int [rows, cols], -1 = skipped; PNG in class colours)
     OUT/saliency_slide.npy, saliency_tile.npy  both normalisations (slide-wide max; each tile's own max)
     OUT/entropy.npy            predictive entropy per pixel (mean over the tiles covering it), NaN = not computed
-    OUT/tiles.geojson          one polygon per computed tile in level-0 pixels (QuPath import), see tiles_geojson
+    OUT/tiles.geojson          one polygon per computed tile in level-0 pixels (QuPath import), see export.tiles_geojson
     OUT/plan.json, progress.json, pieces/NNNNN.npz, tissue_tiles.npy   the resumable job's state
     OUT/summary.json           slide, level, grid, tile counts, class counts, timings, run identity (written last)
 
@@ -362,7 +362,7 @@ def start_background(run: str | Path, slide: str | Path, out: str | Path, *, lev
     """Start ``python -m interp_core explain-slide`` for ``out`` in a detached process; return its pid.
 
     The process takes the folder's lock while it works (``job_running``), writes its pieces as it
-    goes (``read_progress``, ``assemble`` show them) and its stderr to ``.<out name>.log`` beside
+    goes (``read_progress``, ``maps.assemble`` show them) and its stderr to ``.<out name>.log`` beside
     ``out``. Nothing is started when a job already holds the folder (returns 0).
     """
     out = Path(out)

@@ -22,6 +22,8 @@ from .tiles import _stitch
 #: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+#: The job folder's layout: its plan, its progress file, the folder of its pieces.
 PLAN = "plan.json"
 PROGRESS = "progress.json"
 PIECES = "pieces"
