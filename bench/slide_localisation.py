@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from interp_core.data.synthetic_wsi import write_synthetic_wsi  # noqa: E402
-from interp_core.slides.job import assemble, explain_slide_file  # noqa: E402
+from interp_core.slides.job import explain_slide_file  # noqa: E402
+from interp_core.slides.maps import assemble  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("baseline", "control", "scaat")

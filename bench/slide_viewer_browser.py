@@ -81,7 +81,8 @@ def zoom_target(slide: Path) -> tuple[float, float, str]:
     nearest the middle of those), else the largest lesion's centre."""
     from PIL import Image
 
-    from interp_core.slides.job import assemble, results_dir
+    from interp_core.slides.job import results_dir
+    from interp_core.slides.maps import assemble
     cells = np.asarray(Image.open(slide.with_suffix(".lesion_cells.png"))) > 0
     done = np.ones_like(cells)
     for run in ("baseline-erm", "scaat"):

@@ -3,7 +3,7 @@
     nice -n 10 python bench/slide_viewer_speed.py [--slide FILE | --size 20480] [--tiles 200] [--limit 2000]
 
 Measured side by side in one process (a shared CPU changes absolute numbers; the ratios are the
-stable part), through ``interp_core.slides.deepzoom.TileService`` as the tile route calls it (no HTTP):
+stable part), through ``interp_core.slides.tile_service.TileService`` as the tile route calls it (no HTTP):
 
 - time to first view: a cold service opens the slide and makes every Deep Zoom tile of the level a
   1024-pixel-wide viewer shows first (plus the levels above it), against reading the same pixels
@@ -12,7 +12,7 @@ stable part), through ``interp_core.slides.deepzoom.TileService`` as the tile ro
   slide alone (JPEG) and slide + overlay (the overlay tile of the same coordinates, lossless WebP),
   against a bare 256x256 OpenSlide read at level 0 made right after each;
 - ``explain-slide`` tiles per second at level 0 (``--limit`` tissue tiles, saliency, baseline run, the
-  whole command) against reading the same tiles alone (``slide.SlideTiles``), the forward pass alone
+  whole command) against reading the same tiles alone (``slides.tiles.SlideTiles``), the forward pass alone
   and forward + saliency on tiles already in memory; 3 interleaved rounds, medians.
 
 Writes ``docs/results/slide_speed.json`` and ``.md``.
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from interp_core.slides.deepzoom import SlideRoots, TileService  # noqa: E402
+from interp_core.slides.roots import SlideRoots  # noqa: E402
+from interp_core.slides.tile_service import TileService  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "sample_data/runs/synthetic-he/baseline-erm"
@@ -123,8 +124,10 @@ def explain_rates(slide: Path, limit: int, out: Path, rounds: int = 3) -> dict:
 
     from interp_core.attribution import attribute, attribution_state
     from interp_core.runs import load_run
-    from interp_core.slides.explain import SlideTiles, grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
-    from interp_core.slides.job import explain_slide_file, map_downsample
+    from interp_core.slides.explain import grid_shape, read_thumbnail, tile_tissue_fraction, tissue_mask
+    from interp_core.slides.job import explain_slide_file
+    from interp_core.slides.maps import map_downsample
+    from interp_core.slides.tiles import SlideTiles
     from interp_core.slides.wsi import OpenSlideReader
     reader = OpenSlideReader(slide)
     d = map_downsample(reader.size, 1024)

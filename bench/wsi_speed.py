@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from skimage import data  # noqa: E402
 
 from interp_core.models import create_model  # noqa: E402
-from interp_core.slides.explain import ArraySlide, _tile_batches, explain_slide, grid_shape  # noqa: E402
+from interp_core.slides.explain import ArraySlide, explain_slide, grid_shape  # noqa: E402
+from interp_core.slides.tiles import _tile_batches  # noqa: E402
 from interp_core.slides.wsi import OpenSlideReader, write_pyramid_tiff  # noqa: E402
 
 TILE = 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from interp_core.viz import figures
+from interp_core.viz import images
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
 from interp_core.evaluation.verdict import default_reference, share_lines
 from ui import cache, compute, shell, sidebar, text, widgets
@@ -148,11 +148,11 @@ for method in methods:
     if method in compute.METHOD_NOTES:
         st.caption(f":material/info: {compute.METHOD_NOTES[method]}")
 rows, labels, bars, pending = [], [], [], []
-tile_row = [figures.Panel(tile.image, "tile", f"true: {tile.label}" if tile.label else "")]
+tile_row = [images.Panel(tile.image, "tile", f"true: {tile.label}" if tile.label else "")]
 for r, entry, t in zip(refs, sel.runs, targets):
     p = cache.probs(r, tile.image)
     k = int(np.argmax(p))
-    tile_row.append(figures.Panel(tile.image, entry.label, "\n".join(
+    tile_row.append(images.Panel(tile.image, entry.label, "\n".join(
         f"{c}: {v:.1%}" + (" (predicted)" if j == k else "") for j, (c, v) in enumerate(zip(r.classes, p)))))
 for method in methods:
     with guard(f"computing {method}"):
@@ -179,10 +179,10 @@ for method in methods:
             col.image(ov, caption=f"{entry.label} · explains {r.classes[t]}", width="stretch")
             if where:
                 col.caption(f"Relevance {where}")
-            panel = figures.Panel(ov, entry.label, share_lines(share))
+            panel = images.Panel(ov, entry.label, share_lines(share))
             pending.append((col.empty(), panel, r, method, t))
             row.append(panel)
-        bar = figures.colorbar_png_array(cmap, vmin, vmax, label="share of row max", length=200)
+        bar = images.colorbar_png_array(cmap, vmin, vmax, label="share of row max", length=200)
         cols[len(refs) + len(others)].image(bar, caption="share of the row's maximum")
         diffs = [compute.change_map(maps[i], maps[ref_i]) for i in others]
         lim = max([float(np.abs(d).max(initial=0.0)) for d in diffs] + [1e-6])  # one scale per row, centred on 0
@@ -193,10 +193,10 @@ for method in methods:
             name = sel.runs[i].label.split(" / ")[-1]
             cols[len(refs) + j].image(ch, caption=f"change: {name} - {sel.runs[ref_i].label.split(' / ')[-1]}",
                                       width="stretch")
-            row.append(figures.Panel(ch, f"change {name}", f"red: more weight\nblue: less (±{lim:.2f})"))
+            row.append(images.Panel(ch, f"change {name}", f"red: more weight\nblue: less (±{lim:.2f})"))
         cbar = None
         if others:
-            cbar = figures.colorbar_png_array("RdBu_r", -lim, lim, label="change", length=200)
+            cbar = images.colorbar_png_array("RdBu_r", -lim, lim, label="change", length=200)
             cols[-1].image(cbar, caption="change")
         rows.append(row)
         labels.append(method)
@@ -219,7 +219,7 @@ for slot, panel, r, method, t in pending if show_metrics else []:
 
 if rows:
     with guard("building the PNG"):
-        png = figures.compose_png([tile_row, *rows], row_labels=["predictions", *labels], colorbars=[None, *bars],
+        png = images.compose_png([tile_row, *rows], row_labels=["predictions", *labels], colorbars=[None, *bars],
                                   title=" · ".join([tile.title, *(["white outline: evidence"] if has_evidence else []),
                                                     *(["cyan outline: artifact"] if has_artifact else [])]))
         st.download_button("Download this figure (PNG)", png, file_name="explore.png", mime="image/png",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from interp_core.viz import figures
+from interp_core.viz import figures, verdict_figures
 from interp_core.evaluation import verdict as V
 from interp_core.attribution import METHODS
 from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
@@ -147,7 +147,7 @@ cols = st.columns(3)
 for j, k in enumerate(names):
     runs = list(summaries)
     vals = [(iv[0], iv[1], iv[2]) if (iv := intervals[r].get(k)) else None for r in runs]
-    cols[j % 3].plotly_chart(figures.value_figure(k, runs, vals), key=f"metrics.bar.{k}")
+    cols[j % 3].plotly_chart(verdict_figures.value_figure(k, runs, vals), key=f"metrics.bar.{k}")
 
 # -- curves ----------------------------------------------------------------------------------------
 curves = {run: res["details"]["curves"] for run, res in results.items() if res.get("details", {}).get("curves")}
@@ -165,7 +165,7 @@ groups = {run: res["details"]["group_accuracy"] for run, res in results.items()
           if res.get("details", {}).get("group_accuracy")}
 per_class = {run: res["details"]["per_class_accuracy"] for run, res in results.items()
              if res.get("details", {}).get("per_class_accuracy")}
-same = bool(groups) and all(figures.same_partition(per_class.get(r, {}), groups[r]) for r in groups)
+same = bool(groups) and all(verdict_figures.same_partition(per_class.get(r, {}), groups[r]) for r in groups)
 c1, c2 = st.columns(2)
 if per_class:
     c1.plotly_chart(figures.group_accuracy_figure(per_class, title="Accuracy per class (higher is better)"),

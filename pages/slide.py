@@ -1,6 +1,6 @@
 """Slide: a whole-slide file in two linked deep-zoom viewers (OpenSeadragon), two runs' maps overlaid,
 explain-slide in the background, a tile's detail on click, GeoJSON export for QuPath.
-Widgets in ``ui/slide_page.py``; what they show from ``interp_core.slides.job``."""
+Widgets in ``ui/slide_page.py``; what they show from ``interp_core.slides.view``."""
 from __future__ import annotations
 
 import streamlit as st

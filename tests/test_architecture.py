@@ -133,21 +133,9 @@ def test_imports_inside_functions_are_optional_heavy_dependencies():
 # -- sizes (issue 15, item 5) ------------------------------------------------------------------------
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
-# Over the limits today, each with the reason it is not split yet. The list may only shrink: an
-# entry that fits (or no longer exists) fails the test too.
-SIZE_ALLOWED = {
-    # being edited on the viewer2 branch (slide viewer): split after that merge
-    "interp_core/slides/deepzoom.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/explain.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/explain.py:explain_slide": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/job.py": "viewer2 branch edits it; split after the merge",
-    "interp_core/slides/job.py:_explain_slide_file": "viewer2 branch edits it; split after the merge",
-    # being edited on the fast2 branch (fast objective modes): split after that merge
-    "interp_core/training/loop.py": "fast2 branch edits it; split after the merge",
-    "interp_core/training/loop.py:_train": "fast2 branch edits it; split after the merge",
-    # the pages call its charts and PNG helpers as figures.X; verdict2 edits those pages
-    "interp_core/viz/figures.py": "verdict2 branch edits its callers; split after the merge",
-}
+# Over the limits today, each with the reason it is not split yet (empty since the last splits).
+# The list may only shrink: an entry that fits (or no longer exists) fails the test too.
+SIZE_ALLOWED: dict[str, str] = {}
 
 
 def _sizes() -> dict[str, int]:

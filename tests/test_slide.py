@@ -290,11 +290,11 @@ def test_array_slide_is_a_slide_reader():
 
 
 def test_slide_page_choices_by_hand():
-    """What the Slide page shows, computed outside Streamlit (interp_core.slides.job), against hand values."""
+    """What the Slide page shows, computed outside Streamlit (interp_core.slides.view), against hand values."""
     from types import SimpleNamespace as NS
 
-    from interp_core.slides.job import (change_map, dataset_for_slide, default_pair, job_state, overlay_scale,
-                                       tile_stride, viewer_grid)
+    from interp_core.slides.view import (change_map, dataset_for_slide, default_pair, job_state, overlay_scale,
+                                        tile_stride, viewer_grid)
     runs = [NS(key="a", dataset="he", config={"objective": "ece"}), NS(key="b", dataset="he", config={"objective": "erm"}),
             NS(key="c", dataset="he", config={"objective": "scaat"}), NS(key="d", dataset="ihc", config={"objective": "erm"})]
     assert default_pair(runs, "he") == ["b", "c"]  # baseline vs its SCAAT retrain, not the first two
@@ -332,7 +332,7 @@ def test_stitched_view_overlays_only_computed_pixels():
     from types import SimpleNamespace as NS
 
     from interp_core.attribution import colorize
-    from interp_core.slides.job import stitched_view
+    from interp_core.slides.view import stitched_view
     thumb = np.full((2, 3, 3), 200, np.uint8)
     vals = np.array([[np.nan, 0.0, 1.0], [0.5, np.nan, np.nan]])
     out = stitched_view("unused.tiff", NS(result=NS(thumbnail=thumb)), vals, 0.0, 1.0, "inferno", 0.25)

@@ -152,7 +152,7 @@ def test_report_examples_are_random_but_seeded_and_spread_over_classes():
 
 
 def test_same_partition_detects_groups_equal_to_classes():
-    from interp_core.viz.figures import same_partition
+    from interp_core.viz.verdict_figures import same_partition
     cls = {"normal": {"mean": 0.9, "n": 10}, "tumor": {"mean": 0.8, "n": 12}}
     assert same_partition(cls, {"normal|x": {"mean": 0.8, "n": 12}, "tumor|x": {"mean": 0.9, "n": 10}})
     assert not same_partition(cls, {"a": {"mean": 0.9, "n": 5}, "b": {"mean": 0.9, "n": 5},

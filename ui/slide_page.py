@@ -1,5 +1,5 @@
 """The Slide page's widgets: slide and run pickers, job controls, overlay controls, the linked viewers,
-exports and a tile's detail. What to show is computed in ``interp_core.slides.job`` (Streamlit-free);
+exports and a tile's detail. What to show is computed in ``interp_core.slides.view`` (Streamlit-free);
 this module only draws it and keeps the choices in session state."""
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from interp_core.viz import figures
+from interp_core.viz import images
 from interp_core.attribution import METHODS
-from interp_core.slides.deepzoom import COLORMAPS, SlideAccessError, SlideRoots
+from interp_core.slides.deepzoom import COLORMAPS
+from interp_core.slides.roots import SlideAccessError, SlideRoots
 from interp_core.errors import InterpError
 from interp_core.slides.explain import open_slide
-from interp_core.slides.job import (OVERLAY_CMAPS, OVERLAYS, assemble, change_map, css_ramp, dataset_for_slide,
-                                   default_pair, job_log_tail, job_state, native_tile_maps, overlay_scale,
-                                   overlay_values, read_progress, results_dir, start_background, stitched_view,
-                                   stored_tile_metrics, tile_stride, viewer_grid)
+from interp_core.slides.job import job_log_tail, read_progress, results_dir, start_background
+from interp_core.slides.maps import assemble
+from interp_core.slides.view import (OVERLAY_CMAPS, OVERLAYS, change_map, css_ramp, dataset_for_slide, default_pair,
+                                    job_state, native_tile_maps, overlay_scale, overlay_values, stitched_view,
+                                    stored_tile_metrics, tile_stride, viewer_grid)
 from ui import cache, tile_server
 from ui import state as S
 from ui.errors import guard, need
@@ -307,11 +309,11 @@ def tile_detail(slide: SlideView, jobs: Jobs, ov: OverlayChoice, ref_plan: dict 
     cols[0].image(tile_img, caption=f"tile at level {jobs.level} ({T}x{T} px)", width="stretch")
     for c, (label, probs, a) in zip(cols[1:3], panels):
         rng = (float(-np.abs(a).max()), float(np.abs(a).max())) if a.min() < 0 else (0.0, float(a.max()) or 1.0)
-        c.image(figures.heat_rgb(a, "RdBu_r" if a.min() < 0 else "inferno", *rng), width="stretch",
+        c.image(images.heat_rgb(a, "RdBu_r" if a.min() < 0 else "inferno", *rng), width="stretch",
                 caption=f"{label}: {dmethod} map, p = {probs.max():.2f}")
     diff = change_map(panels[0][2], panels[1][2]) if len(panels) == 2 else None
     if diff is not None:
-        cols[3].image(figures.heat_rgb(diff, "RdBu_r", -1.0, 1.0), width="stretch",
+        cols[3].image(images.heat_rgb(diff, "RdBu_r", -1.0, 1.0), width="stretch",
                       caption="change: right minus left (each map / its max; red = more relevance on the right)")
     st.dataframe(rows_metrics, hide_index=True)
     if st.button("Open this tile in Explore", key=S.Slide.TO_EXPLORE,

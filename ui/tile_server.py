@@ -9,7 +9,7 @@ The Slide page's deep-zoom viewer needs tiles made on request at ``/_interp/wsi/
   front of its router. If that fails (another Streamlit version, another server), the page says the
   viewer is unavailable and shows the stitched maps instead (``ui.slide_page``).
 
-The route only forwards to ``interp_core.slides.deepzoom.TileService.handle``: slides are admitted by
+The route only forwards to ``interp_core.slides.tile_service.TileService.handle``: slides are admitted by
 ``register_slide`` (slide roots checked there) and requested by opaque id, and every reply is a
 tile, a JSON description or a one-line 4xx message. Starlette runs the synchronous handler in its
 thread pool, so tile decoding never blocks the server's event loop.
@@ -21,7 +21,8 @@ import threading
 import warnings
 from typing import Any
 
-from interp_core.slides.deepzoom import SlideRoots, TileService
+from interp_core.slides.roots import SlideRoots
+from interp_core.slides.tile_service import TileService
 
 PREFIX = "/_interp/wsi"
 _SERVICE: TileService | None = None

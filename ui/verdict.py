@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
-from interp_core.viz import figures
+from interp_core.viz import figures, verdict_figures
 from interp_core.evaluation import verdict as V
 from interp_core.errors import InterpError
 
@@ -66,7 +66,7 @@ def change_table(changes: list[V.Change]) -> pd.DataFrame:
 
 
 def _style_calls(df: pd.DataFrame):
-    colour = {k: f"color: {v}; font-weight: 600" for k, v in figures.CALL_COLORS.items()}
+    colour = {k: f"color: {v}; font-weight: 600" for k, v in verdict_figures.CALL_COLORS.items()}
     return df.style.map(lambda v: colour.get(v, ""), subset=["verdict"])
 
 
@@ -85,7 +85,7 @@ def show_verdict(results: Mapping[str, dict], reference: str, *, key: str, what:
         return per_run
     st.caption(f"Paired per tile ({what}): each metric's change is `this model - reference` on the same tiles. "
                + V.verdict_note(len({c.metric for c in allc})))
-    st.plotly_chart(figures.change_figure(allc), key=f"{key}.chart")
+    st.plotly_chart(verdict_figures.change_figure(allc), key=f"{key}.chart")
     table = change_table(allc)
     st.dataframe(_style_calls(table), hide_index=True, key=f"{key}.table", height=min(35 * (len(table) + 1) + 3, 900),
                  column_config={"change [95% interval]": st.column_config.TextColumn(width="medium")})

@@ -106,11 +106,11 @@ def gallery(path: Path, ds, indices: list[int], *, tile_key: str, page_key: str,
         caps.append(cap)
         tips.append(tip)
     # the thumbnails themselves are clickable: one picture with a clickable cell per tile
-    from interp_core.viz import figures
+    from interp_core.viz import figures, images
     grid_key = f"{page_key}.grid.{ds.split}.{page}.{len(indices)}"
     current = st.session_state.get(tile_key)
     fig = figures.clickable_grid_figure(
-        figures.mosaic([cache.tile(str(path), ds.split, i)[0] for i in shown], GALLERY_PAGE, 64),
+        images.mosaic([cache.tile(str(path), ds.split, i)[0] for i in shown], GALLERY_PAGE, 64),
         (1, GALLERY_PAGE), 64, pitch=68, labels=[f"#{i} · {c}" for i, c in zip(shown, caps)],
         selected=shown.index(current) if current in shown else None, height=110)
     event = st.plotly_chart(fig, key=grid_key, on_select="rerun", selection_mode="points",
@@ -198,12 +198,12 @@ def fitted_upload_tile(image: np.ndarray, name: str, size: int, *, mode_key: str
         if not 0 <= st.session_state[tile_key] < len(fit.tiles):
             st.session_state[tile_key] = best
         # the whole image with its tile grid: a click on a tile picks it
-        from interp_core.viz import figures
+        from interp_core.viz import figures, images
         rows, cols = fit.grid
         cell = max(16, int(size * min(3.0, 720 / (max(rows, cols) * size))))  # small uploads enlarged, up to 3x
         grid_key = f"{tile_key}.grid.{hashlib.sha1(image.tobytes()).hexdigest()[:8]}.{rows}x{cols}"
         fig = figures.clickable_grid_figure(
-            figures.mosaic(fit.tiles, cols, cell, gap=0), (rows, cols), cell, lines=True,
+            images.mosaic(fit.tiles, cols, cell, gap=0), (rows, cols), cell, lines=True,
             labels=[f"row {r + 1}, column {c + 1} ({t:.0%} tissue)" for (r, c), t in zip(fit.positions, fit.tissue)],
             selected=st.session_state[tile_key], height=min(720, rows * cell) + 20)
         st.caption("The whole image with the model's tile grid: click a tile to explain it (framed: the tile shown).")

@@ -12,17 +12,15 @@ Overlay tiles (``render_overlay_tile``) cover the same region as the slide tile 
 a map is shown at the resolution it was computed and never smoothed), coloured with a matplotlib
 colour map between ``vmin`` and ``vmax``, transparent where the map is NaN (no computed tile).
 
-Safety (``SlideRoots``): a slide is served only if its real path (symbolic links resolved) lies
+Safety (``slides.roots.SlideRoots``, through ``slides.tile_service.TileService``, which serves these
+tiles by id): a slide is served only if its real path (symbolic links resolved) lies
 under one of the configured roots; ``..`` segments are refused outright, so a dashboard shared
 behind a proxy cannot be made to read arbitrary files of its host.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
-import json
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,11 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InterpError
-from .wsi import _openslide, find_slides
+from .wsi import _openslide
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Environment variable naming extra slide folders (``os.pathsep``-separated).
-SLIDES_ENV = "INTERP_SLIDES_DIR"
 #: Deep Zoom geometry served to the viewer.
 DZ_TILE = 254
 DZ_OVERLAP = 1
@@ -46,91 +41,8 @@ CACHE_BYTES = 96 << 20
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "RdBu_r", "coolwarm", "Greens", "Reds", "gray")
 
 
-class SlideAccessError(InterpError):
-    """A slide path outside the configured slide roots (or otherwise not servable)."""
-
-
 class TileRequestError(InterpError):
     """A malformed or out-of-range tile request."""
-
-
-# -- roots -------------------------------------------------------------------------------------
-def default_slide_roots() -> list[Path]:
-    """``<sample data>/slides`` (``$INTERP_SAMPLE_DATA/slides`` or the repository's ``sample_data/slides``)
-    followed by every folder of ``$INTERP_SLIDES_DIR`` (``os.pathsep``-separated)."""
-    sample = Path(os.environ.get("INTERP_SAMPLE_DATA", REPO_ROOT / "sample_data")) / "slides"
-    extra = [Path(p).expanduser() for p in os.environ.get(SLIDES_ENV, "").split(os.pathsep) if p.strip()]
-    return [sample, *extra]
-
-
-@dataclass(frozen=True)
-class SlideRoots:
-    """The folders whose slides may be served; ``resolve`` checks a path against them."""
-
-    roots: tuple[Path, ...]
-
-    @classmethod
-    def from_env(cls) -> SlideRoots:
-        """The default roots (``default_slide_roots``)."""
-        return cls(tuple(default_slide_roots()))
-
-    def existing(self) -> list[Path]:
-        """The roots that exist, resolved (symbolic links followed)."""
-        out = []
-        for r in self.roots:
-            try:
-                rr = Path(r).expanduser().resolve(strict=True)
-            except OSError:
-                continue
-            if rr.is_dir() and rr not in out:
-                out.append(rr)
-        return out
-
-    def resolve(self, path: str | Path) -> Path:
-        """The real path of slide ``path`` if it is a file under one of the roots, else ``SlideAccessError``.
-
-        A relative path is looked up inside each root in turn. Refused, with a message saying why:
-        any ``..`` segment; a path whose real location (after following symbolic links) is outside
-        every root; a missing file; a folder.
-        """
-        raw = str(path).strip()
-        if not raw:
-            raise SlideAccessError("no slide path given")
-        if "\x00" in raw:
-            raise SlideAccessError("a slide path cannot contain a NUL character")
-        p = Path(raw).expanduser()
-        if ".." in p.parts or ".." in raw.replace("\\", "/").split("/"):
-            raise SlideAccessError(f"{raw}: '..' segments are not allowed in a slide path")
-        roots = self.existing()
-        if not roots:
-            raise SlideAccessError("no slide folder exists (sample_data/slides or $INTERP_SLIDES_DIR)")
-        candidates = [p] if p.is_absolute() else [r / p for r in roots]
-        for c in candidates:
-            try:
-                real = c.resolve(strict=True)
-            except OSError:
-                continue
-            if not any(real == r or real.is_relative_to(r) for r in roots):
-                raise SlideAccessError(f"{raw}: outside the slide folders ({', '.join(str(r) for r in roots)}); "
-                                       f"add its folder to ${SLIDES_ENV} to open it")
-            if not real.is_file():
-                raise SlideAccessError(f"{raw}: not a file")
-            return real
-        if p.is_absolute() and not any(p == r or p.is_relative_to(r) for r in roots):
-            raise SlideAccessError(f"{raw}: outside the slide folders ({', '.join(str(r) for r in roots)}); "
-                                   f"add its folder to ${SLIDES_ENV} to open it")
-        raise SlideAccessError(f"{raw}: no such slide file in the slide folders")
-
-    def list_slides(self, limit: int = 500) -> list[Path]:
-        """Whole-slide files under the roots (real paths, links out of a root left out)."""
-        out: list[Path] = []
-        for r in self.existing():
-            for p in find_slides(r, limit=limit):
-                try:
-                    out.append(self.resolve(p))
-                except SlideAccessError:
-                    continue
-        return sorted(set(out))[:limit]
 
 
 # -- tile coordinates --------------------------------------------------------------------------
@@ -376,143 +288,3 @@ def sample_tile_maps(tm: TileMaps, region: tuple[int, int, int, int], scale: flo
                 cnt[ok] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan).astype(np.float32)
-
-
-# -- service -------------------------------------------------------------------------------------
-@dataclass
-class Overlay:
-    """A map registered for the viewer: ``values`` (one pixel = ``map_scale`` level-0 pixels), colours;
-    ``native``: the per-tile maps as computed, drawn instead at levels finer than ``map_scale``."""
-
-    slide_id: str
-    values: np.ndarray
-    map_scale: float
-    vmin: float
-    vmax: float
-    cmap: str
-    native: TileMaps | None = None
-
-
-class TileService:
-    """The tile source behind the viewer: slides and overlays registered by id, tiles made on request.
-
-    ``register_slide(path)`` admits only slides under ``roots`` (``SlideRoots.resolve``) and returns
-    an opaque id; tile requests name that id, never a path, so a request cannot reach another
-    file. ``handle(parts)`` answers a request path split on ``/`` (``[id, "info.json"]``,
-    ``[id, "tiles", level, "COL_ROW.jpeg"]``, ``[id, "overlay", oid, level, "COL_ROW.webp"]``) with
-    ``(status, content type, body)``; errors are 4xx with a one-line text message.
-    """
-
-    def __init__(self, roots: SlideRoots | None = None, *, cache_bytes: int = CACHE_BYTES, max_overlays: int = 12,
-                 tile_size: int = DZ_TILE, overlap: int = DZ_OVERLAP):
-        self.roots = roots or SlideRoots.from_env()
-        self.tile_size, self.overlap = int(tile_size), int(overlap)
-        self.cache = TileCache(cache_bytes)
-        self._slides: dict[str, DeepZoomSlide] = {}
-        self._overlays: OrderedDict[str, Overlay] = OrderedDict()
-        self._max_overlays = int(max_overlays)
-        self._lock = threading.Lock()
-
-    def register_slide(self, path: str | Path) -> str:
-        """The id of slide ``path`` (opened once); ``SlideAccessError`` outside the roots."""
-        real = self.roots.resolve(path)
-        st = real.stat()
-        sid = hashlib.sha1(f"{real}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
-        with self._lock:
-            if sid not in self._slides:
-                self._slides[sid] = DeepZoomSlide(real, tile_size=self.tile_size, overlap=self.overlap)
-        return sid
-
-    def slide(self, sid: str) -> DeepZoomSlide:
-        """The registered slide ``sid`` or ``TileRequestError``."""
-        with self._lock:
-            dz = self._slides.get(sid)
-        if dz is None:
-            raise TileRequestError(f"unknown slide id {str(sid)[:40]!r} (open the slide on the Slide page first)")
-        return dz
-
-    def register_overlay(self, sid: str, values: np.ndarray, map_scale: float, *, vmin: float, vmax: float,
-                         cmap: str, native: TileMaps | None = None) -> str:
-        """The id of a map drawn over slide ``sid`` (the same inputs give the same id); with ``native``,
-        levels finer than the map show the per-tile maps at the resolution they were computed."""
-        self.slide(sid)
-        colormap_lut(cmap)
-        v = np.ascontiguousarray(values, dtype=np.float32)
-        if v.ndim != 2 or not v.size:
-            raise InterpError(f"an overlay must be a 2-D map, got shape {list(v.shape)}")
-        h = hashlib.sha1(v.tobytes())
-        h.update(f"{sid}:{v.shape}:{map_scale}:{vmin}:{vmax}:{cmap}".encode())
-        if native is not None:
-            h.update(np.ascontiguousarray(native.maps, np.float32).tobytes())
-            h.update(np.ascontiguousarray(native.cells).tobytes())
-            h.update(f"{native.tile}:{native.stride}:{native.grid}".encode())
-        oid = h.hexdigest()[:16]
-        with self._lock:
-            self._overlays[oid] = Overlay(sid, v, float(map_scale), float(vmin), float(vmax), cmap, native)
-            self._overlays.move_to_end(oid)
-            while len(self._overlays) > self._max_overlays:
-                self._overlays.popitem(last=False)
-        return oid
-
-    def slide_tile(self, sid: str, level: Any, col: Any, row: Any, fmt: str = "jpeg") -> bytes:
-        """Encoded slide tile (cached)."""
-        level, col, row = parse_tile_request(level, col, row)
-        dz = self.slide(sid)
-        dz.check(level, col, row)
-        key = ("s", sid, level, col, row, fmt)
-        data = self.cache.get(key)
-        if data is None:
-            data = encode_image(dz.tile(level, col, row), fmt)
-            self.cache.put(key, data)
-        return data
-
-    def overlay_tile(self, sid: str, oid: str, level: Any, col: Any, row: Any) -> bytes:
-        """Encoded RGBA overlay tile (lossless WebP, cached)."""
-        level, col, row = parse_tile_request(level, col, row)
-        dz = self.slide(sid)
-        dz.check(level, col, row)
-        with self._lock:
-            ov = self._overlays.get(oid)
-        if ov is None or ov.slide_id != sid:
-            raise TileRequestError(f"unknown overlay id {str(oid)[:40]!r} for this slide")
-        key = ("o", oid, level, col, row)
-        data = self.cache.get(key)
-        if data is None:
-            scale = dz.level_scale(level)
-            if ov.native is not None and scale < ov.map_scale:
-                vals = sample_tile_maps(ov.native, dz.tile_region(level, col, row), scale)
-                rgba = colorize_rgba(vals, ov.vmin, ov.vmax, ov.cmap)
-            else:
-                rgba = render_overlay_tile(ov.values, ov.map_scale, dz, level, col, row, vmin=ov.vmin,
-                                           vmax=ov.vmax, cmap=ov.cmap)
-            data = encode_image(rgba, "webp")
-            self.cache.put(key, data)
-        return data
-
-    def handle(self, parts: list[str]) -> tuple[int, str, bytes]:
-        """``(status, content type, body)`` for a request path split into ``parts`` (see the class docstring)."""
-        try:
-            if len(parts) == 2 and parts[1] == "info.json":
-                return 200, "application/json", json.dumps(self.slide(parts[0]).info()).encode()
-            if len(parts) == 4 and parts[1] == "tiles":
-                col, row, fmt = _split_tile_name(parts[3], ("jpeg", "png"))
-                return 200, f"image/{fmt}", self.slide_tile(parts[0], parts[2], col, row, fmt)
-            if len(parts) == 5 and parts[1] == "overlay":
-                col, row, _ = _split_tile_name(parts[4], ("webp",))
-                return 200, "image/webp", self.overlay_tile(parts[0], parts[2], parts[3], col, row)
-            raise TileRequestError("not a tile path: expected ID/info.json, ID/tiles/LEVEL/COL_ROW.jpeg or "
-                                   "ID/overlay/OID/LEVEL/COL_ROW.webp")
-        except TileRequestError as e:
-            status = 404 if str(e).startswith("unknown") else 400
-            return status, "text/plain; charset=utf-8", str(e).encode()
-        except InterpError as e:
-            return 500, "text/plain; charset=utf-8", str(e).encode()
-
-
-def _split_tile_name(name: str, formats: tuple[str, ...]) -> tuple[str, str, str]:
-    """``"COL_ROW.FMT"`` -> ``(col, row, fmt)`` as strings (checked later), or ``TileRequestError``."""
-    stem, dot, fmt = name.rpartition(".")
-    col, sep, row = stem.partition("_")
-    if not dot or not sep or fmt not in formats:
-        raise TileRequestError(f"malformed tile name {name[:40]!r}: expected COL_ROW.{'|'.join(formats)}")
-    return col, row, fmt

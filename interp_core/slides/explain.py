@@ -8,7 +8,7 @@ file (``.svs``, ``.ndpi``, ``.mrxs``, tiled TIFF, ...) lazily through OpenSlide,
 picks it for the files OpenSlide recognises.
 
 ``explain_slide`` streams the tiles: a ``torch.utils.data.DataLoader`` over the tissue tiles
-(``SlideTiles``, raster order; ``workers`` processes read tiles in parallel, each opening its own
+(``slides.tiles.SlideTiles``, raster order; ``workers`` processes read tiles in parallel, each opening its own
 file handle) delivers ``batch_size`` tiles at a time; they are predicted and attributed, and each
 tile's map is added into the output accumulators, so peak memory is the batches in flight plus the
 output maps (at ``1/downsample`` of the slide side). Choices, all [ours]:
@@ -31,26 +31,22 @@ output maps (at ``1/downsample`` of the slide side). Choices, all [ours]:
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from . import wsi
-from ..attribution import attribution_state, get_method, normalize_max, predict_and_attribute
+from ..attribution import get_method, normalize_max
 from ..data.image_io import load_rgb
-from .._utils.device import model_device, pick_device
 from .._utils.validation import positive_int, workers_count
 from ..errors import InterpError
 from .reader import BACKGROUND, ArraySlide, SlideReader, block_mean_thumbnail  # noqa: F401  (re-exported)
+from .tiles import _footprint, _num_classes, _placed_model, _stitch, explain_tiles
 
 #: Refuse grids with more tiles than this (a stride of 1 on a large image is a mistake, not a job).
 MAX_TILES = 200_000
@@ -245,82 +241,6 @@ class SlideResult:
         return col * self.stride, row * self.stride, self.tile_size, self.tile_size
 
 
-# -- explain ---------------------------------------------------------------------------------
-def _placed_model(model: nn.Module, device: Any) -> tuple[nn.Module, torch.device]:
-    """The model on ``device``; a copy when it lives elsewhere (a cached, shared model is never moved)."""
-    current = model_device(model)
-    if device is None:
-        return model, current
-    if isinstance(device, str):
-        dev = pick_device(device)
-    else:
-        dev = torch.device(device)
-    if dev.type == current.type and (dev.index is None or dev.index == current.index):
-        return model, current
-    return copy.deepcopy(model).to(dev), dev
-
-
-def _num_classes(model: nn.Module, tile: int, device: torch.device) -> int:
-    n = getattr(model, "num_classes", None)
-    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
-        return int(n)
-    with attribution_state(model), torch.no_grad():
-        return int(model(torch.ones(1, 3, tile, tile, device=device)).shape[1])
-
-
-class SlideTiles(Dataset):
-    """The tiles ``(r, c)`` of ``cells`` (int ``[n, 2]``) of a slide as a map-style dataset.
-
-    Item ``k``: ``(uint8 tensor [T, T, 3], k)``, the tile with its top-left corner at
-    ``(c * stride, r * stride)``, read when asked (``slide.read_region``). Workers of a DataLoader
-    each use their own copy of the reader; ``OpenSlideReader`` opens a file handle per process.
-    """
-
-    def __init__(self, slide: SlideReader, cells: np.ndarray, stride: int, tile_size: int):
-        self.slide = slide
-        self.cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
-        self.stride = int(stride)
-        self.tile_size = int(tile_size)
-
-    def __len__(self) -> int:
-        return len(self.cells)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-        r, c = (int(v) for v in self.cells[k])
-        t = self.tile_size
-        region = self.slide.read_region(c * self.stride, r * self.stride, t, t)
-        if not isinstance(region, np.ndarray) or region.shape != (t, t, 3) or region.dtype != np.uint8:
-            got = f"{region.dtype} {list(region.shape)}" if isinstance(region, np.ndarray) else type(region).__name__
-            raise InterpError(f"the slide reader returned {got} for a {t}x{t} region; expected uint8 [{t}, {t}, 3]")
-        return torch.from_numpy(np.ascontiguousarray(region)), k
-
-
-def _tile_batches(slide: SlideReader, todo: np.ndarray, stride: int, tile_size: int, batch_size: int,
-                  workers: int = 0) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-    """Batches ``(tile indices [(r, c)], uint8 [b, T, T, 3])`` of the tiles marked in ``todo``, raster
-    order, read through a DataLoader with ``workers`` worker processes (0: in this process)."""
-    cells = np.argwhere(todo)
-    if not len(cells):
-        return
-    loader = DataLoader(SlideTiles(slide, cells, stride, tile_size), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, persistent_workers=False)
-    for tiles, ks in loader:
-        yield [(int(cells[k, 0]), int(cells[k, 1])) for k in ks.tolist()], tiles
-
-
-def _footprint(origin: int, tile_size: int, d: int) -> tuple[int, int]:
-    return origin // d, -(-(origin + tile_size) // d)
-
-
-def _resample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[b, h, w]`` -> ``[b, *size]``: area average when shrinking, bilinear when growing."""
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(maps[:, None], size)[:, 0]
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
 def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, stride: int | None = None,
                   method: str = "saliency", target: int | None = None, batch_size: int = 64, downsample: int = 4,
                   skip_background: bool = True, device: Any = None,
@@ -347,22 +267,8 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     ``limit`` tiles to do (raster order), a quick look at a large slide; the rest count as skipped.
     """
     t0 = time.perf_counter()
-    tile_size = positive_int(tile_size, "tile_size")
-    stride = tile_size if stride is None else positive_int(stride, "stride")
-    if stride > tile_size:
-        raise InterpError(f"stride ({stride}) must not exceed tile_size ({tile_size}): the tiles would leave gaps")
-    d = positive_int(downsample, "downsample")
-    batch_size = positive_int(batch_size, "batch_size")
-    workers = workers_count(workers)
-    if input_size is not None:
-        input_size = positive_int(input_size, "input_size")
-    if limit is not None:
-        limit = positive_int(limit, "limit")
-    if normalize not in NORMALIZATIONS:
-        raise InterpError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
-    if not 0.0 <= float(min_tissue) <= 1.0:
-        raise InterpError(f"min_tissue must be in [0, 1], got {min_tissue}")
-    get_method(method)
+    tile_size, stride, d, batch_size, workers, input_size, limit = _checked_options(
+        tile_size, stride, downsample, batch_size, workers, input_size, limit, normalize, min_tissue, method)
     W, H = _slide_size(slide)
     rows, cols = grid_shape((W, H), tile_size, stride)
     n_tiles = rows * cols
@@ -372,22 +278,10 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
 
     work, dev = _placed_model(model, device)
     n_cls = _num_classes(work, input_size or tile_size, dev)
-    class_names = list(classes) if classes is not None else [str(i) for i in range(n_cls)]
-    if len(class_names) != n_cls:
-        raise InterpError(f"{len(class_names)} class names given for a model with {n_cls} classes")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
-                               or not 0 <= target < n_cls):
-        raise InterpError(f"target must be a class index in 0..{n_cls - 1} or None (predicted), got {target!r}")
-
-    thumb = read_thumbnail(slide, d)
+    class_names = _class_names(classes, target, n_cls)
+    thumb, tissue_px, tissue, todo = _tiles_to_do(slide, (rows, cols), tile_size, stride, d, min_tissue,
+                                                  skip_background, limit)
     ht, wt = thumb.shape[:2]
-    tissue_px = tissue_mask(thumb)
-    frac = tile_tissue_fraction(tissue_px, (rows, cols), tile_size, stride, d)
-    tissue = frac >= float(min_tissue)
-    todo = tissue.copy() if skip_background else np.ones_like(tissue)
-    if limit is not None and int(todo.sum()) > limit:
-        flat = todo.reshape(-1)
-        flat[np.flatnonzero(flat)[limit:]] = False
 
     probs = np.full((rows, cols, n_cls), np.nan, np.float32)
     acc = np.zeros((ht, wt), np.float64)
@@ -412,64 +306,71 @@ def explain_slide(model: nn.Module, slide: SlideReader, *, tile_size: int, strid
     if progress is not None and reported != n_tiles:
         progress(n_tiles, n_tiles)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sal = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan).astype(np.float32)
-    if normalize == "slide" and n_done:
-        top = float(np.nanmax(np.abs(sal)))
-        if math.isfinite(top) and top > 0:
-            sal /= top
+    sal = _stitched_saliency(acc, cnt, normalize, n_done)
     return SlideResult(tile_size=tile_size, stride=stride, grid_shape=(rows, cols), probs=probs, saliency=sal,
                        tissue=tissue, downsample=d, classes=class_names, seconds=time.perf_counter() - t0,
                        n_tiles=n_tiles, n_computed=n_done, slide_size=(W, H), method=method,
                        normalize=normalize, input_size=input_size, thumbnail=thumb, tissue_map=tissue_px)
 
 
-def explain_tiles(model: nn.Module, slide: SlideReader, cells: np.ndarray, *, stride: int, tile_size: int,
-                  method: str = "saliency", target: int | None = None, batch_size: int = 64,
-                  input_size: int | None = None, method_options: dict[str, Any] | None = None, workers: int = 0,
-                  device: torch.device | None = None,
-                  interpolation: str = "bilinear") -> Iterator[tuple[list[tuple[int, int]], np.ndarray, torch.Tensor]]:
-    """Predict and attribute the tiles ``cells`` (int ``[n, 2]`` of ``(row, col)``, in that order), in batches.
-
-    Yields ``(indices [(r, c)], probs float32 [b, C], maps float32 CPU tensor [b, S, S])`` with
-    ``S`` the model's input side (``input_size`` or ``tile_size``); each map explains ``target``
-    (None: the tile's predicted class). The model is used as given (``device``: where it lives),
-    in eval mode per batch (``attribution_state``). ``interpolation`` (bilinear, bicubic, nearest):
-    how tiles are resized to ``input_size`` (the run's own, ``runs.run_interpolation``).
-    """
-    dev = model_device(model) if device is None else device
-    opts = dict(method_options or {})
-    todo = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
-    if not len(todo):
-        return
-    loader = DataLoader(SlideTiles(slide, todo, stride, tile_size), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, persistent_workers=False)
-    for batch, ks in loader:
-        idx = [(int(todo[k, 0]), int(todo[k, 1])) for k in ks.tolist()]
-        x = batch.to(dev).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-        if input_size is not None and input_size != tile_size:
-            x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
-                              **({} if interpolation == "nearest" else
-                                 {"align_corners": False, "antialias": input_size < tile_size})).clamp_(0.0, 1.0)
-        p, _, maps = predict_and_attribute(model, x, method, target, **opts)
-        yield idx, p.cpu().numpy(), maps.float().cpu()
+def _checked_options(tile_size: int, stride: int | None, downsample: int, batch_size: int, workers: int,
+                     input_size: int | None, limit: int | None, normalize: str, min_tissue: float,
+                     method: str) -> tuple[int, int, int, int, int, int | None, int | None]:
+    """``explain_slide``'s options checked: ``(tile_size, stride, downsample, batch_size, workers,
+    input_size, limit)`` as positive ints (stride defaulting to the tile size)."""
+    tile_size = positive_int(tile_size, "tile_size")
+    stride = tile_size if stride is None else positive_int(stride, "stride")
+    if stride > tile_size:
+        raise InterpError(f"stride ({stride}) must not exceed tile_size ({tile_size}): the tiles would leave gaps")
+    d = positive_int(downsample, "downsample")
+    batch_size = positive_int(batch_size, "batch_size")
+    workers = workers_count(workers)
+    if input_size is not None:
+        input_size = positive_int(input_size, "input_size")
+    if limit is not None:
+        limit = positive_int(limit, "limit")
+    if normalize not in NORMALIZATIONS:
+        raise InterpError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    if not 0.0 <= float(min_tissue) <= 1.0:
+        raise InterpError(f"min_tissue must be in [0, 1], got {min_tissue}")
+    get_method(method)
+    return tile_size, stride, d, batch_size, workers, input_size, limit
 
 
-def _stitch(maps: torch.Tensor, idx: list[tuple[int, int]], stride: int, tile_size: int, d: int,
-            acc: np.ndarray, cnt: np.ndarray) -> None:
-    """Area-average each tile map into its footprint at ``1/d`` and add it to ``acc``/``cnt`` (cropped)."""
-    ht, wt = acc.shape
-    groups: dict[tuple[int, int], list[int]] = {}
-    boxes = []
-    for k, (r, c) in enumerate(idx):
-        fy0, fy1 = _footprint(r * stride, tile_size, d)
-        fx0, fx1 = _footprint(c * stride, tile_size, d)
-        boxes.append((fy0, fy1, fx0, fx1))
-        groups.setdefault((fy1 - fy0, fx1 - fx0), []).append(k)
-    for size, ks in groups.items():
-        small = _resample(maps[ks], size).numpy()
-        for j, k in enumerate(ks):
-            fy0, fy1, fx0, fx1 = boxes[k]
-            y1, x1 = min(fy1, ht), min(fx1, wt)
-            acc[fy0:y1, fx0:x1] += small[j, :y1 - fy0, :x1 - fx0]
-            cnt[fy0:y1, fx0:x1] += 1
+def _class_names(classes: list[str] | None, target: int | None, n_cls: int) -> list[str]:
+    """The class names (``"0"``, ``"1"``, ... when not given), checked against the model's ``n_cls``
+    classes, and ``target`` checked to be one of them (or None)."""
+    class_names = list(classes) if classes is not None else [str(i) for i in range(n_cls)]
+    if len(class_names) != n_cls:
+        raise InterpError(f"{len(class_names)} class names given for a model with {n_cls} classes")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
+                               or not 0 <= target < n_cls):
+        raise InterpError(f"target must be a class index in 0..{n_cls - 1} or None (predicted), got {target!r}")
+    return class_names
+
+
+def _tiles_to_do(slide: SlideReader, grid: tuple[int, int], tile_size: int, stride: int, d: int, min_tissue: float,
+                 skip_background: bool, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(thumbnail, tissue mask of its pixels, tissue tiles, tiles to compute)``: every tile, or the
+    tissue tiles when ``skip_background``; only the first ``limit`` of them (raster order)."""
+    thumb = read_thumbnail(slide, d)
+    tissue_px = tissue_mask(thumb)
+    frac = tile_tissue_fraction(tissue_px, grid, tile_size, stride, d)
+    tissue = frac >= float(min_tissue)
+    todo = tissue.copy() if skip_background else np.ones_like(tissue)
+    if limit is not None and int(todo.sum()) > limit:
+        flat = todo.reshape(-1)
+        flat[np.flatnonzero(flat)[limit:]] = False
+    return thumb, tissue_px, tissue, todo
+
+
+def _stitched_saliency(acc: np.ndarray, cnt: np.ndarray, normalize: str, n_done: int) -> np.ndarray:
+    """The stitched map (mean of the tiles covering each pixel, NaN where none), divided by its maximum
+    ``|value|`` for ``"slide"`` normalisation."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sal = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan).astype(np.float32)
+    if normalize == "slide" and n_done:
+        top = float(np.nanmax(np.abs(sal)))
+        if math.isfinite(top) and top > 0:
+            sal /= top
+    return sal

@@ -11,7 +11,7 @@ through OpenSlide at a pyramid level, or a plain image), runs ``slide.explain_sl
     OUT/prediction.png|.npy    predicted class per tile (int [rows, cols], -1 = skipped; PNG in class colours)
     OUT/saliency_slide.npy, saliency_tile.npy  both normalisations (slide-wide max; each tile's own max)
     OUT/entropy.npy            predictive entropy per pixel (mean over the tiles covering it), NaN = not computed
-    OUT/tiles.geojson          one polygon per computed tile in level-0 pixels (QuPath import), see tiles_geojson
+    OUT/tiles.geojson          one polygon per computed tile in level-0 pixels (QuPath import), see export.tiles_geojson
     OUT/plan.json, progress.json, pieces/NNNNN.npz, tissue_tiles.npy   the resumable job's state
     OUT/summary.json           slide, level, grid, tile counts, class counts, timings, run identity (written last)
 
@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,47 +32,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .deepzoom import TileMaps, colormap_lut
-from ..attribution import colorize, display_range, get_method, normalize_max, scale_to_unit, seed_option
+from ..attribution import get_method, seed_option
 from .._utils.device import pick_device
 from ..errors import InterpError
 from .._utils.io import atomic_write
 from .._utils.locking import folder_lock, folder_locked
 from .._utils.validation import positive_int
 from ..runs import load_run, run_identity, read_json, run_interpolation, write_json
-from .explain import (MAX_TILES, NORMALIZATIONS, SlideResult, _placed_model, _resample, _stitch,
-                    explain_tiles, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction, tissue_mask)
-
-#: Colours of the classes in ``prediction.png`` (matplotlib's tab10), grey-white where no tile was computed.
-CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-                (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def map_downsample(size: tuple[int, int], map_side: int) -> int:
-    """``ceil(max(W, H) / map_side)``, at least 1: the downsample giving maps of at most ``map_side`` pixels a side."""
-    if map_side < 1:
-        raise InterpError(f"map side must be a positive integer, got {map_side}")
-    return max(1, -(-max(size) // int(map_side)))
-
-
-def overlay_nan(rgb: np.ndarray, values: np.ndarray, vmin: float, vmax: float, *, cmap: str = "inferno",
-                alpha: float = 0.6) -> np.ndarray:
-    """uint8 ``[h, w, 3]``: ``(1 - alpha) * rgb + alpha * cmap((v - vmin) / (vmax - vmin))`` where ``values``
-    is finite, ``rgb`` unchanged where it is NaN (pixels no computed tile covers)."""
-    v = np.asarray(values, np.float64)
-    ok = np.isfinite(v)
-    col = colorize(scale_to_unit(np.where(ok, v, vmin), vmin, vmax), cmap) * 255.0
-    out = rgb.astype(np.float64)
-    out[ok] = (1 - alpha) * out[ok] + alpha * col[ok]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+from .explain import (MAX_TILES, NORMALIZATIONS, grid_shape, open_slide, read_thumbnail, tile_tissue_fraction,
+                      tissue_mask)
+from .export import GEOJSON, tiles_geojson, write_geojson, write_maps
+from .maps import PIECES, PLAN, PROGRESS, assemble, map_downsample, piece_name
+from .tiles import _placed_model, _resample, explain_tiles
 
 
 #: Tissue tiles per resumable piece of an ``explain-slide`` job.
 PIECE_TILES = 512
-PLAN = "plan.json"
-PROGRESS = "progress.json"
-PIECES = "pieces"
-GEOJSON = "tiles.geojson"
 #: Bump when the meaning of a piece changes (old pieces are then recomputed).
 PLAN_VERSION = 1
 
@@ -119,6 +93,27 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
                         progress: Callable[[int, int], None] | None, cam_layer: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     slide_path = Path(slide)
+    piece_tiles, batch_size, limit_tiles = _checked_options(slide_path, method, normalize, min_tissue, piece_tiles,
+                                                            batch_size, limit_tiles)
+    dev = pick_device(device)
+    loaded = load_run(run, dev, cam_layer=cam_layer)
+    out = Path(out)
+    job = _plan_job(loaded, slide_path, out, level=level, tile_size=tile_size, stride=stride, method=method,
+                    min_tissue=min_tissue, limit_tiles=limit_tiles, map_side=map_side, seed=seed,
+                    piece_tiles=piece_tiles, tile_map_size=tile_map_size, cam_layer=cam_layer)
+    reused = _reuse_or_reset(out, job)
+    if reused is not None:
+        return reused
+    t_open = time.perf_counter() - t0
+    dev, t_compute, n_computed_now = _compute_pieces(out, job, loaded, dev, method=method, seed=seed,
+                                                     batch_size=batch_size, workers=workers, progress=progress)
+    return _write_results(out, job, level=level, normalize=normalize, min_tissue=min_tissue, dev=dev, t0=t0,
+                          t_open=t_open, t_compute=t_compute, n_computed_now=n_computed_now)
+
+
+def _checked_options(slide_path: Path, method: str, normalize: str, min_tissue: float, piece_tiles: int,
+                     batch_size: int, limit_tiles: int | None) -> tuple[int, int, int | None]:
+    """Fail early on a bad option; ``(piece_tiles, batch_size, limit_tiles)`` as positive ints."""
     if not slide_path.is_file():
         raise InterpError(f"{slide_path}: no such slide file")
     if normalize not in NORMALIZATIONS:
@@ -130,8 +125,28 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
     if limit_tiles is not None:
         limit_tiles = positive_int(limit_tiles, "limit_tiles")
     get_method(method)
-    dev = pick_device(device)
-    loaded = load_run(run, dev, cam_layer=cam_layer)
+    return piece_tiles, batch_size, limit_tiles
+
+
+@dataclass
+class _Job:
+    """One planned ``explain-slide`` call: the open slide, its plan (``plan.json``), the slide's
+    info, the run's identity, the thumbnail and tissue masks, and the tissue tiles to compute."""
+
+    reader: Any
+    plan: dict[str, Any]
+    info: dict[str, Any]
+    ident: dict[str, Any]
+    thumb: np.ndarray
+    tissue_px: np.ndarray
+    tissue: np.ndarray
+    cells: np.ndarray
+
+
+def _plan_job(loaded: Any, slide_path: Path, out: Path, *, level: int, tile_size: int | None, stride: int | None,
+              method: str, min_tissue: float, limit_tiles: int | None, map_side: int, seed: int, piece_tiles: int,
+              tile_map_size: int | None, cam_layer: str | None) -> _Job:
+    """Open the slide, choose the grid and the map resolution, find the tissue tiles; create ``out``."""
     input_size = int(loaded.config["image_size"])
     tile = input_size if tile_size is None else positive_int(tile_size, "tile_size")
     stride = tile if stride is None else positive_int(stride, "stride")
@@ -145,7 +160,6 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
         raise InterpError(f"{W}x{H} pixels at tile {tile}, stride {stride} is {rows * cols:,} tiles, more than "
                           f"{MAX_TILES:,}; use a larger stride or tile, or a coarser --level")
     d = map_downsample(reader.size, map_side)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ident = run_identity(loaded)
     st = slide_path.stat()
@@ -165,12 +179,19 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
         cells = cells[:limit_tiles]
     plan["n_todo"] = int(len(cells))
     plan["n_pieces"] = -(-len(cells) // piece_tiles)
+    return _Job(reader, plan, info, ident, thumb, tissue_px, tissue, cells)
+
+
+def _reuse_or_reset(out: Path, job: _Job) -> dict[str, Any] | None:
+    """The finished folder's summary (``"reused": True``) when ``out`` holds the same plan complete; else
+    clear another plan's files, write the thumbnail, tissue masks and ``plan.json``, and return None."""
+    plan = job.plan
     try:
         old = read_json(out / PLAN) if (out / PLAN).is_file() else None
     except (OSError, ValueError, InterpError):
         old = None
     if old == plan and (out / "summary.json").is_file():  # finished with the same plan: reuse it as it is
-        close = getattr(reader, "close", None)
+        close = getattr(job.reader, "close", None)
         if callable(close):
             close()
         try:
@@ -180,25 +201,34 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
     if old != plan:
         _clear(out)
     (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete
-    Image.fromarray(thumb).save(out / "thumbnail.png")
-    Image.fromarray(tissue_px.astype(np.uint8) * 255).save(out / "tissue.png")
-    np.save(out / "tissue_tiles.npy", tissue, allow_pickle=False)
+    Image.fromarray(job.thumb).save(out / "thumbnail.png")
+    Image.fromarray(job.tissue_px.astype(np.uint8) * 255).save(out / "tissue.png")
+    np.save(out / "tissue_tiles.npy", job.tissue, allow_pickle=False)
     write_json(out / PLAN, plan)
-    t_open = time.perf_counter() - t0
+    return None
 
+
+def _compute_pieces(out: Path, job: _Job, loaded: Any, dev: torch.device, *, method: str, seed: int,
+                    batch_size: int, workers: int,
+                    progress: Callable[[int, int], None] | None) -> tuple[torch.device, float, int]:
+    """Compute the pieces not on disk yet, each written as soon as it is done; close the slide.
+    Returns ``(device used, compute seconds, tiles computed now)``."""
+    plan, cells, reader = job.plan, job.cells, job.reader
+    piece_tiles, tile, stride = plan["piece_tiles"], plan["tile_size"], plan["stride"]
+    input_size, m = plan["input_size"], plan["tile_map_size"]
     pieces = out / PIECES
     pieces.mkdir(exist_ok=True)
     work, dev = _placed_model(loaded.model, dev)
     opts = seed_option(method, seed)
     total = int(len(cells))
     done = sum(len(cells[k * piece_tiles:(k + 1) * piece_tiles]) for k in range(plan["n_pieces"])
-               if (pieces / _piece_name(k)).is_file())
+               if (pieces / piece_name(k)).is_file())
     t_compute, n_computed_now = 0.0, 0
     _write_progress(out, done, total, plan["n_pieces"])
     if progress is not None:
         progress(done, total)
     for k in range(plan["n_pieces"]):
-        path = pieces / _piece_name(k)
+        path = pieces / piece_name(k)
         if path.is_file():
             continue
         part = cells[k * piece_tiles:(k + 1) * piece_tiles]
@@ -220,11 +250,18 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
     close = getattr(reader, "close", None)
     if callable(close):
         close()
+    return dev, t_compute, n_computed_now
 
+
+def _write_results(out: Path, job: _Job, *, level: int, normalize: str, min_tissue: float, dev: torch.device,
+                   t0: float, t_open: float, t_compute: float, n_computed_now: int) -> dict[str, Any]:
+    """Assemble the pieces, write the maps, ``tiles.geojson`` and (last) ``summary.json``; return the summary."""
+    plan = job.plan
+    rows, cols = plan["grid"]
     t_write = time.perf_counter()
     maps_ = assemble(out, normalize=normalize)
     res = maps_.result
-    files = _write_maps(res, out)
+    files = write_maps(res, out)
     np.save(out / "saliency_slide.npy", maps_.saliency["slide"], allow_pickle=False)
     np.save(out / "saliency_tile.npy", maps_.saliency["tile"], allow_pickle=False)
     np.save(out / "entropy.npy", maps_.entropy, allow_pickle=False)
@@ -234,18 +271,19 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
     pred = res.pred
     counts = {c: int((pred == i).sum()) for i, c in enumerate(res.classes)}
     summary = {
-        "slide": info, "level": level, "slide_size": [W, H], "tile_size": tile,
-        "stride": stride, "input_size": input_size, "tile_map_size": m, "grid": [rows, cols], "downsample": d,
-        "map_size": [int(res.saliency.shape[1]), int(res.saliency.shape[0])], "method": method,
-        "normalize": normalize, "min_tissue": min_tissue, "limit_tiles": limit_tiles,
-        "tiles": {"total": rows * cols, "tissue": int(tissue.sum()), "computed": res.n_computed,
+        "slide": job.info, "level": level, "slide_size": plan["slide_size"], "tile_size": plan["tile_size"],
+        "stride": plan["stride"], "input_size": plan["input_size"], "tile_map_size": plan["tile_map_size"],
+        "grid": [rows, cols], "downsample": plan["downsample"],
+        "map_size": [int(res.saliency.shape[1]), int(res.saliency.shape[0])], "method": plan["method"],
+        "normalize": normalize, "min_tissue": min_tissue, "limit_tiles": plan["limit_tiles"],
+        "tiles": {"total": rows * cols, "tissue": int(job.tissue.sum()), "computed": res.n_computed,
                   "skipped": rows * cols - res.n_computed},
-        "pieces": {"count": plan["n_pieces"], "tiles_per_piece": piece_tiles},
+        "pieces": {"count": plan["n_pieces"], "tiles_per_piece": plan["piece_tiles"]},
         "class_counts": counts, "classes": res.classes,
         "timings": {"open_seconds": t_open, "explain_seconds": t_compute, "tiles_computed_now": n_computed_now,
                     "write_seconds": time.perf_counter() - t_write, "total_seconds": time.perf_counter() - t0,
                     "tiles_per_second": n_computed_now / t_compute if t_compute > 0 else None},
-        "device": str(dev), "run": ident, "files": files,
+        "device": str(dev), "run": job.ident, "files": files,
     }
     write_json(out / "summary.json", summary)
     summary["files"].append("summary.json")
@@ -259,9 +297,6 @@ def _slide_info(reader: Any, path: Path) -> dict[str, Any]:
     info["level0_size"] = list(dims[0]) if dims else list(reader.size)
     return info
 
-
-def _piece_name(k: int) -> str:
-    return f"{k:05d}.npz"
 
 
 def _clear(out: Path) -> None:
@@ -303,194 +338,6 @@ def read_progress(out: str | Path) -> dict[str, Any]:
     return prog
 
 
-@dataclass
-class SlideMaps:
-    """What a job folder holds so far: ``result`` (a ``SlideResult``; its ``saliency`` per the
-    normalisation asked), ``saliency`` both normalisations (``"slide"``, ``"tile"``), ``entropy``
-    (per-pixel mean predictive entropy of the tiles covering it, nats), ``tile_saliency`` float
-    ``[rows, cols]`` each tile's mean ``|map|`` (raw), ``pieces_done``/``n_pieces``, ``plan``."""
-
-    result: Any
-    saliency: dict[str, np.ndarray]
-    entropy: np.ndarray
-    tile_saliency: np.ndarray
-    pieces_done: int
-    n_pieces: int
-    plan: dict[str, Any]
-    tile_cells: np.ndarray | None = None
-    tile_maps: np.ndarray | None = None
-    slide_scale: float = 1.0
-
-    @property
-    def complete(self) -> bool:
-        return self.pieces_done == self.n_pieces
-
-    def native_maps(self, normalize: str = "slide") -> np.ndarray:
-        """float32 ``[n, m, m]``: each computed tile's own map as computed (``tile_cells`` gives its
-        ``(row, col)``), on the same scale as ``saliency[normalize]``: divided by the slide-wide
-        divisor of the stitched map (``"slide"``) or by its own maximum ``|value|`` (``"tile"``)."""
-        maps = self.tile_maps if self.tile_maps is not None else np.zeros((0, 1, 1), np.float32)
-        if normalize == "tile":
-            top = np.abs(maps).reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
-            return (maps / np.where(top > 0, top, 1.0)[:, None, None]).astype(np.float32)
-        return (maps / self.slide_scale).astype(np.float32) if self.slide_scale > 0 else maps
-
-
-def assemble(out: str | Path, *, normalize: str = "slide") -> SlideMaps:
-    """Stitch the pieces found in job folder ``out`` (all of them, or those done so far) into maps.
-
-    Overlapping tiles are averaged (``slide._stitch``); ``"slide"`` normalisation divides the
-    stitched raw maps by their maximum ``|value|`` over the slide, ``"tile"`` max-normalises each
-    tile's map before stitching (``slide`` module docstring).
-    """
-
-    out = Path(out)
-    if not (out / PLAN).is_file():
-        raise InterpError(f"{out}: no explain-slide results here (no {PLAN})")
-    plan = read_json(out / PLAN)
-    rows, cols = plan["grid"]
-    C = len(plan["classes"])
-    thumb = np.asarray(Image.open(out / "thumbnail.png").convert("RGB"))
-    tissue_px = np.asarray(Image.open(out / "tissue.png")) > 0
-    tissue = np.load(out / "tissue_tiles.npy", allow_pickle=False)
-    ht, wt = thumb.shape[:2]
-    probs = np.full((rows, cols, C), np.nan, np.float32)
-    tile_sal = np.full((rows, cols), np.nan, np.float32)
-    acc = {"slide": np.zeros((ht, wt), np.float64), "tile": np.zeros((ht, wt), np.float64)}
-    cnt = {"slide": np.zeros((ht, wt), np.float32), "tile": np.zeros((ht, wt), np.float32)}
-    done = 0
-    all_cells, all_maps = [], []
-    T, S, d = int(plan["tile_size"]), int(plan["stride"]), int(plan["downsample"])
-    for k in range(int(plan["n_pieces"])):
-        f = out / PIECES / _piece_name(k)
-        if not f.is_file():
-            continue
-        with np.load(f, allow_pickle=False) as z:
-            cells, p, maps = z["cells"], z["probs"], z["maps"]
-        idx = [(int(r), int(c)) for r, c in cells]
-        mt = torch.from_numpy(maps)
-        _stitch(mt, idx, S, T, d, acc["slide"], cnt["slide"])
-        _stitch(normalize_max(mt), idx, S, T, d, acc["tile"], cnt["tile"])
-        probs[cells[:, 0], cells[:, 1]] = p
-        tile_sal[cells[:, 0], cells[:, 1]] = np.abs(maps).reshape(len(maps), -1).mean(1)
-        all_cells.append(cells)
-        all_maps.append(maps)
-        done += 1
-    sal = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for key in acc:
-            sal[key] = np.where(cnt[key] > 0, acc[key] / np.maximum(cnt[key], 1), np.nan).astype(np.float32)
-    finite = sal["slide"][np.isfinite(sal["slide"])]
-    top = float(np.abs(finite).max()) if finite.size else 0.0
-    if top > 0:
-        sal["slide"] /= top
-    n_computed = int(np.isfinite(probs[..., 0]).sum())
-    res = SlideResult(tile_size=T, stride=S, grid_shape=(rows, cols), probs=probs,
-                      saliency=sal["slide"] if normalize != "tile" else sal["tile"], tissue=tissue, downsample=d,
-                      classes=list(plan["classes"]), seconds=0.0, n_tiles=rows * cols, n_computed=n_computed,
-                      slide_size=tuple(plan["slide_size"]), method=plan["method"], normalize=normalize,
-                      input_size=plan["input_size"], thumbnail=thumb, tissue_map=tissue_px)
-    if normalize == "none":
-        res.saliency = np.where(cnt["slide"] > 0, acc["slide"] / np.maximum(cnt["slide"], 1), np.nan).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ent = -np.nansum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0.0), axis=-1)
-    ent = np.where(np.isfinite(probs[..., 0]), ent, np.nan).astype(np.float32)
-    m = int(plan["tile_map_size"])
-    return SlideMaps(result=res, saliency=sal, entropy=res.tile_value_map(ent), tile_saliency=tile_sal,
-                     pieces_done=done, n_pieces=int(plan["n_pieces"]), plan=plan,
-                     tile_cells=np.concatenate(all_cells) if all_cells else np.zeros((0, 2), np.int32),
-                     tile_maps=np.concatenate(all_maps) if all_maps else np.zeros((0, m, m), np.float32),
-                     slide_scale=top if top > 0 else 1.0)
-
-
-def tiles_geojson(maps: SlideMaps, plan: dict[str, Any]) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection QuPath imports: one ``Polygon`` per computed tile in level-0 pixels.
-
-    Tile ``(r, c)`` of level ``L`` (downsample ``ds``) covers level-0 pixels
-    ``[c*stride*ds, (c*stride + tile)*ds) x [r*stride*ds, (r*stride + tile)*ds)``, clipped to the
-    slide. ``properties``: ``objectType`` "tile", ``classification`` ``{name, color}`` (predicted
-    class), ``measurements``: ``prob_<class>`` per class, ``entropy`` (nats), ``saliency_mean_abs``
-    (mean ``|map|`` of the tile, raw) and ``saliency_mass`` (the tile's share of the slide's total
-    ``|map|``, so the masses sum to 1), and ``row``/``col`` of the grid. ``id``: a UUID (QuPath reads
-    the object id as one), the same for the same grid tile of the same run and grid, different for
-    another run. The shape follows what QuPath 0.4/0.5 reads (``QuPathTypeAdapters.PathObjectTypeAdapter``:
-    ``objectType`` "tile" makes a tile object; a classification object needs ``name`` and an RGB
-    ``color`` array; measurements as a name -> number map); see ``docs/slides.md``.
-    """
-    res = maps.result
-    ds = float(plan["level_downsample"])
-    W0, H0 = plan["level0_size"]
-    T, S = int(plan["tile_size"]), int(plan["stride"])
-    total = float(np.nansum(maps.tile_saliency))
-    # ids differ between runs and grids, so two runs' files imported into one QuPath image never share an id
-    key = (f"interp-core/tile/{plan.get('weights_sha1', '')}/{plan.get('slide_bytes', '')}/L{plan.get('level', 0)}"
-           f"/t{T}/s{S}")
-    feats = []
-    for r, c in zip(*np.nonzero(np.isfinite(res.probs[..., 0]))):
-        r, c = int(r), int(c)
-        x0, y0 = c * S * ds, r * S * ds
-        x1, y1 = min((c * S + T) * ds, W0), min((r * S + T) * ds, H0)
-        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-        p = res.probs[r, c]
-        k = int(np.argmax(p))
-        ent = float(-np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-30)), 0.0)))
-        meas = {f"prob_{name}": float(p[i]) for i, name in enumerate(res.classes)}
-        meas.update({"entropy": ent, "saliency_mean_abs": float(maps.tile_saliency[r, c]),
-                     "saliency_mass": float(maps.tile_saliency[r, c]) / total if total > 0 else 0.0,
-                     "row": r, "col": c})
-        color = list(CLASS_COLORS[k % len(CLASS_COLORS)])
-        feats.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}/{r}/{c}")),
-                      "geometry": {"type": "Polygon", "coordinates": [ring]},
-                      "properties": {"objectType": "tile", "classification": {"name": res.classes[k], "color": color},
-                                     "measurements": meas}})
-    return {"type": "FeatureCollection", "features": feats}
-
-
-def write_geojson(path: str | Path, collection: dict[str, Any]) -> None:
-    """Write a GeoJSON object atomically (strict JSON)."""
-    write_json(path, collection)
-
-
-def _write_maps(res: Any, out: Path) -> list[str]:
-    """Write the PNG and .npy maps of a ``SlideResult``; return the file names."""
-    out.mkdir(parents=True, exist_ok=True)
-    thumb = res.thumbnail
-    written: list[str] = []
-
-    def png(name: str, arr: np.ndarray) -> None:
-        Image.fromarray(arr).save(out / name)
-        written.append(name)
-
-    def npy(name: str, arr: np.ndarray) -> None:
-        np.save(out / name, arr, allow_pickle=False)
-        written.append(name)
-
-    png("thumbnail.png", thumb)
-    png("tissue.png", (res.tissue_map.astype(np.uint8) * 255))
-    sal = res.saliency
-    npy("saliency.npy", sal.astype(np.float32))
-    finite = sal[np.isfinite(sal)]
-    vmin, vmax = display_range(finite if finite.size else np.zeros(1), clip_percentile=99.0)
-    png("saliency.png", overlay_nan(thumb, sal, vmin, vmax, cmap="inferno"))
-    npy("probs.npy", res.probs.astype(np.float32))
-    npy("prediction.npy", res.pred.astype(np.int64))
-    prob_maps = [res.prob_map(i) for i in range(len(res.classes))]
-    for name, pm in zip(res.classes, prob_maps):
-        png(f"probability_{_safe_name(name)}.png", overlay_nan(thumb, pm, 0.0, 1.0, cmap="viridis"))
-    stack = np.stack(prob_maps)
-    covered = np.isfinite(stack[0])
-    cls = np.where(covered, np.argmax(np.nan_to_num(stack, nan=-1.0), axis=0), -1)
-    colors = np.asarray([CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(res.classes))], np.uint8)
-    pred_img = thumb.copy()
-    pred_img[covered] = (0.4 * thumb[covered] + 0.6 * colors[cls[covered]]).astype(np.uint8)
-    png("prediction.png", pred_img)
-    return written
-
-
-def _safe_name(name: str) -> str:
-    """A class name as a file-name fragment (letters, digits, ``-``, ``_``; others become ``_``)."""
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "class"
-
 
 def results_dir(run: str | Path, slide: str | Path, *, level: int = 0, method: str = "saliency",
                 tile_size: int | None = None, stride: int | None = None) -> Path:
@@ -515,7 +362,7 @@ def start_background(run: str | Path, slide: str | Path, out: str | Path, *, lev
     """Start ``python -m interp_core explain-slide`` for ``out`` in a detached process; return its pid.
 
     The process takes the folder's lock while it works (``job_running``), writes its pieces as it
-    goes (``read_progress``, ``assemble`` show them) and its stderr to ``.<out name>.log`` beside
+    goes (``read_progress``, ``maps.assemble`` show them) and its stderr to ``.<out name>.log`` beside
     ``out``. Nothing is started when a job already holds the folder (returns 0).
     """
     out = Path(out)
@@ -545,131 +392,3 @@ def job_log_tail(out: str | Path, n: int = 5) -> str:
         return "\n".join(log.read_text(errors="replace").strip().splitlines()[-n:])
     except OSError:
         return ""
-
-
-# -- what the Slide page shows (Streamlit-free; the page and ui/slide_page.py only draw it) -----------
-
-#: The Slide page's overlays: id -> label.
-OVERLAYS = {"none": "no overlay", "probability": "class probability per tile", "saliency": "saliency (stitched)",
-            "entropy": "uncertainty (predictive entropy)", "tissue": "tissue mask"}
-#: Each overlay's default colour map.
-OVERLAY_CMAPS = {"probability": "viridis", "saliency": "inferno", "entropy": "magma", "tissue": "Greens"}
-
-
-def default_pair(entries: list, dataset: str | None) -> list[str]:
-    """Keys of the two runs the viewers show first: ``dataset``'s baseline (objective ``erm``) and its
-    SCAAT retrain when both exist; else the first two runs (the same one twice when there is one).
-    ``entries`` have ``key``, ``dataset`` and ``config`` (``interp_core.catalog`` entries)."""
-    pool = [e for e in entries if e.dataset == dataset] or entries
-    base = [e.key for e in pool if e.config.get("objective") == "erm"]
-    scaat = [e.key for e in pool if e.config.get("objective") == "scaat"]
-    pair = (base[:1] + scaat[:1]) if base and scaat else [e.key for e in pool[:2]]
-    return pair if len(pair) == 2 else (pair * 2)[:2]
-
-
-def dataset_for_slide(datasets: set[str], slide: str | Path) -> str | None:
-    """The dataset a slide is named after (``synthetic-he.tiff`` -> ``synthetic-he``), or None.
-    The longest matching name wins (``synthetic-he-biased`` over ``synthetic-he``)."""
-    stem = Path(slide).stem
-    hits = [d for d in datasets if d and stem.startswith(d)]
-    return max(hits, key=len) if hits else None
-
-
-def tile_stride(size: int, step: str) -> int:
-    """The page's tile step: ``"tile"`` (no overlap) or ``"half"`` (half a tile; overlaps averaged)."""
-    return size if step == "tile" else max(1, size // 2)
-
-
-def overlay_values(m: SlideMaps | None, show: str, cls: str, normalize: str) -> np.ndarray | None:
-    """The map a viewer overlays for ``show`` (see ``OVERLAYS``), NaN where nothing was computed; None
-    for no overlay or no results yet."""
-    if m is None or show == "none":
-        return None
-    r = m.result
-    if show == "probability":
-        return r.prob_map(r.classes.index(cls)) if cls in r.classes else None
-    if show == "saliency":
-        return m.saliency[normalize]
-    if show == "entropy":
-        return m.entropy
-    return r.tissue_map.astype(np.float32)
-
-
-def overlay_scale(values: list[np.ndarray | None], show: str, normalize: str, classes: list[str],
-                  cls: str) -> tuple[float, float, str]:
-    """One colour scale ``(vmin, vmax, label)`` for both viewers: saliency from 0 (or ``-top`` when
-    signed) to the 99.5th percentile of ``|value|`` over both maps; entropy 0..log(classes) nats;
-    probability and tissue 0..1."""
-    finite = [v[np.isfinite(v)] for v in values if v is not None and np.isfinite(v).any()]
-    if show == "saliency" and finite:
-        both = np.concatenate(finite)
-        top = float(np.percentile(np.abs(both), 99.5)) or 1.0
-        return (-top if both.min() < 0 else 0.0), top, \
-            f"saliency ({'slide-wide' if normalize == 'slide' else 'per tile'})"
-    if show == "entropy":
-        return 0.0, float(np.log(max(2, len(classes)))), "entropy (nats)"
-    if show == "probability":
-        return 0.0, 1.0, f"p({cls})"
-    return 0.0, 1.0, "tissue"
-
-
-def native_tile_maps(m: SlideMaps, normalize: str) -> TileMaps:
-    """Each tile's saliency map as computed, placed in level-0 pixels (``deepzoom.TileMaps``): what the
-    viewer shows deeper than the stitched map."""
-    ds = float(m.plan["level_downsample"])
-    return TileMaps(m.tile_cells, m.native_maps(normalize), m.plan["tile_size"] * ds, m.plan["stride"] * ds,
-                    tuple(m.plan["grid"]))
-
-
-def viewer_grid(plan: dict[str, Any] | None) -> dict[str, float] | None:
-    """The tile grid in level-0 pixels (the viewer maps a click to a tile with it), None before results."""
-    if plan is None:
-        return None
-    ds = float(plan["level_downsample"])
-    return {"tile": plan["tile_size"] * ds, "stride": plan["stride"] * ds, "rows": plan["grid"][0],
-            "cols": plan["grid"][1]}
-
-
-def css_ramp(cmap: str) -> list[str]:
-    """The colour map as 9 CSS colours (the legend's gradient)."""
-    lut = colormap_lut(cmap)
-    return [f"rgb({r},{g},{b})" for r, g, b in lut[::32].tolist() + [lut[-1].tolist()]]
-
-
-def job_state(p: dict[str, Any]) -> str:
-    """A viewer title's job state: done, tiles so far, or not explained yet."""
-    return "done" if p["complete"] else (f"{p['done']:,}/{p['total']:,} tiles" if p["total"] else "not explained yet")
-
-
-def stored_tile_metrics(m: SlideMaps | None, row: int, col: int) -> dict[str, float | None]:
-    """What explain-slide stored for tile (row, col): p(predicted class), entropy (nats) and the
-    tile's share of the slide's |saliency|; empty when the tile was not computed."""
-    if m is None or not np.isfinite(m.result.probs[row, col, 0]):
-        return {}
-    pr = m.result.probs[row, col]
-    total = float(np.nansum(m.tile_saliency))
-    return {"explain-slide p(pred)": float(pr.max()),
-            "entropy (nats)": float(-(pr * np.log(np.maximum(pr, 1e-30))).sum()),
-            "saliency mass (share of slide)": float(m.tile_saliency[row, col]) / total if total else None}
-
-
-def change_map(left: np.ndarray, right: np.ndarray) -> np.ndarray | None:
-    """Right minus left, each map divided by its own maximum ``|value|`` (None when shapes differ)."""
-    if left.shape != right.shape:
-        return None
-    return right / (float(np.abs(right).max()) or 1.0) - left / (float(np.abs(left).max()) or 1.0)
-
-
-def stitched_view(slide: str | Path, m: SlideMaps | None, values: np.ndarray | None, vmin: float, vmax: float,
-                  cmap: str, alpha: float, map_side: int = 1024) -> np.ndarray:
-    """uint8 RGB: the stitched overlay on the slide's thumbnail (the job's own thumbnail when there are
-    results, else one of at most ``map_side`` px a side), what the page shows when the deep-zoom
-    viewer is unavailable."""
-    if m is not None:
-        thumb = m.result.thumbnail
-    else:
-        reader = open_slide(slide)
-        thumb = read_thumbnail(reader, map_downsample(reader.size, map_side))
-    if values is None or values.shape != thumb.shape[:2]:
-        return thumb
-    return overlay_nan(thumb, values, vmin, vmax, cmap=cmap, alpha=float(alpha))

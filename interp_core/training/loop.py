@@ -18,12 +18,10 @@ rounding, not the algorithm.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,146 +31,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .. import __version__
-from ..data import dataset_classes, infer_image_size, open_split
-from .._utils.device import (CHANNELS_LAST_MODES, PRECISIONS, autocast, loader_transfer, memory_format, needs_grad_scaler,
-                      resolve_precision, seed_everything)
+from ..data import open_split
+from .._utils.device import (autocast, loader_transfer, memory_format, needs_grad_scaler, resolve_precision,
+                             seed_everything)
 from ..errors import InterpError, RunError, TrainingDiverged
-from ..models import is_zoo_name, zoo_defaults
 from ..models.weights import load_into_network, read_state_dict
 from .._utils.io import is_temp_file, remove_stale_temp_files
-from ..runs import (CONFIG, FORMAT_VERSION, HISTORY, PATH_KEYS, PROGRESS, WEIGHTS, LoadedRun, build_model, load_run,
-                    load_tensors, load_weights_into, portable_path, read_history, read_json,
-                    recorded_path, run_interpolation,
-                    save_model_weights, validate_config, write_json, write_jsonl)
+from ..runs import (CONFIG, HISTORY, PROGRESS, WEIGHTS, LoadedRun, build_model, load_tensors, load_weights_into,
+                    read_history, read_json, run_interpolation, save_model_weights, write_json, write_jsonl)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (SINGLE, DistInfo, StepSync, all_reduce_sum, barrier, broadcast_tensor,
                           convert_cross_rank_batchnorm, describe, init_distributed, per_rank_batch_size, rank_seed, ranks_agree,
                           shard, shutdown_distributed, train_sampler, wrap_model)
 from .objectives import get_objective, options_from_dict
 from .objectives.base import EpochContext, StepContext
-
-#: Learning rates (METHODS.md section 5: fine-tuning at 1e-3 was unstable, 1e-4 stable).
-DEFAULT_LR_SCRATCH = 1e-3
-DEFAULT_LR_FINETUNE = 1e-4
-#: Settings that must match to resume an existing run directory.
-RESUME_KEYS = ("data", "objective", "objective_options", "arch", "epochs", "batch_size", "lr", "optimizer",
-               "weight_decay", "schedule", "seed", "init", "image_size", "val_fraction")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in config.json)."""
-
-    data: str
-    out: str
-    objective: str = "erm"
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    arch: str | None = None  # default smallcnn, or the init run's
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float | None = None  # default: 1e-3 from scratch, 1e-4 when fine-tuning (--init)
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    seed: int = 0
-    init: str | None = None
-    weights: str | None = None
-    image_size: int | None = None
-    val_fraction: float = 0.2
-    workers: int = 0
-    device: str = "auto"
-    max_grad_norm: float | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (device.resolve_precision)
-    channels_last: str = "auto"  # auto (CUDA and CPU) | on | off
-    compile: bool = False  # wrap the training model in torch.compile
-    compile_backend: str = "inductor"
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    history: list[dict]
-    already_finished: bool = False
-    best_epoch: int | None = None
-    best_val_accuracy: float | None = None
-
-
-def _check(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1:
-        raise InterpError(f"--epochs must be at least 1 (got {cfg.epochs})")
-    if cfg.batch_size < 2:
-        raise InterpError(f"--batch-size must be at least 2 for BatchNorm (got {cfg.batch_size})")
-    if cfg.lr is not None and not (0 < cfg.lr < 10):
-        raise InterpError(f"--lr must be positive and sensible (got {cfg.lr})")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise InterpError(f"--optimizer must be adamw or sgd (got {cfg.optimizer!r})")
-    if cfg.schedule not in ("cosine", "constant"):
-        raise InterpError(f"--schedule must be cosine or constant (got {cfg.schedule!r})")
-    if not 0 < cfg.val_fraction < 1:
-        raise InterpError("--val-fraction must be in (0, 1)")
-    if cfg.precision not in PRECISIONS:
-        raise InterpError(f"--precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
-    if cfg.channels_last not in CHANNELS_LAST_MODES:
-        raise InterpError(f"--channels-last must be one of {', '.join(CHANNELS_LAST_MODES)} (got {cfg.channels_last!r})")
-
-
-def _resolve_config(cfg: TrainConfig) -> tuple[dict, LoadedRun | None]:
-    """Fill defaults (arch and lr from --init), validate options; return the config dict to store."""
-    _check(cfg)
-    init_run = load_run(cfg.init) if cfg.init else None
-    arch = cfg.arch or (init_run.config["arch"] if init_run else "smallcnn")
-    if init_run and arch != init_run.config["arch"]:
-        raise RunError(f"--arch {arch} differs from the --init run's architecture {init_run.config['arch']}")
-    classes = dataset_classes(cfg.data) if not str(cfg.data).endswith(".npz") else open_split(cfg.data, "train").classes
-    if init_run and init_run.classes != classes:
-        raise RunError(f"the --init run was trained on classes {init_run.classes}, the data has {classes}")
-    obj_cls = get_objective(cfg.objective)
-    options = options_from_dict(obj_cls, cfg.objective_options)
-    image_size = cfg.image_size or (init_run.config["image_size"] if init_run else None)
-    if image_size is None:
-        image_size = infer_image_size(open_split(cfg.data, "train"))
-    arch_options = dict(init_run.config.get("arch_options") or {}) if init_run else {}
-    if "image_size" in arch_options:
-        arch_options["image_size"] = int(image_size)
-    if is_zoo_name(arch) and not init_run:  # timm/torchvision: normalisation and interpolation of the architecture
-        d = zoo_defaults(arch)
-        arch_options = {"mean": d["mean"], "std": d["std"], "image_size": int(image_size),
-                        "interpolation": d["interpolation"]}
-    lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if init_run else DEFAULT_LR_SCRATCH)
-    stored = {
-        "format_version": FORMAT_VERSION,
-        "interp_core_version": __version__,
-        "arch": arch,
-        "arch_options": arch_options,
-        "num_classes": len(classes),
-        "classes": classes,
-        "image_size": int(image_size),
-        "data": portable_path(cfg.data, cfg.out),
-        "objective": cfg.objective,
-        "objective_options": dataclasses.asdict(options),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": lr,
-        "optimizer": cfg.optimizer,
-        "weight_decay": cfg.weight_decay,
-        "momentum": cfg.momentum,
-        "schedule": cfg.schedule,
-        "seed": cfg.seed,
-        "init": portable_path(cfg.init, cfg.out) if cfg.init else None,
-        "prior_epochs": (int(init_run.config["epochs"]) + int(init_run.config.get("prior_epochs", 0))) if init_run else 0,
-        "weights": portable_path(cfg.weights, cfg.out) if cfg.weights else None,
-        "val_fraction": cfg.val_fraction,
-        "max_grad_norm": cfg.max_grad_norm,
-        # engineering settings of the first launch (speed and rounding, not the algorithm); old runs lack them
-        "precision": cfg.precision,
-        "channels_last": cfg.channels_last,
-        "compile": bool(cfg.compile),
-        "sync_bn": bool(cfg.sync_bn),
-    }
-    return validate_config(stored), init_run
+from .config import TrainConfig, TrainResult, _resolve_config, _same_settings
 
 
 def _lr_at(cfg: dict, epoch: int) -> float:
@@ -246,20 +119,6 @@ class _ProgressFile:
             write_json(self.path, {**info, "updated": now})
 
 
-#: settings that change the computation but came after runs were first written: a run stored
-#: without them used these values
-RESUME_KEYS_WITH_DEFAULTS = {"precision": "auto", "sync_bn": False}
-
-
-def _same_settings(stored: dict, new: dict, run_dir: Path) -> list[str]:
-    """Names of the settings that differ between a stored run and the command resuming it (paths
-    compared as the files they name, so a run recorded with absolute paths resumes too)."""
-    def value(cfg: dict, k: str) -> Any:
-        return recorded_path(cfg, k, run_dir) if k in PATH_KEYS else cfg.get(k)
-    differ = [k for k in RESUME_KEYS if value(stored, k) != value(new, k)]
-    return differ + [k for k, d in RESUME_KEYS_WITH_DEFAULTS.items() if stored.get(k, d) != new.get(k, d)]
-
-
 def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume, or report finished) the run ``cfg.out``; see the module docstring.
 
@@ -284,77 +143,20 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     stored_cfg, init_run = _resolve_config(cfg)
     precision = resolve_precision(device, cfg.precision)
     rank_batch = per_rank_batch_size(cfg.batch_size, info)
-
-    # every rank inspects the run directory before rank 0 writes anything (ranks_agree syncs them)
-    resume_folder, finished = None, False
-    if run_dir.exists() and any(not is_temp_file(p) for p in run_dir.iterdir()):
-        if not (run_dir / CONFIG).is_file():
-            raise RunError(f"{run_dir}: exists, is not empty and is not a run; choose another --out")
-        old = read_json(run_dir / CONFIG)
-        diff = _same_settings(old, stored_cfg, run_dir)
-        if diff:
-            raise RunError(f"{run_dir}: an existing run with different settings ({', '.join(diff)}); "
-                           "use the same command to resume it or another --out")
-        state = read_json(run_dir / PROGRESS) if (run_dir / PROGRESS).is_file() else {}
-        finished = state.get("state") == "finished" and (run_dir / WEIGHTS).is_file()
-        if not finished:
-            resume_folder = latest_checkpoint(run_dir)
-        stored_cfg = old
-    decision = -1 if finished else (int(read_json(resume_folder / "state.json")["epoch_done"]) if resume_folder else 0)
-    if not ranks_agree(decision, info):
-        raise RunError(f"{run_dir}: the processes see different states of the run directory; --out must be on a "
-                       "filesystem shared by every node")
+    stored_cfg, resume_folder, finished = _inspect_run_dir(run_dir, stored_cfg, info)
     if finished:
         log(f"{run_dir}: run already finished ({stored_cfg['epochs']} epochs); nothing to do")
         return TrainResult(run_dir, read_history(run_dir), already_finished=True)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(run_dir)
-        write_json(run_dir / CONFIG, stored_cfg)
-    if info.enabled:
-        log(f"data-parallel: {describe(info, device)}; {rank_batch} samples per process and step "
-            f"(global batch {cfg.batch_size}){'; BatchNorm over the global batch' if cfg.sync_bn else ''}")
+    _start_run_dir(cfg, run_dir, stored_cfg, info, device, rank_batch, log)
 
     seed_everything(cfg.seed)
-    image_size = stored_cfg["image_size"]
-    interp = run_interpolation(stored_cfg)
-    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed, interpolation=interp,
-                          val_fraction=cfg.val_fraction)
-    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed, interpolation=interp,
-                               val_fraction=cfg.val_fraction)
-    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                        interpolation=interp)
-    if len(train_ds) < max(2, info.world_size):
-        raise InterpError(f"{cfg.data}: the train split needs at least {max(2, info.world_size)} images")
-
-    model = build_model(stored_cfg)
-    if init_run is not None:
-        model.load_state_dict(init_run.model.state_dict())
-    elif cfg.weights and hasattr(model, "net"):  # timm/torchvision: the network's own state dict, read safely
-        for note in load_into_network(model.net, read_state_dict(cfg.weights), cfg.weights):
-            log(note)
-    elif cfg.weights:
-        load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
-    if cfg.sync_bn and info.enabled:
-        if (stored_cfg.get("objective_options") or {}).get("bn_stats") == "clean":
-            # the clean half's recorded statistics would be this rank's, not the global batch's
-            raise InterpError("--bn-stats clean does not combine with --sync-bn under torchrun; use separate or joint")
-        convert_cross_rank_batchnorm(model)  # same parameters and buffers, so checkpoints are unchanged
-    fmt = memory_format(device, cfg.channels_last)
-    model.to(device).to(memory_format=fmt)
+    train_ds, train_eval_ds, val_ds = _open_splits(cfg, stored_cfg, info)
+    model, fmt = _build_model(cfg, stored_cfg, init_run, info, device, log)
     optimizer = _make_optimizer(stored_cfg, model)
     obj_cls = get_objective(stored_cfg["objective"])
     objective = obj_cls(options_from_dict(obj_cls, stored_cfg["objective_options"]), num_train=len(train_ds))
 
-    history: list[dict] = []
-    start_epoch, best = 0, {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": None}
-    if resume_folder is not None:  # every rank loads the same checkpoint
-        state, obj_tensors = load_checkpoint(resume_folder, model, optimizer)
-        objective.load_state_tensors(obj_tensors)
-        start_epoch = int(state["epoch_done"])
-        history = list(state.get("history", []))
-        best = state.get("best", best)
-        log(f"{run_dir}: resuming after epoch {start_epoch} of {stored_cfg['epochs']}")
+    start_epoch, history, best = _resume(resume_folder, model, optimizer, objective, run_dir, stored_cfg, log)
     train_model = wrap_model(model, info, device)  # `model` stays the plain module (eval passes, saving)
     if cfg.compile:
         train_model = _compile(train_model, cfg.compile_backend)
@@ -389,43 +191,11 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
             epoch=epoch, total_epochs=epochs, model=model, train_eval_loader=train_eval_loader, device=device,
             run_dir=run_dir if main else None, generator=step_gen, sample_ids=train_eval_ds.ids, progress=progress,
             prior_epochs=prior_epochs, dist=info))
-        train_model.train()
-        sums: dict[str, float] = {}
-        n_batches, loss_sum = 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
-                   leave=False, dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            batch = _to_device(batch, device, fmt, xfer["non_blocking"])
-            ctx = StepContext(epoch=epoch, step=step, steps_per_epoch=len(loader), device=device, generator=step_gen,
-                              prior_epochs=prior_epochs)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision=precision):
-                loss, extras = objective.batch_loss(train_model, batch, ctx)
-            if not info.enabled and not torch.isfinite(loss):
-                _diverged(run_dir, pfile, epoch, step, "loss", history)
-            # DDP all-reduces the gradients inside this one backward; no rank may stop before it
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            loss_value, extras = step_sync(loss, extras)  # rank means; BatchNorm buffers averaged
-            if not math.isfinite(loss_value):
-                _diverged(run_dir, pfile, epoch, step, "loss", history)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-            if not torch.isfinite(gnorm) and scaler is None:  # fp16: the scaler skips the step and rescales
-                _diverged(run_dir, pfile, epoch, step, "gradients", history)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            loss_sum += loss_value
-            n_batches += 1
-            for k, v in extras.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
-            _progress(pfile, state="running", epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
-                      train_loss=loss_sum / n_batches, phase="train", pid=_pid(), processes=info.world_size)
-        bar.close()
+        loss_sum, n_batches, sums = _train_epoch(
+            cfg, info, device, run_dir, pfile, history, train_model=train_model, model=model, loader=loader,
+            objective=objective, optimizer=optimizer, scaler=scaler, step_sync=step_sync, fmt=fmt, xfer=xfer,
+            precision=precision, epoch=epoch, epochs=epochs, step_gen=step_gen, prior_epochs=prior_epochs,
+            progress=progress)
         _progress(pfile, force=True, state="running", epoch=epoch, epochs=epochs, step=len(loader), steps=len(loader),
                   phase="validation", pid=_pid(), processes=info.world_size)
         val_loss, val_acc = evaluate_loss_accuracy(model, val_loader, device, precision=precision, dist=info)
@@ -433,26 +203,174 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
                   "val_accuracy": val_acc, "lr": lr, "epoch_seconds": time.time() - t0}
         record.update({k: v / max(1, n_batches) for k, v in sums.items()})
         record.update(extras_epoch)
-        improved = (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
-        # the reduced numbers are identical on every rank already; rank 0's decision is broadcast anyway
-        improved = bool(broadcast_tensor(torch.tensor([int(improved)]), info)[0])
-        if improved:
-            best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
-            if main:
-                save_model_weights(model, run_dir / WEIGHTS, stored_cfg)
-        record["best_epoch"] = best["epoch"]
-        history.append(record)
-        if main:
-            save_checkpoint(run_dir, epoch + 1, model, optimizer, objective.state_tensors(),
-                            {"history": history, "best": best})
-            write_jsonl(run_dir / HISTORY, history)
-        barrier(info)  # the other ranks wait until rank 0 has written the epoch
+        best = _end_epoch(run_dir, info, stored_cfg, model, optimizer, objective, history, record, best,
+                          epoch=epoch, val_loss=val_loss, val_acc=val_acc)
         log(f"epoch {epoch + 1}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}  "
             f"val_acc {val_acc:.4f}  ({record['epoch_seconds']:.1f}s)")
     _progress(pfile, force=True, state="finished", epoch=epochs, epochs=epochs, step=0, steps=0, phase="done",
               best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"])
     barrier(info)
     return TrainResult(run_dir, history, best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"])
+
+
+def _inspect_run_dir(run_dir: Path, stored_cfg: dict, info: DistInfo) -> tuple[dict, Path | None, bool]:
+    """``(config, checkpoint folder to resume or None, finished)`` of ``run_dir``: the stored config when
+    it holds a run with the same settings (else ``RunError``). Every rank inspects the run directory
+    before rank 0 writes anything (``ranks_agree`` syncs them)."""
+    resume_folder, finished = None, False
+    if run_dir.exists() and any(not is_temp_file(p) for p in run_dir.iterdir()):
+        if not (run_dir / CONFIG).is_file():
+            raise RunError(f"{run_dir}: exists, is not empty and is not a run; choose another --out")
+        old = read_json(run_dir / CONFIG)
+        diff = _same_settings(old, stored_cfg, run_dir)
+        if diff:
+            raise RunError(f"{run_dir}: an existing run with different settings ({', '.join(diff)}); "
+                           "use the same command to resume it or another --out")
+        state = read_json(run_dir / PROGRESS) if (run_dir / PROGRESS).is_file() else {}
+        finished = state.get("state") == "finished" and (run_dir / WEIGHTS).is_file()
+        if not finished:
+            resume_folder = latest_checkpoint(run_dir)
+        stored_cfg = old
+    decision = -1 if finished else (int(read_json(resume_folder / "state.json")["epoch_done"]) if resume_folder else 0)
+    if not ranks_agree(decision, info):
+        raise RunError(f"{run_dir}: the processes see different states of the run directory; --out must be on a "
+                       "filesystem shared by every node")
+    return stored_cfg, resume_folder, finished
+
+
+def _start_run_dir(cfg: TrainConfig, run_dir: Path, stored_cfg: dict, info: DistInfo, device: torch.device,
+                   rank_batch: int, log: Callable[[str], None]) -> None:
+    """Rank 0 creates the run directory (stale temporary files removed) and writes its config; under
+    torchrun the data-parallel setup is logged."""
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(run_dir)
+        write_json(run_dir / CONFIG, stored_cfg)
+    if info.enabled:
+        log(f"data-parallel: {describe(info, device)}; {rank_batch} samples per process and step "
+            f"(global batch {cfg.batch_size}){'; BatchNorm over the global batch' if cfg.sync_bn else ''}")
+
+
+def _resume(resume_folder: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any,
+            run_dir: Path, stored_cfg: dict, log: Callable[[str], None]) -> tuple[int, list[dict], dict]:
+    """``(first epoch to run, history, best so far)``: from the checkpoint ``resume_folder`` (model,
+    optimiser and objective state loaded; every rank loads the same one), else a fresh start."""
+    history: list[dict] = []
+    start_epoch, best = 0, {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": None}
+    if resume_folder is not None:  # every rank loads the same checkpoint
+        state, obj_tensors = load_checkpoint(resume_folder, model, optimizer)
+        objective.load_state_tensors(obj_tensors)
+        start_epoch = int(state["epoch_done"])
+        history = list(state.get("history", []))
+        best = state.get("best", best)
+        log(f"{run_dir}: resuming after epoch {start_epoch} of {stored_cfg['epochs']}")
+    return start_epoch, history, best
+
+
+def _open_splits(cfg: TrainConfig, stored_cfg: dict, info: DistInfo) -> tuple[Any, Any, Any]:
+    """``(train with augmentation, train without, validation)`` at the run's image size and interpolation."""
+    image_size = stored_cfg["image_size"]
+    interp = run_interpolation(stored_cfg)
+    train_ds = open_split(cfg.data, "train", image_size=image_size, augment=True, seed=cfg.seed, interpolation=interp,
+                          val_fraction=cfg.val_fraction)
+    train_eval_ds = open_split(cfg.data, "train", image_size=image_size, augment=False, seed=cfg.seed, interpolation=interp,
+                               val_fraction=cfg.val_fraction)
+    val_ds = open_split(cfg.data, "val", image_size=image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                        interpolation=interp)
+    if len(train_ds) < max(2, info.world_size):
+        raise InterpError(f"{cfg.data}: the train split needs at least {max(2, info.world_size)} images")
+    return train_ds, train_eval_ds, val_ds
+
+
+def _build_model(cfg: TrainConfig, stored_cfg: dict, init_run: LoadedRun | None, info: DistInfo,
+                 device: torch.device, log: Callable[[str], None]) -> tuple[nn.Module, torch.memory_format]:
+    """The model with its starting weights (``--init`` run, ``--weights`` file or fresh), on ``device``
+    in its memory format; ``(model, memory format)``."""
+    model = build_model(stored_cfg)
+    if init_run is not None:
+        model.load_state_dict(init_run.model.state_dict())
+    elif cfg.weights and hasattr(model, "net"):  # timm/torchvision: the network's own state dict, read safely
+        for note in load_into_network(model.net, read_state_dict(cfg.weights), cfg.weights):
+            log(note)
+    elif cfg.weights:
+        load_weights_into(model, load_tensors(cfg.weights), cfg.weights)
+    if cfg.sync_bn and info.enabled:
+        if (stored_cfg.get("objective_options") or {}).get("bn_stats") == "clean":
+            # the clean half's recorded statistics would be this rank's, not the global batch's
+            raise InterpError("--bn-stats clean does not combine with --sync-bn under torchrun; use separate or joint")
+        convert_cross_rank_batchnorm(model)  # same parameters and buffers, so checkpoints are unchanged
+    fmt = memory_format(device, cfg.channels_last)
+    model.to(device).to(memory_format=fmt)
+    return model, fmt
+
+
+def _train_epoch(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path, pfile: _ProgressFile | None,
+                 history: list[dict], *, train_model: nn.Module, model: nn.Module, loader: DataLoader, objective: Any,
+                 optimizer: torch.optim.Optimizer, scaler: Any, step_sync: StepSync, fmt: torch.memory_format,
+                 xfer: dict[str, bool], precision: str, epoch: int, epochs: int, step_gen: torch.Generator,
+                 prior_epochs: int, progress: bool) -> tuple[float, int, dict[str, float]]:
+    """One epoch of optimiser steps; ``(sum of the step losses, steps, sums of the objective's extras)``.
+    A non-finite loss or gradient stops the run (``TrainingDiverged``)."""
+    train_model.train()
+    sums: dict[str, float] = {}
+    n_batches, loss_sum = 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        batch = _to_device(batch, device, fmt, xfer["non_blocking"])
+        ctx = StepContext(epoch=epoch, step=step, steps_per_epoch=len(loader), device=device, generator=step_gen,
+                          prior_epochs=prior_epochs)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision=precision):
+            loss, extras = objective.batch_loss(train_model, batch, ctx)
+        if not info.enabled and not torch.isfinite(loss):
+            _diverged(run_dir, pfile, epoch, step, "loss", history)
+        # DDP all-reduces the gradients inside this one backward; no rank may stop before it
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_value, extras = step_sync(loss, extras)  # rank means; BatchNorm buffers averaged
+        if not math.isfinite(loss_value):
+            _diverged(run_dir, pfile, epoch, step, "loss", history)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+        if not torch.isfinite(gnorm) and scaler is None:  # fp16: the scaler skips the step and rescales
+            _diverged(run_dir, pfile, epoch, step, "gradients", history)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        loss_sum += loss_value
+        n_batches += 1
+        for k, v in extras.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
+        _progress(pfile, state="running", epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
+                  train_loss=loss_sum / n_batches, phase="train", pid=_pid(), processes=info.world_size)
+    bar.close()
+    return loss_sum, n_batches, sums
+
+
+def _end_epoch(run_dir: Path, info: DistInfo, stored_cfg: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+               objective: Any, history: list[dict], record: dict, best: dict, *, epoch: int, val_loss: float,
+               val_acc: float) -> dict:
+    """Keep the best weights (by validation accuracy, then loss), append ``record`` to ``history``,
+    checkpoint the epoch (rank 0) and wait for it on every rank; return the best so far."""
+    improved = (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
+    # the reduced numbers are identical on every rank already; rank 0's decision is broadcast anyway
+    improved = bool(broadcast_tensor(torch.tensor([int(improved)]), info)[0])
+    if improved:
+        best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
+        if info.is_main:
+            save_model_weights(model, run_dir / WEIGHTS, stored_cfg)
+    record["best_epoch"] = best["epoch"]
+    history.append(record)
+    if info.is_main:
+        save_checkpoint(run_dir, epoch + 1, model, optimizer, objective.state_tensors(),
+                        {"history": history, "best": best})
+        write_jsonl(run_dir / HISTORY, history)
+    barrier(info)  # the other ranks wait until rank 0 has written the epoch
+    return best
 
 
 def _progress(pfile: _ProgressFile | None, force: bool = False, **info: Any) -> None:
@@ -471,3 +389,4 @@ def _diverged(run_dir: Path, pfile: _ProgressFile | None, epoch: int, step: int,
            "try a lower --lr")
     _progress(pfile, force=True, state="diverged", epoch=epoch, message=msg)
     raise TrainingDiverged(msg)
+

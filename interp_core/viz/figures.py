@@ -1,23 +1,20 @@
-"""Figures for the dashboard and reports: plotly charts and composed PNGs (no Streamlit here).
+"""Figures for the dashboard and reports: plotly charts (no Streamlit here).
 
 Every chart states its units and which direction is better, so a reader does not have to guess.
-Plotly figures are returned unrendered (``plotly.graph_objects.Figure``); PNGs are composed with
-Pillow from uint8 arrays, so no browser or image-export engine is needed.
+Plotly figures are returned unrendered (``plotly.graph_objects.Figure``). The composed PNGs are in
+``viz.images``, the charts of changes against a reference run in ``viz.verdict_figures``.
 """
 from __future__ import annotations
 
 import base64
-import io
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..attribution import colorbar_image
-from ..attribution.overlay import colorize, scale_to_unit
 from ..errors import InterpError
 from ..metrics import METRICS
+from .images import as_rgb_u8, png_bytes
 
 #: Colours of runs, in order (colour-blind friendly, Okabe-Ito).
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -125,153 +122,6 @@ def probability_figure(classes: Sequence[str], probs: Sequence[float], *, height
     fig.update_xaxes(range=[0, 1], title_text="probability", tickformat=".0%")
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, title, height, showlegend=False)
-
-
-def colorbar_png_array(cmap: str, vmin: float, vmax: float, *, length: int = 256, thickness: int = 14,
-                       label: str = "attribution", vertical: bool = True, ticks: int = 5) -> np.ndarray:
-    """A colour bar with tick labels as uint8 RGB ``[H, W, 3]`` (high values at the top)."""
-    from PIL import Image, ImageDraw
-
-    font = _font(11)
-    bar = colorbar_image(cmap, height=length, width=thickness, vertical=True)
-    if not vmax > vmin:  # a constant map: one value, drawn in the lowest colour
-        ticks, vmax = 2, vmin
-    values = np.linspace(vmax, vmin, ticks)
-    texts = [_fmt(v) for v in values]
-    tw = max(_text_size(font, t)[0] for t in texts) + 8
-    pad_top = 22
-    width = max(thickness + tw + 6, _text_size(font, label)[0] + 6)
-    canvas = Image.new("RGB", (width, length + pad_top + 8), "white")
-    canvas.paste(Image.fromarray(bar), (2, pad_top))
-    d = ImageDraw.Draw(canvas)
-    d.text((2, 2), label, fill="black", font=font)
-    for v, t in zip(np.linspace(0, length - 1, ticks), texts):
-        y = pad_top + int(v)
-        d.line([(2 + thickness, y), (6 + thickness, y)], fill="black")
-        d.text((8 + thickness, y - 6), t, fill="black", font=font)
-    out = np.asarray(canvas)
-    return out if vertical else np.ascontiguousarray(np.rot90(out))
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    a = abs(v)
-    return f"{v:.2e}" if a < 1e-2 or a >= 1e4 else f"{v:.3g}"
-
-
-def _font(size: int):
-    from PIL import ImageFont
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _text_size(font: Any, text: str) -> tuple[int, int]:
-    box = font.getbbox(text)
-    return int(box[2] - box[0]), int(box[3] - box[1])
-
-
-@dataclass
-class Panel:
-    """One image of a composed figure, with a title above and an optional caption below."""
-
-    image: np.ndarray
-    title: str = ""
-    caption: str = ""
-
-
-#: Caption lines drawn under a panel of :func:`compose_png` (e.g. two relevance shares and three metrics).
-MAX_CAPTION_LINES = 6
-
-
-def compose_png(rows: Sequence[Sequence[Panel]], *, row_labels: Sequence[str] | None = None,
-                colorbars: Sequence[np.ndarray | None] | None = None, title: str = "", scale: int = 3,
-                max_side: int = 256) -> bytes:
-    """A grid of panels (one list per row), a label left of each row and a colour bar right of it,
-    as PNG bytes. Small tiles are enlarged ``scale`` times (nearest, pixels stay visible), up to
-    ``max_side`` pixels.
-    """
-    from PIL import Image, ImageDraw
-    if not rows or not any(rows):
-        raise InterpError("nothing to draw: the figure has no panels")
-    font, small = _font(14), _font(12)
-    side = 0
-    for row in rows:
-        for p in row:
-            side = max(side, max(p.image.shape[:2]))
-    cell = int(min(max_side, max(side, side * scale)))
-    title_h, gap = 20, 10
-    cap_lines = max((len(p.caption.split("\n")) for row in rows for p in row if p.caption), default=0)
-    cap_h = 4 + 15 * min(cap_lines, MAX_CAPTION_LINES)
-    n_cols = max(len(r) for r in rows)
-    label_w = 0
-    if row_labels:
-        label_w = max(_text_size(font, s)[0] for s in row_labels) + 14
-    cb_w = max((cb.shape[1] for cb in (colorbars or []) if cb is not None), default=0)
-    top = 30 if title else 6
-    row_h = title_h + cell + cap_h + gap
-    width = label_w + n_cols * (cell + gap) + (cb_w + gap if cb_w else 0) + gap
-    height = top + len(rows) * row_h
-    canvas = Image.new("RGB", (int(width), int(height)), "white")
-    d = ImageDraw.Draw(canvas)
-    if title:
-        d.text((gap, 6), title, fill="black", font=font)
-    for i, row in enumerate(rows):
-        y0 = top + i * row_h
-        if row_labels and i < len(row_labels):
-            d.text((gap, y0 + title_h + cell // 2 - 7), row_labels[i], fill="black", font=font)
-        for j, p in enumerate(row):
-            x0 = label_w + gap + j * (cell + gap)
-            d.text((x0, y0 + 2), _clip_text(small, p.title, cell), fill="black", font=small)
-            img = Image.fromarray(_as_rgb_u8(p.image))
-            img = img.resize((cell, cell), Image.NEAREST if img.width * 2 <= cell else Image.BILINEAR)
-            canvas.paste(img, (x0, y0 + title_h))
-            for k, line in enumerate(p.caption.split("\n")[:MAX_CAPTION_LINES]):
-                d.text((x0, y0 + title_h + cell + 3 + 15 * k), _clip_text(small, line, cell), fill="#333333",
-                       font=small)
-        if colorbars and i < len(colorbars) and colorbars[i] is not None:
-            cb = colorbars[i]
-            cb_img = Image.fromarray(_as_rgb_u8(cb))
-            if cb_img.height > cell + title_h:
-                ratio = (cell + title_h) / cb_img.height
-                cb_img = cb_img.resize((max(1, int(cb_img.width * ratio)), cell + title_h), Image.BILINEAR)
-            canvas.paste(cb_img, (label_w + gap + n_cols * (cell + gap), y0))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
-def _clip_text(font: Any, text: str, width: int) -> str:
-    if _text_size(font, text)[0] <= width:
-        return text
-    while text and _text_size(font, text + "...")[0] > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def _as_rgb_u8(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype != np.uint8:
-        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
-        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """A uint8 (or [0,1] float) image as PNG bytes."""
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(_as_rgb_u8(image)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def heat_rgb(a: np.ndarray, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-    """A map ``[H, W]`` coloured with ``cmap`` on ``[vmin, vmax]`` as uint8 RGB."""
-    return np.rint(colorize(scale_to_unit(np.asarray(a, np.float64), vmin, vmax), cmap) * 255).astype(np.uint8)
 
 
 # -- dataset-level charts ----------------------------------------------------------------------------
@@ -416,7 +266,7 @@ def slide_figure(image: np.ndarray, heat: np.ndarray, *, title: str, zmin: float
     same extent. NaN cells are transparent.
     """
     import plotly.graph_objects as go
-    img = _as_rgb_u8(image)
+    img = as_rgb_u8(image)
     h, w = img.shape[:2]
     hh, hw = heat.shape
     fig = go.Figure()
@@ -449,129 +299,7 @@ def finite_range(arrays: Sequence[np.ndarray], symmetric: bool = False) -> tuple
     return lo, hi
 
 
-# -- changes against a reference run (interp_core.evaluation.verdict) ------------------------------------------
-#: Colours of the verdict calls: worse in red, better in green, no clear change in grey.
-CALL_COLORS = {"better": "#1a7f37", "worse": "#d62728", "no clear change": "#6e7781", "changed": "#0072B2"}
-
-
-def _nice_span(lo: float, hi: float) -> tuple[float, float]:
-    """An axis range around ``[lo, hi]`` that always includes 0, padded by 15% (at least a small width)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    pad = max(0.15 * (hi - lo), 1e-6)
-    return lo - pad, hi + pad
-
-
-def change_figure(changes: Sequence[Any], *, runs: Sequence[str] | None = None, row_height: int = 30) -> Any:
-    """Dot-and-interval plot of paired changes (``interp_core.evaluation.verdict.Change``) around 0.
-
-    One panel per metric, each with its own x axis scaled to that metric's changes (a shared axis
-    would let entropy in nats squash the 0-1 metrics); one row per run; the dot is the mean paired
-    change, the bar its 95% interval, coloured by the call (worse in red), and the call and numbers
-    are written in a column to the right of the panel.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    metrics = list(dict.fromkeys(c.metric for c in changes))
-    if not metrics:
-        raise InterpError("no changes to draw")
-    runs = list(runs or dict.fromkeys(c.run for c in changes))
-    n_rows = [max(1, sum(1 for c in changes if c.metric == m)) for m in metrics]
-    gap = 64  # pixels between panels: the panel's tick labels and the next one's title
-    plot_h = sum(row_height * n + 16 for n in n_rows)
-    height = plot_h + gap * (len(metrics) - 1) + 70
-    fig = make_subplots(rows=len(metrics), cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.01,
-                        row_heights=[row_height * n + 16 for n in n_rows],
-                        vertical_spacing=gap / (height - 70) if len(metrics) > 1 else 0.0,
-                        subplot_titles=[t for m in metrics for t in (
-                            metric_title(m) + (" · always Grad-CAM, whatever the method chosen"
-                                               if m in GRADCAM_METRICS else ""), "")])
-    for i, m in enumerate(metrics, start=1):
-        cs = sorted((c for c in changes if c.metric == m), key=lambda c: runs.index(c.run) if c.run in runs else 99)
-        for c in cs:
-            col = CALL_COLORS[c.call]
-            fig.add_trace(go.Scatter(
-                x=[c.diff], y=[c.run], mode="markers", marker=dict(color=col, size=10),
-                error_x=dict(type="data", symmetric=False, array=[c.hi - c.diff], arrayminus=[c.diff - c.lo],
-                             color=col, thickness=2.5, width=5),
-                hovertemplate=(f"{c.run} - {c.reference}<br>{metric_title(m)}<br>change {c.text(4)}<br>"
-                               f"{c.before:.4f} -> {c.after:.4f} on {c.n} tiles<extra></extra>"),
-                showlegend=False), row=i, col=1)
-            fig.add_trace(go.Scatter(x=[0], y=[c.run], mode="text", text=[f"<b>{c.call}</b>  {c.text()}"],
-                                     textposition="middle right", textfont=dict(color=col, size=12),
-                                     hoverinfo="skip", showlegend=False), row=i, col=2)
-        a, b = _nice_span(min(c.lo for c in cs), max(c.hi for c in cs))
-        fig.update_xaxes(range=[a, b], zeroline=True, zerolinecolor="#222", zerolinewidth=1.5, row=i, col=1,
-                         tickformat=".3~f", nticks=7)
-        fig.update_xaxes(visible=False, range=[0, 1], row=i, col=2)
-        for col_ in (1, 2):
-            fig.update_yaxes(categoryorder="array", categoryarray=list(reversed([c.run for c in cs])), row=i,
-                             col=col_, showticklabels=col_ == 1, showgrid=col_ == 1, range=[-0.6, len(cs) - 0.4])
-    for ann in fig.layout.annotations:
-        ann.update(x=0, xanchor="left", font=dict(size=12, color="#333"))
-    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=f"Change against {changes[0].reference} (this model - reference; dot: mean "
-                                      "paired change, bar: 95% interval; left of 0 = lower)", font=dict(size=14)))
-    return fig
-
-
-def value_figure(metric: str, runs: Sequence[str], values: Sequence[tuple[float, float, float] | None], *,
-                 height: int = 240) -> Any:
-    """One dot per run with its 95% interval (``(mean, lo, hi)``), on an axis scaled to the values,
-    each labelled with its value; replaces bars from 0 whose differences of 0.01 look identical."""
-    import plotly.graph_objects as go
-    names = short_labels(list(runs))
-    fig = go.Figure()
-    have = [v for v in values if v is not None]
-    left = min((v[1] for v in have), default=0.0)
-    right = max((v[2] for v in have), default=1.0)
-    for i, (name, v) in enumerate(zip(names, values)):
-        if v is None:
-            continue
-        m, lo, hi = v
-        where = (m - left) / (right - left) if right > left else 0.5  # a label near an edge extends inwards
-        position = "top left" if where > 0.7 else "top right" if where < 0.3 else "top center"
-        fig.add_trace(go.Scatter(x=[m], y=[name], mode="markers+text", marker=dict(color=RUN_COLORS[i % len(
-            RUN_COLORS)], size=11), error_x=dict(type="data", symmetric=False, array=[hi - m], arrayminus=[m - lo],
-                                                 thickness=2, width=6, color=RUN_COLORS[i % len(RUN_COLORS)]),
-            text=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]"], textposition=position, textfont=dict(size=12), cliponaxis=False,
-            hovertemplate=f"{name}: %{{x:.4f}} (95% interval {lo:.4f} to {hi:.4f})<extra></extra>",
-            showlegend=False))
-    if have:
-        lo = min(v[1] for v in have)
-        hi = max(v[2] for v in have)
-        pad = max(0.25 * (hi - lo), 1e-3)
-        fig.update_xaxes(range=[lo - pad, hi + pad])
-    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)), range=[-0.5, len(names) - 0.15])
-    unit = metric_unit(metric)
-    if len(unit) > 50 and " (" in unit:  # a long unit goes on two lines rather than being cut
-        unit = unit.replace(" (", "<br>(", 1)
-    subtitle = unit + "<br>dot: value, bar: 95% interval"
-    fig = _layout(fig, metric_title(metric), height + 22 * max(0, len(runs) - 3), subtitle=subtitle,
-                  showlegend=False)
-    fig.update_layout(margin=dict(t=34 + 15 * subtitle.count("<br>") + 15))
-    return fig
-
-
-def same_partition(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:
-    """True when two accuracy breakdowns (e.g. per class and per group) hold the same numbers, i.e.
-    the groups are the classes: then one chart is enough."""
-    key = lambda d: sorted((round(float(v.get("mean") or 0.0), 9), int(v.get("n") or 0)) for v in d.values())  # noqa: E731
-    return len(a) == len(b) and key(a) == key(b)
-
-
 # -- clickable grids (gallery thumbnails, the tiles of a large upload) --------------------------------
-def mosaic(images: Sequence[np.ndarray], cols: int, cell: int, *, gap: int = 4) -> np.ndarray:
-    """Images side by side, ``cols`` per row, each resized (nearest) to ``cell`` pixels, white gaps."""
-    from PIL import Image
-    rows = max(1, -(-len(images) // cols))
-    out = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap, 3), 255, np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        im = Image.fromarray(_as_rgb_u8(img)).resize((cell, cell), Image.NEAREST)
-        out[r * (cell + gap): r * (cell + gap) + cell, c * (cell + gap): c * (cell + gap) + cell] = np.asarray(im)
-    return out
-
-
 def clickable_grid_figure(image: np.ndarray, grid: tuple[int, int], cell: float, *, labels: Sequence[str],
                           selected: int | None = None, pitch: float | None = None, height: int | None = None,
                           lines: bool = False, title: str | None = None) -> Any:
@@ -581,7 +309,7 @@ def clickable_grid_figure(image: np.ndarray, grid: tuple[int, int], cell: float,
     (the tiles of an upload)."""
 
     import plotly.graph_objects as go
-    img = _as_rgb_u8(image)
+    img = as_rgb_u8(image)
     h, w = img.shape[:2]
     rows, cols = grid
     pitch = pitch or cell

@@ -29,8 +29,9 @@ from .._utils.device import pick_device
 from ..errors import InterpError
 from ..evaluation.evaluate import EvalSettings, cached_evaluate
 from ..evaluation import verdict as V
-from .figures import (CALL_COLORS, METRIC_ORDER, METRIC_TEXT, change_figure, colorbar_png_array, curves_figure, history_figure,
-                      metric_direction, metric_summaries, value_figure)
+from .figures import METRIC_ORDER, METRIC_TEXT, curves_figure, history_figure, metric_direction, metric_summaries
+from .images import colorbar_png_array
+from .verdict_figures import CALL_COLORS, change_figure, value_figure
 from ..runs import load_run, run_interpolation, write_text
 
 N_EXAMPLES = 6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp_core.viz import figures
+from interp_core.viz import figures, images
 from interp_core.errors import InterpError
 
 
@@ -19,7 +19,7 @@ def test_compose_png_places_panels_and_scales_small_tiles():
     red[..., 0] = 255
     blue = np.zeros((8, 8, 3), np.uint8)
     blue[..., 2] = 255
-    png = figures.compose_png([[figures.Panel(red, "a"), figures.Panel(blue, "b")]], scale=4)
+    png = images.compose_png([[images.Panel(red, "a"), images.Panel(blue, "b")]], scale=4)
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     cell, gap, title_h, top = 32, 10, 20, 6  # 8 px x scale 4; layout constants of compose_png
     y = top + title_h + cell // 2
@@ -30,12 +30,12 @@ def test_compose_png_places_panels_and_scales_small_tiles():
 
 def test_compose_png_refuses_an_empty_figure():
     with pytest.raises(InterpError):
-        figures.compose_png([[]])
+        images.compose_png([[]])
 
 
 def test_colorbar_runs_from_the_top_colour_to_the_bottom_colour():
     from interp_core.attribution import colorize
-    bar = figures.colorbar_png_array("viridis", 0.0, 2.0, length=100, thickness=10)
+    bar = images.colorbar_png_array("viridis", 0.0, 2.0, length=100, thickness=10)
     top, bottom = colorize(np.array([1.0]), "viridis")[0], colorize(np.array([0.0]), "viridis")[0]
     assert np.allclose(bar[22, 5] / 255.0, top, atol=0.02)  # 22 = the label band above the bar
     assert np.allclose(bar[22 + 99, 5] / 255.0, bottom, atol=0.02)

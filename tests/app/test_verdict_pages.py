@@ -183,16 +183,16 @@ def test_explore_png_has_tile_predictions_colour_scales_and_relevance_shares(h, 
 
     from PIL import Image
 
-    from interp_core.viz import figures
+    from interp_core.viz import images
     calls = []
-    real = figures.compose_png
+    real = images.compose_png
 
     def spy(rows, **kw):
         png = real(rows, **kw)
         calls.append((rows, kw, png))
         return png
 
-    monkeypatch.setattr(figures, "compose_png", spy)
+    monkeypatch.setattr(images, "compose_png", spy)
     at = h.open_page("explore")
     h.assert_clean(at)
     assert any(b.proto.label == "Download this figure (PNG)" for b in at.get("download_button"))
@@ -390,10 +390,10 @@ def test_picker_labels_lead_with_the_part_that_differs():
 def test_explore_outlines_the_artifact_and_gives_the_share_on_it(h, app_env, monkeypatch):
     import shutil
 
-    from interp_core.viz import figures
+    from interp_core.viz import images
     calls = []
-    real = figures.compose_png
-    monkeypatch.setattr(figures, "compose_png", lambda rows, **kw: calls.append((rows, kw, None)) or real(rows, **kw))
+    real = images.compose_png
+    monkeypatch.setattr(images, "compose_png", lambda rows, **kw: calls.append((rows, kw, None)) or real(rows, **kw))
 
     import numpy as np
     from PIL import Image
@@ -429,10 +429,10 @@ def test_charts_label_every_bar_keep_labels_inside_and_name_grad_cam():
 
     import numpy as np
 
-    from interp_core.viz import figures
+    from interp_core.viz import figures, verdict_figures
     from interp_core.evaluation.verdict import Change
     mk = lambda m, run: Change(m, run, "base", 0.9, 0.95, 0.05, 0.02, 0.08, 50, True)  # noqa: E731
-    fig = json.loads(figures.change_figure([mk("accuracy", "scaat"), mk("explanation_consistency", "scaat")]).to_json())
+    fig = json.loads(verdict_figures.change_figure([mk("accuracy", "scaat"), mk("explanation_consistency", "scaat")]).to_json())
     titles = [a["text"] for a in fig["layout"]["annotations"] if a["text"]]
     assert titles[0] == "Accuracy (higher is better)"
     assert "always Grad-CAM, whatever the method chosen" in titles[1]
@@ -440,7 +440,7 @@ def test_charts_label_every_bar_keep_labels_inside_and_name_grad_cam():
                                                           "tumor": {"mean": 0.84, "n": 9}}}).to_json())
     assert bars["data"][0]["text"] == ["0.970", "0.840"] and bars["data"][0]["textposition"] == "outside"
     assert bars["layout"]["yaxis"]["range"][1] > 1.05  # room above a bar at 1 for its label
-    vals = json.loads(figures.value_figure("accuracy", ["a", "b", "c"],
+    vals = json.loads(verdict_figures.value_figure("accuracy", ["a", "b", "c"],
                                            [(0.90, 0.85, 0.93), (0.95, 0.93, 0.96), (0.88, 0.86, 0.90)]).to_json())
     assert [t["textposition"] for t in vals["data"]] == ["top center", "top left", "top right"]
     cons = np.r_[np.zeros(5), np.linspace(0.8, 0.99, 200)][None]  # a few tiles at 0 and the bulk at 0.8-0.99

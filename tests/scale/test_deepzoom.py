@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp_core.slides.deepzoom import (DeepZoomSlide, SlideAccessError, SlideRoots, TileRequestError, TileService,
-                                  colormap_lut, parse_tile_request)
+from interp_core.slides.deepzoom import DeepZoomSlide, TileRequestError, colormap_lut, parse_tile_request
+from interp_core.slides.roots import SlideAccessError, SlideRoots
+from interp_core.slides.tile_service import TileService
 
 
 def _png(data: bytes) -> np.ndarray:

@@ -199,7 +199,8 @@ def test_tiles_geojson_lands_on_the_lesion_mask(wsi, tmp_path, helpers, level):
                                                                              "saliency_mass", "row", "col"}
     assert len({q["uuid"] for q in read}) == len(read)
     # another run's file (other weights) has other ids: both can be imported into one QuPath image
-    from interp_core.slides.job import assemble, tiles_geojson
+    from interp_core.slides.export import tiles_geojson
+    from interp_core.slides.maps import assemble
     plan = json.loads((out / "plan.json").read_text())
     assert tiles_geojson(assemble(out), plan) == gj  # the file is what the function makes
     other = tiles_geojson(assemble(out), {**plan, "weights_sha1": "0" * 40})
@@ -213,7 +214,8 @@ def test_tiles_geojson_lands_on_the_lesion_mask(wsi, tmp_path, helpers, level):
 
 
 def test_explain_slide_resumes_from_its_pieces(wsi, tmp_path, helpers):
-    from interp_core.slides.job import assemble, explain_slide_file, read_progress
+    from interp_core.slides.job import explain_slide_file, read_progress
+    from interp_core.slides.maps import assemble
     run = helpers.make_run(tmp_path / "run", image_size=64)
     out = tmp_path / "job"
     first = explain_slide_file(run, wsi, out, device="cpu", piece_tiles=16, method="gradcam")
@@ -252,7 +254,7 @@ def test_overlapping_tiles_are_averaged_and_both_normalisations_written(wsi, tmp
     probs = np.load(out / "probs.npy")
     p1 = np.asarray(Image.open(out / "probability_tumor.png"))
     assert probs.shape[:2] == (19, 23) and p1.shape[:2] == (640, 768)
-    from interp_core.slides.job import assemble
+    from interp_core.slides.maps import assemble
     m = assemble(out)
     pm = m.result.prob_map(1)
     # the map pixel at (40, 40) is covered by tiles (0..1, 0..1): their mean, not the last one written
