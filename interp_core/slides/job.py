@@ -191,13 +191,15 @@ def _reuse_or_reset(out: Path, job: _Job) -> dict[str, Any] | None:
     except (OSError, ValueError, InterpError):
         old = None
     if old == plan and (out / "summary.json").is_file():  # finished with the same plan: reuse it as it is
-        close = getattr(job.reader, "close", None)
-        if callable(close):
-            close()
         try:
-            return {**read_json(out / "summary.json"), "reused": True}
-        except (OSError, ValueError, InterpError):
-            pass
+            summary = {**read_json(out / "summary.json"), "reused": True}
+        except (OSError, ValueError, InterpError):  # unreadable: recompute (the slide stays open for that)
+            summary = None
+        if summary is not None:
+            close = getattr(job.reader, "close", None)
+            if callable(close):
+                close()
+            return summary
     if old != plan:
         _clear(out)
     (out / "summary.json").unlink(missing_ok=True)  # written last: its presence means the maps are complete

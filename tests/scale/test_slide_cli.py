@@ -89,3 +89,19 @@ def test_explain_slide_default_out_is_where_the_page_looks(slide_tiff, helpers, 
     code, stdout, stderr = _cli(capsys, "explain-slide", "--run", str(run), "--slide", str(slide_tiff),
                                 "--attribution", "gradcam", "--device", "cpu", "--quiet")
     assert code == 0 and json.loads(stdout)["reused"] is True
+
+
+def test_a_damaged_summary_is_recomputed(slide_tiff, fake_run, tmp_path, capsys):
+    """A finished folder whose summary.json cannot be read is computed again, not reused."""
+    out = tmp_path / "again"
+    args = ("explain-slide", "--run", str(fake_run), "--slide", str(slide_tiff), "--out", str(out),
+            "--level", "1", "--limit-tiles", "3", "--device", "cpu", "--quiet")
+    code, _, stderr = _cli(capsys, *args)
+    assert code == 0, stderr
+    first = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text("{not json")
+    code, _, stderr = _cli(capsys, *args)
+    assert code == 0, stderr
+    again = json.loads((out / "summary.json").read_text())
+    assert again["tiles"] == first["tiles"] and not again.get("reused")
+    assert np.isfinite(np.load(out / "probs.npy", allow_pickle=False)).any()
