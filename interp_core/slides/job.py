@@ -85,7 +85,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
                        normalize: str = "slide", seed: int = 0, piece_tiles: int = PIECE_TILES,
                        tile_map_size: int | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       cam_layer: str | None = None) -> dict[str, Any]:
+                       cam_layer: str | None = None, sample_every: int = 1) -> dict[str, Any]:
     """Explain ``slide`` with ``run`` tile by tile and write the maps, ``tiles.geojson`` and ``summary.json`` to ``out``.
 
     Resumable: the tissue tiles (raster order) are cut into pieces of ``piece_tiles``; each
@@ -102,21 +102,26 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     each tile's map is kept (default: the model's input side, i.e. as computed; smaller saves disk
     on very large slides). ``progress(done, total)``: tissue tiles computed (pieces found on disk
     count as done). ``cam_layer``: Grad-CAM's module name (see ``runs.load_run``). Other options as
-    ``slide.explain_slide``. Returns the summary.
+    ``slide.explain_slide``. ``sample_every``: compute only the grid tiles ``(r, c)`` with ``r`` and
+    ``c`` both multiples of it (a systematic sample, one tile in ``sample_every**2``, for estimates
+    on slides too large to explain whole; the others stay uncomputed, NaN in the maps, as tiles
+    outside the tissue do). Returns the summary.
     """
     with folder_lock(out):
         return _explain_slide_file(run, slide, out, level=level, tile_size=tile_size, stride=stride, method=method,
                                    batch_size=batch_size, min_tissue=min_tissue, device=device,
                                    limit_tiles=limit_tiles, map_side=map_side, workers=workers,
                                    normalize=normalize, seed=seed, piece_tiles=piece_tiles,
-                                   tile_map_size=tile_map_size, progress=progress, cam_layer=cam_layer)
+                                   tile_map_size=tile_map_size, progress=progress, cam_layer=cam_layer,
+                                   sample_every=sample_every)
 
 
 def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, level: int, tile_size: int | None,
                         stride: int | None, method: str, batch_size: int, min_tissue: float, device: str,
                         limit_tiles: int | None, map_side: int, workers: int, normalize: str, seed: int,
                         piece_tiles: int, tile_map_size: int | None,
-                        progress: Callable[[int, int], None] | None, cam_layer: str | None) -> dict[str, Any]:
+                        progress: Callable[[int, int], None] | None, cam_layer: str | None,
+                        sample_every: int = 1) -> dict[str, Any]:
     t0 = time.perf_counter()
     slide_path = Path(slide)
     if not slide_path.is_file():
@@ -126,6 +131,7 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
     if not 0.0 <= float(min_tissue) <= 1.0:
         raise InterpError(f"min_tissue must be in [0, 1], got {min_tissue}")
     piece_tiles = positive_int(piece_tiles, "piece_tiles")
+    sample_every = positive_int(sample_every, "sample_every")
     batch_size = positive_int(batch_size, "batch_size")
     if limit_tiles is not None:
         limit_tiles = positive_int(limit_tiles, "limit_tiles")
@@ -157,10 +163,14 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
             "tile_size": tile, "stride": stride, "input_size": input_size, "tile_map_size": m, "grid": [rows, cols],
             "downsample": d, "method": method, "cam_layer": cam_layer, "seed": seed, "min_tissue": float(min_tissue),
             "limit_tiles": limit_tiles, "piece_tiles": piece_tiles, "classes": loaded.classes}
+    if sample_every > 1:  # only then, so the plans (and results) of whole-grid jobs stay as they were
+        plan["sample_every"] = sample_every
     thumb = read_thumbnail(reader, d)
     tissue_px = tissue_mask(thumb)
     tissue = tile_tissue_fraction(tissue_px, (rows, cols), tile, stride, d) >= float(min_tissue)
     cells = np.argwhere(tissue)
+    if sample_every > 1:
+        cells = cells[(cells[:, 0] % sample_every == 0) & (cells[:, 1] % sample_every == 0)]
     if limit_tiles is not None:
         cells = cells[:limit_tiles]
     plan["n_todo"] = int(len(cells))
@@ -237,7 +247,7 @@ def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, 
         "slide": info, "level": level, "slide_size": [W, H], "tile_size": tile,
         "stride": stride, "input_size": input_size, "tile_map_size": m, "grid": [rows, cols], "downsample": d,
         "map_size": [int(res.saliency.shape[1]), int(res.saliency.shape[0])], "method": method,
-        "normalize": normalize, "min_tissue": min_tissue, "limit_tiles": limit_tiles,
+        "normalize": normalize, "min_tissue": min_tissue, "limit_tiles": limit_tiles, "sample_every": sample_every,
         "tiles": {"total": rows * cols, "tissue": int(tissue.sum()), "computed": res.n_computed,
                   "skipped": rows * cols - res.n_computed},
         "pieces": {"count": plan["n_pieces"], "tiles_per_piece": piece_tiles},
