@@ -1,7 +1,7 @@
 """Slide-level localisation of a baseline, a same-budget control and its SCAAT retrain, per training
 seed, on generated synthetic H&E whole-slide images with known lesions.
 
-    nice -n 10 python bench/slide_localisation.py [--size 6144] [--seeds 0 1 2]
+    nice -n 10 python bench/slide_localisation.py [--size 6144] [--seeds 0 1 2] [--sample-every K] [--map-side N]
         [--study DIR --train-seeds 0 1 2 --control control --scaat l20-q0.3-rho0.95 | --triple LABEL=B,C,S ...]
         [--shard i/n] [--out bench/out/slides]
 
@@ -11,7 +11,12 @@ ERM epochs; SCAAT = baseline + 3 SCAAT epochs at the shipped defaults), or ``--t
 For each slide seed a slide of ``--size`` x ``--size`` pixels is generated
 (``interp_core.data.synthetic_wsi``, 0.5 um/px, JPEG pyramidal TIFF) and explained at level 0 by
 each run with ``explain-slide`` (``slide_job.explain_slide_file``: 64-pixel tiles = the runs' input,
-stride 64, saliency, tile maps kept at 16x16, maps at 1/ceil(size/4096)). Reported per slide and run:
+stride 64, saliency, tile maps kept at 16x16, maps at 1/ceil(size/map_side), ``--map-side`` 4096).
+``--sample-every K`` (for slides too large to explain whole) computes a systematic sample: only the
+grid tiles whose row and column are both multiples of K (one tile in K*K, ``explain_slide_file
+(sample_every=K)``); every metric below is then taken over the sampled tiles only (AUROC over the
+sampled tissue tiles; saliency masses and their uniform references over the sampled tiles' area, the
+other map pixels being NaN). Reported per slide and run:
 
 - ``auroc``: AUROC of the per-tile tumour probability against the tile's ground truth (the tile
   is a lesion cell of the generator: its tumour tile), over the computed tissue tiles;
@@ -171,6 +176,10 @@ def main() -> int:
                    help="run triples instead of --study (repeat once per training seed)")
     p.add_argument("--shard", default="0/1", help="i/n: compute only every n-th job (a second process "
                    "can take another shard); a final call without --shard reuses them all from disk")
+    p.add_argument("--sample-every", type=int, default=1, help="K: explain only the tiles whose grid row and "
+                   "column are multiples of K (a systematic sample, one tile in K*K)")
+    p.add_argument("--map-side", type=int, default=4096, help="longest side of the stitched maps (map pixel = "
+                   "ceil(size / map_side) slide pixels)")
     p.add_argument("--out", default=str(REPO / "bench/out/slides"))
     p.add_argument("--results", default=str(REPO / "docs/results/slide_localisation"))
     a = p.parse_args()
@@ -193,15 +202,16 @@ def main() -> int:
         for seed, slide in slides.items():
             for arm in ARMS:
                 k += 1
-                job = out / f"{slide.stem}-{label}-{arm}"
+                job = out / (f"{slide.stem}-{label}-{arm}" + (f"-every{a.sample_every}" if a.sample_every > 1 else ""))
                 if nshard > 1 and k % nshard != shard:
                     continue
                 t = time.perf_counter()
                 if (job / "summary.json").is_file() and (job / "localisation.json").is_file():
                     s = json.loads((job / "summary.json").read_text())  # done and evaluated: nothing to check
                 else:
-                    s = explain_slide_file(runs[arm], slide, job, method="saliency", map_side=4096,
-                                           tile_map_size=16, batch_size=128, device="cpu")
+                    s = explain_slide_file(runs[arm], slide, job, method="saliency", map_side=a.map_side,
+                                           tile_map_size=16, batch_size=128, device="cpu",
+                                           sample_every=a.sample_every)
                 r = {"train": label, "slide_seed": seed, "arm": arm, **cached_evaluate(job, slide),
                      "tiles_per_second": s["timings"]["tiles_per_second"], "reused": bool(s.get("reused"))}
                 rows.append(r)
@@ -217,6 +227,7 @@ def main() -> int:
     res.parent.mkdir(parents=True, exist_ok=True)
     runs_rel = {lab: {arm: _rel(p_) for arm, p_ in runs.items()} for lab, runs in triples}
     res.with_suffix(".json").write_text(json.dumps({"size": a.size, "slide_seeds": a.seeds, "runs": runs_rel,
+                                                    "sample_every": a.sample_every, "map_side": a.map_side,
                                                     "summary": summ, "rows": rows}, indent=2))
     res.with_suffix(".md").write_text(report(a, labels, list(slides), summ, rows))
     print(res.with_suffix(".md").read_text())
@@ -232,13 +243,23 @@ def _rel(p_: Path) -> str:
 
 def report(a: argparse.Namespace, labels: list[str], slides: list[int], summ: dict, rows: list[dict]) -> str:
     n = len(labels)
-    lines = [f"# Slide-level localisation: SCAAT vs a same-budget control, {n} training seeds "
-             f"({len(slides)} synthetic H&E slides of {a.size:,} x {a.size:,} px)", "",
+    k = a.sample_every
+    what = (f"{len(slides)} synthetic H&E slide{'s' if len(slides) > 1 else ''} of {a.size:,} x {a.size:,} px"
+            + (f", a systematic sample of one tile in {k * k}: grid rows and columns that are multiples of {k}"
+               if k > 1 else ""))
+    sample = ("" if k <= 1 else
+              f"Tiles: a systematic sample, not the whole slide: only the grid tiles whose row and column are "
+              f"both multiples of {k} (level-0 tiles at x, y = multiples of {64 * k} px; one tile in {k * k}) "
+              f"are explained. AUROC is over the sampled tissue tiles; the saliency masses and the *uniform* "
+              f"column are over the sampled tiles' area only (the other map pixels are not computed). ")
+    lines = [f"# Slide-level localisation: SCAAT vs a same-budget control, {n} training seeds ({what})", "",
+             sample +
              "Generated by `bench/slide_localisation.py " + " ".join(
                  f"{x}" for x in sys.argv[1:]) + "`. Per training seed, three runs of the SCAAT study: "
              f"*baseline* (ERM, 8 epochs), *control* (baseline + 3 ERM epochs: the same budget as SCAAT) and "
              f"*SCAAT* (baseline + 3 SCAAT epochs, `{a.scaat}`: the shipped defaults). Each run explains each "
-             "slide at level 0 (64-px tiles, stride 64, saliency, slide-wide normalisation). A training seed's "
+             "slide at level 0 (64-px tiles, stride 64, saliency, slide-wide normalisation; map pixel "
+             f"{-(-a.size // a.map_side)} px). A training seed's "
              "value is the mean over the slides; the table shows mean ± sd over training seeds and the paired "
              "difference per training seed. AUROC: per-tile p(tumor) against the generator's lesion cells. "
              "Mass: share of the stitched |saliency| inside the lesion cells, or inside the abnormal-nuclei "

@@ -43,6 +43,7 @@ from .explain import (MAX_TILES, NORMALIZATIONS, grid_shape, open_slide, read_th
                       tissue_mask)
 from .export import GEOJSON, tiles_geojson, write_geojson, write_maps
 from .maps import PIECES, PLAN, PROGRESS, assemble, map_downsample, piece_name
+from .reader import slide_info
 from .tiles import _placed_model, _resample, explain_tiles
 
 
@@ -59,7 +60,7 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
                        normalize: str = "slide", seed: int = 0, piece_tiles: int = PIECE_TILES,
                        tile_map_size: int | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       cam_layer: str | None = None) -> dict[str, Any]:
+                       cam_layer: str | None = None, sample_every: int = 1) -> dict[str, Any]:
     """Explain ``slide`` with ``run`` tile by tile and write the maps, ``tiles.geojson`` and ``summary.json`` to ``out``.
 
     Resumable: the tissue tiles (raster order) are cut into pieces of ``piece_tiles``; each
@@ -76,31 +77,36 @@ def explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, l
     each tile's map is kept (default: the model's input side, i.e. as computed; smaller saves disk
     on very large slides). ``progress(done, total)``: tissue tiles computed (pieces found on disk
     count as done). ``cam_layer``: Grad-CAM's module name (see ``runs.load_run``). Other options as
-    ``slide.explain_slide``. Returns the summary.
+    ``slide.explain_slide``. ``sample_every``: only tiles ``(r, c)`` with ``r``, ``c`` multiples of it (a
+    systematic sample for slides too large to explain whole; the rest NaN). Returns the summary.
     """
     with folder_lock(out):
         return _explain_slide_file(run, slide, out, level=level, tile_size=tile_size, stride=stride, method=method,
                                    batch_size=batch_size, min_tissue=min_tissue, device=device,
                                    limit_tiles=limit_tiles, map_side=map_side, workers=workers,
                                    normalize=normalize, seed=seed, piece_tiles=piece_tiles,
-                                   tile_map_size=tile_map_size, progress=progress, cam_layer=cam_layer)
+                                   tile_map_size=tile_map_size, progress=progress, cam_layer=cam_layer,
+                                   sample_every=sample_every)
 
 
 def _explain_slide_file(run: str | Path, slide: str | Path, out: str | Path, *, level: int, tile_size: int | None,
                         stride: int | None, method: str, batch_size: int, min_tissue: float, device: str,
                         limit_tiles: int | None, map_side: int, workers: int, normalize: str, seed: int,
                         piece_tiles: int, tile_map_size: int | None,
-                        progress: Callable[[int, int], None] | None, cam_layer: str | None) -> dict[str, Any]:
+                        progress: Callable[[int, int], None] | None, cam_layer: str | None,
+                        sample_every: int = 1) -> dict[str, Any]:
     t0 = time.perf_counter()
     slide_path = Path(slide)
     piece_tiles, batch_size, limit_tiles = _checked_options(slide_path, method, normalize, min_tissue, piece_tiles,
                                                             batch_size, limit_tiles)
+    sample_every = positive_int(sample_every, "sample_every")
     dev = pick_device(device)
     loaded = load_run(run, dev, cam_layer=cam_layer)
     out = Path(out)
     job = _plan_job(loaded, slide_path, out, level=level, tile_size=tile_size, stride=stride, method=method,
                     min_tissue=min_tissue, limit_tiles=limit_tiles, map_side=map_side, seed=seed,
-                    piece_tiles=piece_tiles, tile_map_size=tile_map_size, cam_layer=cam_layer)
+                    piece_tiles=piece_tiles, tile_map_size=tile_map_size, cam_layer=cam_layer,
+                    sample_every=sample_every)
     reused = _reuse_or_reset(out, job)
     if reused is not None:
         return reused
@@ -145,8 +151,9 @@ class _Job:
 
 def _plan_job(loaded: Any, slide_path: Path, out: Path, *, level: int, tile_size: int | None, stride: int | None,
               method: str, min_tissue: float, limit_tiles: int | None, map_side: int, seed: int, piece_tiles: int,
-              tile_map_size: int | None, cam_layer: str | None) -> _Job:
-    """Open the slide, choose the grid and the map resolution, find the tissue tiles; create ``out``."""
+              tile_map_size: int | None, cam_layer: str | None, sample_every: int = 1) -> _Job:
+    """Open the slide, choose the grid and the map resolution, find the tissue tiles (every
+    ``sample_every``-th row and column of them only, when > 1); create ``out``."""
     input_size = int(loaded.config["image_size"])
     tile = input_size if tile_size is None else positive_int(tile_size, "tile_size")
     stride = tile if stride is None else positive_int(stride, "stride")
@@ -163,7 +170,7 @@ def _plan_job(loaded: Any, slide_path: Path, out: Path, *, level: int, tile_size
     out.mkdir(parents=True, exist_ok=True)
     ident = run_identity(loaded)
     st = slide_path.stat()
-    info = _slide_info(reader, slide_path)
+    info = slide_info(reader, slide_path)
     plan = {"version": PLAN_VERSION, "weights_sha1": ident["weights_sha1"], "run": ident["path"],
             "slide": str(slide_path.resolve()), "slide_bytes": st.st_size, "slide_mtime_ns": st.st_mtime_ns,
             "level": int(level), "level_downsample": float(getattr(reader, "downsample", 1.0)),
@@ -171,10 +178,14 @@ def _plan_job(loaded: Any, slide_path: Path, out: Path, *, level: int, tile_size
             "tile_size": tile, "stride": stride, "input_size": input_size, "tile_map_size": m, "grid": [rows, cols],
             "downsample": d, "method": method, "cam_layer": cam_layer, "seed": seed, "min_tissue": float(min_tissue),
             "limit_tiles": limit_tiles, "piece_tiles": piece_tiles, "classes": loaded.classes}
+    if sample_every > 1:  # only then, so the plans (and results) of whole-grid jobs stay as they were
+        plan["sample_every"] = sample_every
     thumb = read_thumbnail(reader, d)
     tissue_px = tissue_mask(thumb)
     tissue = tile_tissue_fraction(tissue_px, (rows, cols), tile, stride, d) >= float(min_tissue)
     cells = np.argwhere(tissue)
+    if sample_every > 1:
+        cells = cells[(cells[:, 0] % sample_every == 0) & (cells[:, 1] % sample_every == 0)]
     if limit_tiles is not None:
         cells = cells[:limit_tiles]
     plan["n_todo"] = int(len(cells))
@@ -278,6 +289,7 @@ def _write_results(out: Path, job: _Job, *, level: int, normalize: str, min_tiss
         "grid": [rows, cols], "downsample": plan["downsample"],
         "map_size": [int(res.saliency.shape[1]), int(res.saliency.shape[0])], "method": plan["method"],
         "normalize": normalize, "min_tissue": min_tissue, "limit_tiles": plan["limit_tiles"],
+        "sample_every": plan.get("sample_every", 1),
         "tiles": {"total": rows * cols, "tissue": int(job.tissue.sum()), "computed": res.n_computed,
                   "skipped": rows * cols - res.n_computed},
         "pieces": {"count": plan["n_pieces"], "tiles_per_piece": plan["piece_tiles"]},
@@ -290,15 +302,6 @@ def _write_results(out: Path, job: _Job, *, level: int, normalize: str, min_tiss
     write_json(out / "summary.json", summary)
     summary["files"].append("summary.json")
     return summary
-
-
-def _slide_info(reader: Any, path: Path) -> dict[str, Any]:
-    info = reader.info() if hasattr(reader, "info") else {"file": str(path), "vendor": "image", "level": 0,
-                                                          "size": list(reader.size), "mpp": [None, None]}
-    dims = getattr(reader, "level_dimensions", None)
-    info["level0_size"] = list(dims[0]) if dims else list(reader.size)
-    return info
-
 
 
 def _clear(out: Path) -> None:

@@ -5,7 +5,8 @@ pyramid writing): both import from here, neither from the other's internals.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -81,3 +82,13 @@ def block_mean_thumbnail(read_region: Callable[[int, int, int, int], np.ndarray]
         strip = np.asarray(read_region(0, r0 * k, wt * k, n * k)).astype(np.float32)
         out[r0:r0 + n] = np.rint(strip.reshape(n, k, wt, k, 3).mean(axis=(1, 3))).astype(np.uint8)
     return out
+
+
+def slide_info(reader: Any, path: Path) -> dict[str, Any]:
+    """What a result records of the slide it came from: the reader's ``info()`` (a plain image's
+    stand-in when it has none) plus the level-0 size."""
+    info = reader.info() if hasattr(reader, "info") else {"file": str(path), "vendor": "image", "level": 0,
+                                                          "size": list(reader.size), "mpp": [None, None]}
+    dims = getattr(reader, "level_dimensions", None)
+    info["level0_size"] = list(dims[0]) if dims else list(reader.size)
+    return info

@@ -264,3 +264,27 @@ def test_overlapping_tiles_are_averaged_and_both_normalisations_written(wsi, tmp
     assert not np.allclose(np.nan_to_num(sl), np.nan_to_num(tl))
     ent = np.load(out / "entropy.npy")
     assert np.nanmax(ent) <= np.log(2) + 1e-6 and np.isfinite(ent).all()
+
+
+def test_sample_every_computes_the_systematic_sample_with_the_whole_grid_values(wsi, tmp_path, helpers):
+    from interp_core.slides.job import assemble, explain_slide_file
+    run = helpers.make_run(tmp_path / "run", image_size=64)
+    full = explain_slide_file(run, wsi, tmp_path / "full", device="cpu", map_side=768)
+    part = explain_slide_file(run, wsi, tmp_path / "part", device="cpu", map_side=768, sample_every=3)
+    tissue = np.load(tmp_path / "full" / "tissue_tiles.npy")
+    rr, cc = np.meshgrid(np.arange(tissue.shape[0]), np.arange(tissue.shape[1]), indexing="ij")
+    want = tissue & (rr % 3 == 0) & (cc % 3 == 0)
+    pf, pp = np.load(tmp_path / "full" / "probs.npy"), np.load(tmp_path / "part" / "probs.npy")
+    assert 3 < want.sum() < tissue.sum() // 4
+    np.testing.assert_array_equal(np.isfinite(pp[..., 0]), want)  # exactly the sampled tissue tiles
+    np.testing.assert_allclose(pp[want], pf[want], rtol=1e-5, atol=1e-6)
+    assert part["tiles"]["computed"] == int(want.sum()) and full["tiles"]["computed"] == int(tissue.sum())
+    # the map: a sampled tile's footprint holds its raw map (same as the whole grid's, non-overlapping
+    # tiles), every other pixel is NaN
+    mf, mp = assemble(tmp_path / "full", normalize="none"), assemble(tmp_path / "part", normalize="none")
+    covered = np.isfinite(mp.result.saliency)
+    assert covered.sum() == want.sum() * 64 * 64  # map_side 768: one map pixel per slide pixel
+    np.testing.assert_allclose(mp.result.saliency[covered], mf.result.saliency[covered], rtol=1e-4, atol=1e-6)
+    # a whole-grid job's plan has no sample_every key (older job folders stay valid)
+    assert "sample_every" not in json.loads((tmp_path / "full" / "plan.json").read_text())
+    assert json.loads((tmp_path / "part" / "plan.json").read_text())["sample_every"] == 3
