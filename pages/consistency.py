@@ -9,7 +9,8 @@ from interp_core.viz import figures
 from interp_core.attribution import overlay
 from interp_core.consistency.history import least_consistent
 from interp_core.runs import safe_child
-from ui import cache, compute, shell, sidebar, text, widgets
+from interp_core.evaluation import tile_analysis as compute
+from ui import cache, shell, sidebar, text, widgets
 from ui import state as S
 from ui.errors import guard, need
 

@@ -7,7 +7,8 @@ import streamlit as st
 from interp_core.viz import images
 from interp_core.attribution import COLORMAPS, METHODS, draw_contour, mask_contour, overlay, shared_range
 from interp_core.evaluation.verdict import default_reference, share_lines
-from ui import cache, compute, shell, sidebar, text, widgets
+from interp_core.evaluation import tile_analysis as compute
+from ui import cache, shell, sidebar, text, widgets
 from ui import state as S
 from ui import verdict as uiv
 from ui.errors import guard, need

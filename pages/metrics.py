@@ -10,7 +10,8 @@ from interp_core.attribution import METHODS
 from interp_core.evaluation.evaluate import EvalSettings, evaluate_with_stored_maps, partial_progress
 from interp_core.runs import read_history
 from interp_core import catalog
-from ui import cache, compute, shell, sidebar, text, widgets
+from interp_core.evaluation import tile_analysis as compute
+from ui import cache, shell, sidebar, text, widgets
 from ui import verdict as uiv
 from ui import state as S
 from ui.errors import guard

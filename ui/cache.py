@@ -22,10 +22,8 @@ from interp_core.data import TileDataset, open_split
 from interp_core.evaluation.evaluate import EvalSettings, cache_path, read_cached, stored_maps_fingerprint
 from interp_core._utils.device import describe_device, pick_device
 from interp_core.runs import LoadedRun, load_run
-
 from interp_core import catalog
-
-from . import compute
+from interp_core.evaluation import tile_analysis as compute
 
 
 # -- catalog -----------------------------------------------------------------------------------
@@ -165,7 +163,7 @@ def probs(r: ModelRef, image: np.ndarray) -> np.ndarray:
 
 
 def cam_layers(r: ModelRef) -> list[str]:
-    """Grad-CAM layer names of a cached model (``ui.compute.cam_layer_choices``)."""
+    """Grad-CAM layer names of a cached model (``interp_core.evaluation.tile_analysis.cam_layer_choices``)."""
     return compute.cam_layer_choices(r.load().model)
 
 
@@ -179,7 +177,7 @@ def attribution(r: ModelRef, image: np.ndarray, method: str, target: int, cam_la
 @st.cache_data(show_spinner=False, max_entries=4096)
 def tile_metrics(r: ModelRef, image: np.ndarray, method: str, target: int,
                  mask: np.ndarray | None, cam_layer: str | None = None) -> dict[str, float | None]:
-    """Per-tile metrics of one map (``ui.compute.tile_metrics``); the map itself comes from the cache."""
+    """Per-tile metrics of one map (``interp_core.evaluation.tile_analysis.tile_metrics``); the map itself comes from the cache."""
     loaded = r.load()
     a = attribution(r, image, method, target, cam_layer)
     return compute.tile_metrics(loaded.model, image, loaded.config["image_size"], a, target, mask)
@@ -188,7 +186,7 @@ def tile_metrics(r: ModelRef, image: np.ndarray, method: str, target: int,
 @st.cache_data(show_spinner=False, max_entries=512)
 def consistency(r: ModelRef, image: np.ndarray, target: int | None, eps: float, steps: int,
                 threshold: str) -> compute.TileConsistency:
-    """Explanation consistency of one tile (``ui.compute.tile_consistency``)."""
+    """Explanation consistency of one tile (``interp_core.evaluation.tile_analysis.tile_consistency``)."""
     loaded = r.load()
     return compute.tile_consistency(loaded.model, image, loaded.config["image_size"], target, eps=eps, steps=steps,
                                     threshold=threshold)

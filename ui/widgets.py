@@ -11,7 +11,9 @@ import streamlit as st
 from interp_core.data import load_rgb
 from interp_core.errors import DataError
 
-from . import cache, compute
+from interp_core.evaluation import tile_analysis as compute
+
+from . import cache
 from . import state as S
 
 GALLERY_PAGE = 12

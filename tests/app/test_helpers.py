@@ -86,7 +86,7 @@ def test_slide_figure_draws_nan_cells_transparent():
 
 # -- uploads ---------------------------------------------------------------------------------------
 def test_fit_to_input_keeps_resizes_or_tiles():
-    from ui.compute import fit_to_input
+    from interp_core.evaluation.tile_analysis import fit_to_input
     assert fit_to_input(np.zeros((64, 64, 3), np.uint8), 64).mode == "as is"
     small = fit_to_input(np.zeros((90, 100, 3), np.uint8), 64)
     assert small.mode == "resized" and small.tiles[0].shape == (64, 64, 3) and "100x90" in small.note
@@ -140,7 +140,7 @@ def test_new_run_dir_refuses_escapes_and_finished_runs(app_tree, monkeypatch):
 # -- per-tile glue -----------------------------------------------------------------------------------
 def test_tile_metrics_skip_the_pointing_game_without_evidence(app_tree):
     from interp_core.runs import load_run
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     run = load_run(app_tree / "sample_data" / "runs" / "synthetic-he" / "baseline")
     img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     a = compute.explain_tile(run.model, img, 32, "saliency", 1)

@@ -240,7 +240,7 @@ def test_explore_occlusion_states_its_neutral_baseline(h):
 
 
 def test_metrics_page_states_the_same_occlusion_baseline_as_explore(h):
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     at = h.open_page("metrics")
     at.selectbox(key="metrics.method").set_value("occlusion").run()
     h.assert_clean(at)
@@ -250,7 +250,7 @@ def test_metrics_page_states_the_same_occlusion_baseline_as_explore(h):
 def test_relevance_shares_and_change_map_by_hand():
     import numpy as np
 
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     a = np.array([[1.0, 3.0], [0.0, -2.0]], np.float32)
     ev = np.array([[False, True], [False, False]])
     art = np.array([[True, False], [False, True]])
@@ -292,7 +292,7 @@ def test_background_view_and_consistency_axis_by_hand():
     import numpy as np
 
     from interp_core.viz.figures import consistency_distribution_figure
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     img = np.full((4, 4, 3), 250, np.uint8)  # white tile: a white background mask would not show
     bg = np.zeros((4, 4), bool)
     bg[:2] = True

@@ -41,10 +41,10 @@ def model_fingerprint(model: torch.nn.Module) -> dict:
 
 
 def test_compute_path_leaves_the_model_untouched(tiny_run, tiny_data):
-    """Every per-tile computation of the dashboard (``ui.compute``) on a loaded run's model, with
+    """Every per-tile computation of the dashboard (``interp_core.evaluation.tile_analysis``) on a loaded run's model, with
     every attribution method: eval mode, requires_grad flags, no ``.grad``, identical weights."""
     from interp_core.runs import load_run
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     model = load_run(tiny_run).model
     before = model_fingerprint(model)
     assert not any(before["training"]) and all(before["requires_grad"]) and not any(before["grads"])

@@ -48,6 +48,6 @@ def test_metrics_evaluation_scores_the_blurred_baseline_maps(data, fake_run):
 
 
 def test_explore_and_metrics_state_the_same_baseline():
-    from ui import compute
+    from interp_core.evaluation import tile_analysis as compute
     assert compute.PAGE_METHOD_OPTIONS.get("occlusion", {}).get("baseline", "blur") == "blur"
     assert "blurred tile" in compute.METHOD_NOTES["occlusion"] and "not with black" in compute.METHOD_NOTES["occlusion"]

@@ -1,7 +1,8 @@
-"""The dashboard's per-tile computations, composed from ``interp_core`` calls (no Streamlit here).
+"""One tile analysed as the Explore and Consistency pages show it: fitted to the model's input,
+predicted, explained, its per-tile metrics, relevance shares, change maps and consistency.
 
-Every function takes plain arrays and a model and returns plain arrays/dicts, so the cached
-wrappers in ``ui.cache`` can key them on simple values and the tests can call them directly.
+Every function takes plain arrays and a model and returns plain arrays/dicts, so the dashboard's
+cached wrappers (``ui.cache``) can key them on simple values and the tests can call them directly.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp_core import metrics as M
-from interp_core._utils.device import model_device
-from interp_core.attribution import METHODS, attribute
-from interp_core.consistency.score import explanation_consistency
-from interp_core.errors import InterpError
+from .. import metrics as M
+from .._utils.device import model_device
+from ..attribution import METHODS, attribute, draw_contour, mask_contour
+from ..consistency.score import explanation_consistency
+from ..errors import InterpError
 
 #: Uploads larger than this many times the model's input side are cut into tiles, not resized.
 TILE_INSTEAD_OF_RESIZE = 2.0
@@ -262,7 +263,6 @@ def tile_consistency(model: nn.Module, image: np.ndarray, size: int, target: int
 def background_view(image: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The tile with its attackable background tinted blue and outlined, so it shows on any stain
     (white on white did not)."""
-    from interp_core.attribution import draw_contour, mask_contour
     img = resize_image(image, background.shape[0]).astype(np.float32)
     tint = np.array([40.0, 110.0, 255.0], np.float32)
     out = np.where(background[..., None], 0.45 * img + 0.55 * tint, img)
