@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from tests._fixtures.browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server  # noqa: E402
+from tests._fixtures.browser import (CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server, viewer_frame,  # noqa: E402
+                                     wait_for)
 
 SHOTS = REPO / "docs" / "screenshots"
 VIEW = "(i) => { const v = window.__viewers[i].viewport; const c = v.getCenter(); return [v.getZoom(), c.x, c.y]; }"
@@ -40,30 +41,6 @@ FULLY = "(i) => window.__viewers[i].world.getItemAt(0).getFullyLoaded()"
 WIDTH = "() => window.__viewers[0].world.getItemAt(0).source.width"
 TO_SCREEN = ("([i, x, y]) => { const v = window.__viewers[i]; const p = v.world.getItemAt(0)"
              ".imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y)); return [p.x, p.y]; }")
-
-
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def viewer_frame(page, timeout: float = 120):
-    def find():
-        for f in page.frames:
-            if "slide_viewer" in f.url:
-                try:
-                    if f.evaluate("() => !!(window.__viewers && window.__viewers.length === 2 && "
-                                  "window.__viewers[0].world.getItemAt(0))"):
-                        return f
-                except Exception:  # noqa: BLE001 - still loading
-                    pass
-        return None
-    return wait_for(find, timeout, "the viewer component")
 
 
 def lesion_centre(slide: Path) -> tuple[float, float]:
@@ -158,7 +135,7 @@ def main() -> int:
         box.press("Enter")
         settle(page)
         wait_for(lambda: page.get_by_text(f"{slide.name}: {W:,}x{H:,} px").count() > 0, 120, "the typed slide")
-        frame = wait_for(lambda: (lambda f: f if f.evaluate(WIDTH) == W else None)(viewer_frame(page)), 120,
+        frame = wait_for(lambda: (lambda f: f if f.evaluate(WIDTH) == W else None)(viewer_frame(page, 120)), 120,
                          "the viewer on the typed slide")
         wait_for(lambda: frame.evaluate(FULLY, 0) and frame.evaluate(FULLY, 1), 120, "the first view")
         res["first_view_seconds"] = time.monotonic() - t0

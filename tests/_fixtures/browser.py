@@ -71,3 +71,29 @@ def settle(page, timeout: float = 300.0) -> None:
         busy = page.locator('[data-testid="stStatusWidget"]').count()
         quiet = quiet + 1 if state == "notRunning" and busy == 0 else 0
         time.sleep(0.4)
+
+
+def wait_for(fn, timeout: float, what: str):
+    """``fn()``'s first truthy value, polled every 0.5 s; an ``AssertionError`` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def viewer_frame(page, timeout: float = 60):
+    """The Slide page's viewer iframe once both OpenSeadragon viewers have their slide."""
+    def find():
+        for f in page.frames:
+            if "slide_viewer" in f.url:
+                try:
+                    if f.evaluate("() => !!(window.__viewers && window.__viewers.length === 2 && "
+                                  "window.__viewers[0].world.getItemAt(0))"):
+                        return f
+                except Exception:  # noqa: BLE001 - the frame is still loading
+                    pass
+        return None
+    return wait_for(find, timeout, "the viewer component")

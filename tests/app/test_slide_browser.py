@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures.browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server
+from tests._fixtures.browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server, viewer_frame, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -52,31 +52,6 @@ def server(tmp_path_factory):
 def check(page, name: str) -> None:
     exceptions = page.locator('[data-testid="stException"]')
     assert exceptions.count() == 0, f"{name}: {exceptions.first.inner_text()[:500]}"
-
-
-def viewer_frame(page):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for f in page.frames:
-            if "slide_viewer" in f.url:
-                try:
-                    if f.evaluate("() => !!(window.__viewers && window.__viewers.length === 2 && "
-                                  "window.__viewers[0].world.getItemAt(0))"):
-                        return f
-                except Exception:  # noqa: BLE001 - the frame is still loading
-                    pass
-        time.sleep(0.5)
-    raise AssertionError("the viewer component did not load")
-
-
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 VIEW = "(i) => { const v = window.__viewers[i].viewport; const c = v.getCenter(); return [v.getZoom(), c.x, c.y]; }"

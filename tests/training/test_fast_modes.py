@@ -15,11 +15,12 @@ from interp_core.errors import InterpError
 from interp_core.models import create_model
 from interp_core.runs import load_tensors
 from interp_core.training import TrainConfig, train
-from interp_core.training.objectives.base import EpochContext, StepContext, options_from_dict
+from interp_core.training.objectives.base import EpochContext, options_from_dict
 from interp_core.training.objectives.ece import ECE
 from interp_core.training.objectives.scaat import SCAAT, clean_training_pass, fgsm_from_gradient, loss_input_saliency
 from interp_core.training.saliency_guidance import adaptive_low_saliency_mask, kl_divergence
 from interp_core.training.sample_store import PerturbationStore
+from tests._fixtures.training import step_batch, step_context
 
 EPS = 8 / 255
 QUIET = dict(progress=False, log=lambda m: None)
@@ -30,17 +31,6 @@ def _model(seed: int = 0):
     return create_model("smallcnn", 2, width=4).train()
 
 
-def _batch(n: int = 8, size: int = 16, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, size, size, generator=g)
-    x[:, :, :2] = 0.0  # pixels at the bounds, so the [0,1] clip binds
-    x[:, :, -2:] = 1.0
-    return {"image": x, "label": torch.randint(0, 2, (n,), generator=g), "index": torch.arange(n)}
-
-
-def _ctx(seed: int = 0, epoch: int = 3, step: int = 0) -> StepContext:
-    return StepContext(epoch=epoch, step=step, steps_per_epoch=10, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(seed))
 
 
 def _fast(**kw) -> SCAAT:
@@ -57,7 +47,7 @@ class _Inputs:
 
 # -- SCAAT fast: step 1 ------------------------------------------------------------------------------
 def test_saliency_from_the_training_pass_equals_a_separate_train_mode_input_gradient():
-    model, b = _model(), _batch()
+    model, b = _model(), step_batch()
     ref = copy.deepcopy(model)
     params = list(model.parameters())
     logits, ce, grads = clean_training_pass(model, b["image"], b["label"], params)
@@ -88,10 +78,10 @@ def test_saliency_from_the_training_pass_equals_a_separate_train_mode_input_grad
 def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
     """The returned loss's backward gives d/dp [CE(f(x)) + lambda * KL(p(x).detach() || p(x + delta))],
     with x + delta rebuilt independently (train-mode dCE/dx -> mask; random start + sign step)."""
-    model, b = _model(), _batch()
+    model, b = _model(), step_batch()
     ref = copy.deepcopy(model)
     obj = _fast(kl_weight=3.0, kl_batch_fraction=1.0)  # the whole batch (the fraction-1 path draws no subset)
-    loss, extras = obj.batch_loss(model, b, _ctx(seed=4))
+    loss, extras = obj.batch_loss(model, b, step_context(seed=4))
     loss.backward()
     assert model.training
     # replay: the same seed draws the mask's tie-breaks first, then the random start
@@ -122,14 +112,14 @@ def test_fast_loss_gradient_is_ce_plus_weighted_kl_with_detached_target():
 
 # -- SCAAT fast: step 3 (perturbation from the training gradient) ---------------------------------------
 def test_perturbation_stays_within_eps_inside_the_mask_and_steps_along_the_training_gradient():
-    model, b = _model(), _batch(n=8, size=16)
+    model, b = _model(), step_batch(n=8, size=16)
     obj = _fast()
     rec = _Inputs(model)
     x = b["image"]
     for step in range(3):
         rec.seen.clear()
         ref = copy.deepcopy(model)
-        loss, _ = obj.batch_loss(model, b, _ctx(seed=step))
+        loss, _ = obj.batch_loss(model, b, step_context(seed=step))
         loss.backward()
         torch.optim.SGD(model.parameters(), lr=0.5).step()  # the weights move between steps
         model.zero_grad(set_to_none=True)
@@ -190,11 +180,11 @@ def test_kl_batch_fraction_picks_the_seeded_subset_and_averages_its_kl():
     drawn first from the step's generator (the same rows for the same seed); CE covers the whole
     batch, the KL term is the mean over those rows; rebuilt independently here."""
     from interp_core.training.saliency_guidance import _running_stats_frozen
-    model, b = _model(), _batch(n=8)
+    model, b = _model(), step_batch(n=8)
     ref = copy.deepcopy(model)
     obj = _fast(kl_batch_fraction=0.3, kl_weight=5.0)  # ceil(0.3 * 8) = 3 rows
     rec = _Inputs(model)
-    loss, extras = obj.batch_loss(model, b, _ctx(seed=7))
+    loss, extras = obj.batch_loss(model, b, step_context(seed=7))
     loss.backward()
     clean, x_adv = rec.seen
     rec.handle.remove()
@@ -222,12 +212,12 @@ def test_kl_batch_fraction_picks_the_seeded_subset_and_averages_its_kl():
         assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4)
     # the same seed picks the same rows; another seed (almost surely) others
     again = _Inputs(m2 := copy.deepcopy(ref))
-    obj.batch_loss(m2, b, _ctx(seed=7))
+    obj.batch_loss(m2, b, step_context(seed=7))
     assert torch.equal(again.seen[1], x_adv)
     picks = set()
     for seed in range(6):
         r = _Inputs(m3 := copy.deepcopy(ref))
-        obj.batch_loss(m3, b, _ctx(seed=seed))
+        obj.batch_loss(m3, b, step_context(seed=seed))
         rows = torch.randperm(8, generator=torch.Generator().manual_seed(seed))[:3].sort().values
         # each perturbed row is within eps of the batch row the seed picked (random rows differ by far more)
         assert len(r.seen[1]) == 3 and (r.seen[1] - b["image"][rows]).abs().max() <= EPS + 1e-6
@@ -280,7 +270,7 @@ def test_fast_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_data, tmp_pa
 
 # -- ECE fast ------------------------------------------------------------------------------------------
 def test_carried_consistency_by_hand():
-    model, b = _model().eval(), _batch()
+    model, b = _model().eval(), step_batch()
     x, y = b["image"], b["label"]
     delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1) * EPS
     res = carried_consistency(model, x, y, delta, eps=EPS, alpha=0.01, threshold="0.5")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from interp_core.errors import InterpError
 from interp_core.models import create_model
-from interp_core.training.objectives.base import StepContext, get_objective, options_from_dict
+from interp_core.training.objectives.base import get_objective, options_from_dict
 from interp_core.training.objectives.scaat import (
     SCAAT,
     ramped_eps,
@@ -18,6 +18,7 @@ from interp_core.training.objectives.scaat import (
     saliency_constrained_attack,
 )
 from interp_core.training.saliency_guidance import adaptive_low_saliency_mask, kl_divergence
+from tests._fixtures.training import step_batch, step_context
 
 EPS = 8 / 255
 
@@ -27,17 +28,6 @@ def _model(seed: int = 0):
     return create_model("smallcnn", 2, width=4)
 
 
-def _batch(n: int = 8, size: int = 16, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, size, size, generator=g)
-    x[:, :, :2] = 0.0  # pixels at the bounds, so the [0,1] clip binds
-    x[:, :, -2:] = 1.0
-    return {"image": x, "label": torch.randint(0, 2, (n,), generator=g), "index": torch.arange(n)}
-
-
-def _ctx(seed: int = 0, epoch: int = 3, step: int = 0) -> StepContext:
-    return StepContext(epoch=epoch, step=step, steps_per_epoch=10, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(seed))
 
 
 def _half_mask(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -58,7 +48,7 @@ def test_ramped_eps_values():
 
 # -- random start and attack ------------------------------------------------------------------------------
 def test_random_start_support_and_bounds():
-    x = _batch()["image"]
+    x = step_batch()["image"]
     mask = _half_mask(8, 16)
     x0 = random_start(x, mask, EPS, torch.Generator().manual_seed(0))
     d = x0 - x
@@ -71,7 +61,7 @@ def test_random_start_support_and_bounds():
 @pytest.mark.parametrize("steps", [1, 3])
 def test_attack_stays_in_mask_budget_and_image_range(steps):
     model = _model().eval()
-    b = _batch()
+    b = step_batch()
     x = b["image"]
     mask = _half_mask(8, 16, seed=1)
     clean = model(x).detach()
@@ -86,7 +76,7 @@ def test_attack_stays_in_mask_budget_and_image_range(steps):
 
 def test_one_attack_step_is_a_masked_projected_sign_step():
     model = _model().eval()
-    x = _batch()["image"]
+    x = step_batch()["image"]
     mask = _half_mask(8, 16, seed=2)
     clean = model(x).detach()
     alpha = 0.02
@@ -103,7 +93,7 @@ def test_attack_increases_kl_over_the_random_start():
     model = _model(seed=1).eval()
     with torch.no_grad():
         model.head.weight.mul_(30)  # a fresh net is almost constant; make its output input-sensitive
-    b = _batch(n=16, size=32, seed=3)
+    b = step_batch(n=16, size=32, seed=3)
     x = b["image"]
     with torch.no_grad():
         clean = model(x)
@@ -159,10 +149,10 @@ def test_options_from_strings_as_the_cli_gives_them():
 def test_batch_loss_is_ce_plus_weighted_kl_and_keeps_train_mode_and_grads():
     model = _model().train()
     obj = SCAAT(SCAAT.Options(warmup_epochs=0), 8)
-    b = _batch()
+    b = step_batch()
     bn = model.features[1]
     tracked = int(bn.num_batches_tracked)
-    loss, extras = obj.batch_loss(model, b, _ctx())
+    loss, extras = obj.batch_loss(model, b, step_context())
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     assert int(bn.num_batches_tracked) == tracked + 1  # saliency and attack never touch BN statistics
@@ -176,11 +166,11 @@ def test_batch_loss_is_ce_plus_weighted_kl_and_keeps_train_mode_and_grads():
 
 def test_same_seed_gives_identical_loss_and_other_seed_differs():
     model = _model()
-    b = _batch()
+    b = step_batch()
     obj = SCAAT(SCAAT.Options(warmup_epochs=0, steps=2), 8)
-    l1, e1 = obj.batch_loss(copy.deepcopy(model).train(), b, _ctx(seed=4))
-    l2, e2 = obj.batch_loss(copy.deepcopy(model).train(), b, _ctx(seed=4))
-    l3, _ = obj.batch_loss(copy.deepcopy(model).train(), b, _ctx(seed=5))
+    l1, e1 = obj.batch_loss(copy.deepcopy(model).train(), b, step_context(seed=4))
+    l2, e2 = obj.batch_loss(copy.deepcopy(model).train(), b, step_context(seed=4))
+    l3, _ = obj.batch_loss(copy.deepcopy(model).train(), b, step_context(seed=5))
     assert torch.equal(l1, l2) and e1 == e2
     assert not torch.equal(l1, l3)
 
@@ -188,7 +178,7 @@ def test_same_seed_gives_identical_loss_and_other_seed_differs():
 def test_adversarial_input_is_inside_the_adaptive_mask():
     model = _model().train()
     obj = SCAAT(SCAAT.Options(q=0.2, rho_min=0.1, rho_max=0.9), 8)
-    x, y = _batch()["image"], _batch()["label"]
+    x, y = step_batch()["image"], step_batch()["label"]
     x_adv, mask = obj.adversarial_input(model, x, y, EPS, torch.Generator().manual_seed(0))
     assert model.training
     changed = (x_adv != x).any(1, keepdim=True)
@@ -202,7 +192,7 @@ def test_region_saliency_options_give_the_mask_of_that_saliency(method):
     from interp_core.training.saliency_guidance import eval_mode, training_saliency
     model = _model().train()
     obj = SCAAT(SCAAT.Options(saliency_method=method), 8)
-    x, y = _batch()["image"], _batch()["label"]
+    x, y = step_batch()["image"], step_batch()["label"]
     _, mask = obj.adversarial_input(model, x, y, EPS, torch.Generator().manual_seed(0))
     with eval_mode(model):
         sal, _ = training_saliency(model, x, y, method, torch.Generator().manual_seed(0))
@@ -218,25 +208,25 @@ def test_region_saliency_options_give_the_mask_of_that_saliency(method):
 def test_bfloat16_eval_passes_keep_the_constraints():
     model = _model().train()
     obj = SCAAT(SCAAT.Options(eval_precision="bfloat16"), 8)
-    b = _batch()
+    b = step_batch()
     x_adv, mask = obj.adversarial_input(model, b["image"], b["label"], EPS, torch.Generator().manual_seed(0))
     x = b["image"]
     assert x_adv.dtype == torch.float32 and model.training
     assert torch.equal(x_adv[~mask.expand_as(x)], x[~mask.expand_as(x)])
     assert (x_adv - x).abs().max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
-    loss, extras = obj.batch_loss(model, b, _ctx())
+    loss, extras = obj.batch_loss(model, b, step_context())
     assert torch.isfinite(loss) and loss.dtype == torch.float32
 
 
 def test_zero_budget_is_plain_cross_entropy():
     model = _model().train()
     ref = copy.deepcopy(model)
-    b = _batch()
+    b = step_batch()
     obj = SCAAT(SCAAT.Options(), 8)  # warm-up: eps = 0 at progress 0
-    loss, extras = obj.batch_loss(model, b, _ctx(epoch=0, step=0))
+    loss, extras = obj.batch_loss(model, b, step_context(epoch=0, step=0))
     torch.testing.assert_close(loss, F.cross_entropy(ref(b["image"]), b["label"]))
     assert extras["eps"] == 0 and extras["kl"] == 0 and extras["perturbed_fraction"] == 0
-    _, extras = obj.batch_loss(model, b, _ctx(epoch=0, step=5))
+    _, extras = obj.batch_loss(model, b, step_context(epoch=0, step=5))
     assert extras["eps"] == pytest.approx(EPS / 2) and extras["kl"] > 0
 
 
@@ -244,12 +234,12 @@ def test_kl_temperature_scales_the_loss_term_as_in_distillation():
     """T^2 * KL(softmax(z/T) || softmax(z'/T)), checked against a float64 recomputation from the
     logits of the same step; T = 1 is the plain KL of METHODS.md."""
     model = _model()
-    b = _batch()
+    b = step_batch()
     base = SCAAT(SCAAT.Options(warmup_epochs=0), 8)
     warm = SCAAT(SCAAT.Options(warmup_epochs=0, kl_temperature=4.0), 8)
-    _, e1 = base.batch_loss(copy.deepcopy(model).train(), b, _ctx(seed=4))
+    _, e1 = base.batch_loss(copy.deepcopy(model).train(), b, step_context(seed=4))
     m4 = copy.deepcopy(model).train()
-    loss4, e4 = warm.batch_loss(m4, b, _ctx(seed=4))
+    loss4, e4 = warm.batch_loss(m4, b, step_context(seed=4))
     assert loss4.item() == pytest.approx(e4["ce"] + warm.options.kl_weight * e4["kl"], rel=1e-5)
     # recompute the tempered KL by hand from the attack's own output
     m = copy.deepcopy(model).train()
